@@ -1,0 +1,3 @@
+from sxpm.cli.main import main
+
+main()

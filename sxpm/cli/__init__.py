@@ -1,0 +1,1 @@
+"""The ``sxpm`` command line: thin click commands over the library."""

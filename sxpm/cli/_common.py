@@ -1,0 +1,69 @@
+"""Options and output helpers shared by the command modules."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from sxpm.home import Home
+from sxpm.progress import Reporter, TqdmReporter
+from sxpm.reference import Reference
+from sxpm.transport import TransportOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def home() -> Home:
+    return Home.from_env()
+
+
+def parse_ref(h: Home, text: str) -> Reference:
+    return h.parse_ref(text)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
+
+
+def transfer_options(f: F) -> F:
+    f = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")(f)
+    f = click.option("--insecure", is_flag=True,
+                     help="Allow plain HTTP and unverified TLS (loopback never needs it).")(f)
+    f = click.option("--jobs", "-j", type=click.IntRange(1, 64), default=4, show_default=True,
+                     help="Parallel transfers.")(f)
+    return f
+
+
+def transport(insecure: bool, jobs: int) -> TransportOptions:
+    return TransportOptions(insecure=insecure, jobs=jobs)
+
+
+def reporter(quiet: bool) -> Reporter:
+    return Reporter() if quiet else TqdmReporter()
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def stdout_is_tty() -> bool:
+    return sys.stdout.isatty()

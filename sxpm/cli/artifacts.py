@@ -1,0 +1,301 @@
+"""pack, push, pull, copy, inspect, list, rm, gc, verify: the store and registries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sxpm.cli._common import (
+    emit_json,
+    home,
+    human_size,
+    json_option,
+    reporter,
+    table,
+    transfer_options,
+    transport,
+)
+from sxpm.errors import CorruptBlobError, NotFoundError, StoreError
+
+
+@click.command()
+@click.argument("kind", type=click.Choice(["model", "expert", "package"]))
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--ref", "ref_text", required=True,
+              help="Where the artifact will live, e.g. oci:./registry/NAME:1.0.0 or "
+                   "host/repo:TAG.")
+@click.option("--variant", help="Add as this variant (e.g. Q4_K_M) of an image index at REF.")
+@click.option("--version", "version", help="Version, when neither the metadata nor the tag "
+                                             "gives one.")
+@json_option
+def pack(kind: str, path: Path, ref_text: str, variant: str | None, version: str | None,
+         as_json: bool) -> None:
+    """Pack PATH as an artifact of KIND into the store.
+
+    The last line printed is the digest REF now points at.
+
+    \b
+    Example:
+      sxpm pack model ./tiny-llama --ref oci:./registry/tiny-llama:1.0.0 --variant F32
+      sxpm pack expert ./sql-expert --ref oci:./registry/sql-expert:2.1.0
+    """
+    from sxpm.pack import pack as do_pack
+
+    h = home()
+    result = do_pack(h, kind, path, h.parse_ref(ref_text), variant=variant, version=version)
+    if as_json:
+        emit_json({"ref": str(result.ref), "kind": result.kind, "name": result.name,
+                   "version": result.version, "digest": str(result.descriptor.digest),
+                   "manifest": str(result.manifest.digest), "variants": list(result.variants),
+                   "mediaType": result.descriptor.media_type})
+        return
+    click.echo(f"packed {result.kind} {result.name} {result.version} as {result.ref}"
+               + (f" (variants: {', '.join(result.variants)})" if result.variants else ""))
+    click.echo(str(result.descriptor.digest))
+
+
+@click.command()
+@click.argument("ref_text", metavar="REF")
+@click.option("--to", "target", help="Push to this reference instead of REF's own registry.")
+@click.option("--variant", help="Push only this variant of an image index.")
+@transfer_options
+@json_option
+def push(ref_text: str, target: str | None, variant: str | None, quiet: bool, insecure: bool,
+         jobs: int, as_json: bool) -> None:
+    """Push REF from the store to its registry (only the blobs the registry lacks).
+
+    \b
+    Example:
+      sxpm push oci:./registry/tiny-llama:1.0.0
+      sxpm push localhost:5000/simplex/tiny-llama:1.0.0
+    """
+    from sxpm.distribution import push as do_push
+
+    h = home()
+    ref = h.parse_ref(ref_text)
+    dest = h.parse_ref(target) if target else None
+    result = do_push(h, ref, target=dest, variant=variant, options=transport(insecure, jobs),
+                     reporter=reporter(quiet or as_json))
+    _report(result, "pushed", as_json)
+
+
+def _report(result: object, verb: str, as_json: bool, moved: str = "sent") -> None:
+    from sxpm.distribution import TransferResult
+
+    assert isinstance(result, TransferResult)
+    data = {"ref": str(result.ref), "digest": str(result.descriptor.digest),
+            "blobs_transferred": result.blobs_transferred,
+            "bytes_transferred": result.bytes_transferred,
+            "blobs_skipped": result.blobs_skipped, "variants": result.variants}
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"{verb} {result.ref}: {result.blobs_transferred} blob(s), "
+               f"{human_size(result.bytes_transferred)} {moved}, "
+               f"{result.blobs_skipped} already there")
+    click.echo(str(result.descriptor.digest))
+
+
+@click.command()
+@click.argument("ref_text", metavar="REF")
+@click.option("--variant", help="Fetch the layers of this variant (default: the first).")
+@click.option("--all-variants", is_flag=True, help="Fetch the layers of every variant.")
+@transfer_options
+@json_option
+def pull(ref_text: str, variant: str | None, all_variants: bool, quiet: bool, insecure: bool,
+         jobs: int, as_json: bool) -> None:
+    """Pull REF into the store, fetching only blobs the store lacks.
+
+    \b
+    Example:
+      sxpm pull oci:./registry/tiny-llama:1.0.0
+      sxpm pull localhost:5000/simplex/tiny-llama:1.0.0 --variant Q4_K_M
+    """
+    from sxpm.distribution import pull as do_pull
+
+    if variant and all_variants:
+        raise click.UsageError("--variant and --all-variants exclude each other; "
+                               "give one of them")
+    h = home()
+    result = do_pull(h, h.parse_ref(ref_text), variant=variant, all_variants=all_variants,
+                     options=transport(insecure, jobs), reporter=reporter(quiet or as_json))
+    _report(result, "pulled", as_json, moved="fetched")
+
+
+@click.command()
+@click.argument("src")
+@click.argument("dst")
+@transfer_options
+@json_option
+def copy(src: str, dst: str, quiet: bool, insecure: bool, jobs: int, as_json: bool) -> None:
+    """Copy SRC to DST (any two registries), every variant, blobs deduplicated.
+
+    \b
+    Example:
+      sxpm copy oci:./registry/tiny-llama:1.0.0 localhost:5000/simplex/tiny-llama:1.0.0
+    """
+    from sxpm.distribution import copy as do_copy
+
+    h = home()
+    result = do_copy(h, h.parse_ref(src), h.parse_ref(dst),
+                     options=transport(insecure, jobs), reporter=reporter(quiet or as_json))
+    _report(result, "copied to", as_json)
+
+
+@click.command()
+@click.argument("ref_text", metavar="REF")
+@click.option("--remote", is_flag=True, help="Read the manifest from the registry, not the "
+                                            "store.")
+@click.option("--insecure", is_flag=True, help="Allow plain HTTP to a non-loopback host.")
+@json_option
+def inspect(ref_text: str, remote: bool, insecure: bool, as_json: bool) -> None:
+    """Print the raw manifest (or image index) REF names.
+
+    \b
+    Example:
+      sxpm inspect oci:./registry/tiny-llama:1.0.0 --json
+    """
+    from sxpm.distribution import resolve_local
+    from sxpm.transport import TransportOptions, open_repository
+
+    h = home()
+    ref = h.parse_ref(ref_text)
+    if remote:
+        repo = open_repository(ref, TransportOptions(insecure=insecure))
+        desc, data = repo.get_manifest(str(ref.digest) if ref.digest else (ref.tag or "latest"))
+    else:
+        desc = resolve_local(h, ref)
+        data = h.store.read_blob(desc)
+    manifest = json.loads(data)
+    if as_json:
+        emit_json({"ref": str(ref), "digest": str(desc.digest), "mediaType": desc.media_type,
+                   "size": len(data), "manifest": manifest})
+        return
+    click.echo(f"# {ref} {desc.digest}")
+    click.echo(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+@click.command(name="list")
+@json_option
+def list_(as_json: bool) -> None:
+    """List the refs in the store with kind, version, size and digest.
+
+    \b
+    Example:
+      sxpm list --json
+    """
+    from sxpm.install import describe
+    from sxpm.oci import ANN_VARIANT, ImageIndex
+
+    h = home()
+    rows = []
+    store = h.store
+    if store.exists():
+        for name, desc in sorted(store.refs().items()):
+            entry: dict[str, Any] = {
+                "ref": name, "digest": str(desc.digest), "mediaType": desc.media_type,
+                "kind": None, "name": None, "version": None, "size": None, "variants": []}
+            try:
+                info = describe(store, desc)
+                entry.update(kind=info.kind, name=info.name, version=info.version,
+                             size=info.size)
+                if desc.is_index:
+                    index = store.load_manifest(desc)
+                    assert isinstance(index, ImageIndex)
+                    entry["variants"] = [d.annotations.get(ANN_VARIANT, str(d.digest))
+                                         for d in index.manifests]
+            except (StoreError, CorruptBlobError, NotFoundError, ValueError) as exc:
+                entry["error"] = str(exc)
+            rows.append(entry)
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("the store is empty (pack or pull an artifact)")
+        return
+    table([[r["ref"], r["kind"] or "?", r["version"] or "?",
+            human_size(r["size"]) if r["size"] is not None else "?",
+            ",".join(r["variants"]) or "-", str(r["digest"])[:19]] for r in rows],
+          ["REF", "KIND", "VERSION", "SIZE", "VARIANTS", "DIGEST"])
+
+
+@click.command()
+@click.argument("refs", nargs=-1, required=True, metavar="REF...")
+def rm(refs: tuple[str, ...]) -> None:
+    """Remove refs from the store (blobs go at the next `sxpm gc`).
+
+    \b
+    Example:
+      sxpm rm oci:./registry/tiny-llama:1.0.0 && sxpm gc
+    """
+    from sxpm.distribution import store_name
+
+    h = home()
+    for text in refs:
+        ref = h.parse_ref(text)
+        if not h.store.remove_ref(store_name(ref)):
+            raise NotFoundError(f"{ref} is not in the store", hint="`sxpm list` shows the refs")
+        click.echo(f"removed {ref}")
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@json_option
+def gc(dry_run: bool, as_json: bool) -> None:
+    """Delete blobs that no ref reaches.
+
+    \b
+    Example:
+      sxpm gc --dry-run
+    """
+    h = home()
+    count, freed = h.store.gc(dry_run=dry_run) if h.store.exists() else (0, 0)
+    if as_json:
+        emit_json({"blobs": count, "bytes": freed, "dry_run": dry_run})
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {count} blob(s), {human_size(freed)}")
+
+
+@click.command()
+@click.option("--fix", is_flag=True, help="Delete corrupt blobs so the next pull fetches "
+                                          "them again.")
+@json_option
+def verify(fix: bool, as_json: bool) -> None:
+    """Re-hash every blob in the store; exit 1 naming each blob that does not match.
+
+    \b
+    Example:
+      sxpm verify
+      sxpm verify --fix && sxpm pull REF
+    """
+    from sxpm.reference import Digest
+
+    h = home()
+    if not h.store.exists():
+        report_checked, bad = 0, []
+    else:
+        report = h.store.verify()
+        report_checked, bad = report.checked, report.bad
+    removed = []
+    if fix:
+        for digest, problem in bad:
+            if not problem.startswith("missing"):
+                h.store.remove_blob(Digest.parse(digest))
+                removed.append(digest)
+    if as_json:
+        emit_json({"checked": report_checked, "removed": removed,
+                   "bad": [{"digest": d, "problem": p} for d, p in bad]})
+    else:
+        for digest, problem in bad:
+            click.echo(f"bad blob {digest}: {problem}"
+                       + (" (removed)" if digest in removed else ""))
+        if not bad:
+            click.echo(f"verified {report_checked} blob(s): all intact")
+    if bad and not fix:
+        raise StoreError(f"{len(bad)} blob(s) in the store are corrupt or missing "
+                         f"(first: {bad[0][0]})",
+                         hint="run `sxpm verify --fix`, then pull the affected artifacts again")

@@ -1,0 +1,106 @@
+"""Entry point: the command group, lazy loading of commands and error reporting.
+
+Commands live one group per module and are imported only when invoked, so
+``sxpm --help`` and ``sxpm --version`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from sxpm import __version__
+from sxpm.errors import EXIT_FAILURE, EXIT_USAGE, SxpmError
+
+# command name -> (module, attribute, one-line help for the listing)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "pack": ("sxpm.cli.artifacts", "pack", "Pack a model, expert or package into the store."),
+    "push": ("sxpm.cli.artifacts", "push", "Push an artifact from the store to its registry."),
+    "pull": ("sxpm.cli.artifacts", "pull", "Pull an artifact from a registry into the store."),
+    "copy": ("sxpm.cli.artifacts", "copy", "Copy an artifact between two registries."),
+    "inspect": ("sxpm.cli.artifacts", "inspect", "Show an artifact's manifest."),
+    "list": ("sxpm.cli.artifacts", "list_", "List the artifacts in the store."),
+    "rm": ("sxpm.cli.artifacts", "rm", "Remove a ref from the store."),
+    "gc": ("sxpm.cli.artifacts", "gc", "Delete blobs that nothing refers to."),
+    "verify": ("sxpm.cli.artifacts", "verify", "Re-hash every blob in the store."),
+    "model": ("sxpm.cli.model", "model", "Install, list, inspect and remove models."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        command = getattr(importlib.import_module(entry[0]), entry[1])
+        assert isinstance(command, click.Command)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # List from the table so --help imports no command module.
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="sxpm")
+@click.option("--debug", is_flag=True, envvar="SXPM_DEBUG", help="Show tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """sxpm: models, experts and code packages as OCI artifacts.
+
+    \b
+    Example:
+      sxpm pack model ./tiny-llama --ref oci:./registry/tiny-llama:1.0.0
+      sxpm push oci:./registry/tiny-llama:1.0.0
+    """
+    ctx.obj = {"debug": debug}
+
+
+def main(argv: list[str] | None = None) -> Any:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(
+        os.environ.get("SXPM_DEBUG"))
+    try:
+        return cli.main(args=argv, prog_name="sxpm", standalone_mode=False)
+    except SxpmError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {exc.one_line()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "sxpm"
+        message = " ".join(exc.format_message().split())
+        click.echo(f"error: {message} (see `{where} --help`)", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted; partial downloads are kept and resume next time",
+                   err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    except OSError as exc:
+        if debug:
+            traceback.print_exc()
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        click.echo(f"error: {exc.strerror or exc}{where} (check the path, its permissions "
+                   "and free disk space)", err=True)
+        sys.exit(EXIT_FAILURE)
+
+
+if __name__ == "__main__":
+    main()

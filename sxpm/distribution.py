@@ -1,0 +1,242 @@
+"""Moving artifacts between the store and registries: pull, push, copy.
+
+Order of writes makes crashes harmless: blobs first (each verified before it is
+renamed into the store), then manifests, then the ref. A ref therefore never
+names content that is not fully present and checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from sxpm.errors import CorruptBlobError, NotFoundError, StoreError
+from sxpm.home import Home
+from sxpm.layout import OCILayout
+from sxpm.oci import (
+    ANN_VARIANT,
+    Descriptor,
+    ImageIndex,
+    Manifest,
+    parse_manifest_bytes,
+)
+from sxpm.progress import SILENT, Progress, Reporter
+from sxpm.reference import Reference
+from sxpm.transport import Repository, TransportOptions, open_repository
+
+
+def store_name(ref: Reference) -> str:
+    """The name a reference is kept under in the store's ``index.json``."""
+    return str(ref.with_digest(None)) if ref.tag else str(ref)
+
+
+@dataclass
+class TransferResult:
+    ref: Reference
+    descriptor: Descriptor
+    blobs_transferred: int = 0
+    bytes_transferred: int = 0
+    blobs_skipped: int = 0
+    variants: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Plan:
+    """Manifests (children first) and the blobs they need."""
+
+    manifests: list[tuple[Descriptor, bytes]] = field(default_factory=list)
+    blobs: dict[str, Descriptor] = field(default_factory=dict)
+    variants: list[str] = field(default_factory=list)
+
+
+def resolve_local(home: Home, ref: Reference) -> Descriptor:
+    """The descriptor a reference names in the store."""
+    store = home.store
+    if ref.tag:
+        found = store.resolve(store_name(ref))
+        if found is None:
+            raise NotFoundError(f"{ref} is not in the store",
+                                hint="pack or pull it first; `sxpm list` shows what is there")
+        if ref.digest and found.digest != ref.digest:
+            raise NotFoundError(f"{ref}: the tag points at {found.digest}, not {ref.digest}")
+        return found
+    if ref.digest:
+        for desc in store.refs().values():
+            if desc.digest == ref.digest:
+                return desc
+        if store.has_blob(ref.digest):
+            size = store.blob_size(ref.digest)
+            data = store.read_blob(Descriptor("application/octet-stream", ref.digest, size))
+            obj = parse_manifest_bytes(data, str(ref))
+            return Descriptor(obj.media_type, ref.digest, size, artifact_type=obj.artifact_type)
+    raise NotFoundError(f"{ref} is not in the store", hint="pull it first")
+
+
+def load_local(home: Home, desc: Descriptor) -> Manifest | ImageIndex:
+    return home.store.load_manifest(desc)
+
+
+def _pick(index: ImageIndex, variant: str | None, all_variants: bool) -> list[Descriptor]:
+    if all_variants:
+        return list(index.manifests)
+    return [index.select(variant)]
+
+
+def pull(home: Home, ref: Reference, *, variant: str | None = None,
+         all_variants: bool = False, options: TransportOptions | None = None,
+         reporter: Reporter = SILENT) -> TransferResult:
+    """Fetch an artifact into the store, fetching only the blobs that are missing.
+
+    For an image index every variant's manifest is stored (so the index keeps its
+    digest), but only the layers of ``variant`` (default: the first) unless
+    ``all_variants``.
+    """
+    options = options or TransportOptions()
+    repo = open_repository(ref, options)
+    wanted = str(ref.digest) if ref.digest else (ref.tag or "latest")
+    top, data = repo.get_manifest(wanted)
+    if ref.digest and top.digest != ref.digest:
+        raise CorruptBlobError(str(ref.digest), str(top.digest), where=str(ref))
+    plan = _Plan()
+    obj = parse_manifest_bytes(data, f"{ref}")
+    if isinstance(obj, ImageIndex):
+        chosen = {d.digest for d in _pick(obj, variant, all_variants)}
+        for child in obj.manifests:
+            cdesc, cdata = repo.get_manifest(str(child.digest))
+            if cdesc.digest != child.digest:
+                raise CorruptBlobError(str(child.digest), str(cdesc.digest), where=str(ref))
+            cobj = parse_manifest_bytes(cdata, f"{ref}@{child.digest}")
+            if not isinstance(cobj, Manifest):
+                raise StoreError(f"{ref}: nested image indexes are not supported")
+            plan.manifests.append((child, cdata))
+            if child.digest in chosen:
+                plan.variants.append(child.annotations.get(ANN_VARIANT, str(child.digest)))
+                for blob in cobj.blobs():
+                    plan.blobs[str(blob.digest)] = blob
+    else:
+        for blob in obj.blobs():
+            plan.blobs[str(blob.digest)] = blob
+    top = Descriptor(top.media_type, top.digest, top.size, artifact_type=obj.artifact_type)
+    plan.manifests.append((top, data))
+
+    result = TransferResult(ref, top, variants=plan.variants)
+    missing = [b for b in plan.blobs.values() if not home.store.has_blob(b.digest)]
+    result.blobs_skipped = len(plan.blobs) - len(missing)
+    total = sum(b.size for b in missing)
+    bar = reporter.start(f"pull {ref.name}", total)
+    try:
+        _parallel(options.jobs, missing, lambda b: _fetch_one(repo, home.store, b, bar, ref))
+    finally:
+        bar.close()
+    result.blobs_transferred = len(missing)
+    result.bytes_transferred = total
+    for mdesc, mdata in plan.manifests:
+        with home.store.writer(mdesc, where=str(ref)) as w:
+            if w.offset:
+                w.restart()
+            w.write(mdata)
+            w.commit()
+    name = store_name(ref)
+    with home.store.ref_lock(name):
+        home.store.set_ref(name, top)
+    return result
+
+
+def _fetch_one(repo: Repository, store: OCILayout, desc: Descriptor, bar: Progress,
+               ref: Reference) -> None:
+    with store.writer(desc, where=str(ref)) as w:
+        if store.has_blob(desc.digest):  # another process fetched it while we waited
+            w.abort(keep_partial=True)
+            return
+        repo.fetch_blob(desc, w, bar)
+        w.commit()
+
+
+def _parallel(jobs: int, items: Iterable[Descriptor], fn: Callable[[Descriptor], None]) -> None:
+    todo = list(items)
+    if not todo:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
+        futures = [pool.submit(fn, item) for item in todo]
+        errors: list[BaseException] = []
+        for future in futures:
+            try:
+                future.result()
+            except BaseException as exc:  # report the first, after all have stopped
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+def _collect_push(store: OCILayout, top: Descriptor, variant: str | None
+                  ) -> tuple[list[tuple[Descriptor, bytes]], list[Descriptor], Descriptor]:
+    """Manifests (children first) and blobs to push; the top may narrow to one variant."""
+    data = store.read_blob(top)
+    obj = parse_manifest_bytes(data, str(top.digest))
+    manifests: list[tuple[Descriptor, bytes]] = []
+    blobs: dict[str, Descriptor] = {}
+    if isinstance(obj, ImageIndex):
+        children = list(obj.manifests) if variant is None else [obj.select(variant)]
+        for child in children:
+            cdata = store.read_blob(child)
+            cobj = parse_manifest_bytes(cdata, str(child.digest))
+            assert isinstance(cobj, Manifest)
+            manifests.append((child, cdata))
+            for b in cobj.blobs():
+                blobs[str(b.digest)] = b
+        if variant is not None:
+            return manifests, list(blobs.values()), children[0]
+    else:
+        for b in obj.blobs():
+            blobs[str(b.digest)] = b
+    manifests.append((top, data))
+    return manifests, list(blobs.values()), top
+
+
+def push(home: Home, ref: Reference, *, target: Reference | None = None,
+         variant: str | None = None, options: TransportOptions | None = None,
+         reporter: Reporter = SILENT) -> TransferResult:
+    """Send what the store holds under ``ref`` to ``target`` (default: ``ref`` itself)."""
+    options = options or TransportOptions()
+    top = resolve_local(home, ref)
+    dest = target or ref
+    manifests, blobs, top = _collect_push(home.store, top, variant)
+    absent = [b for b in blobs if not home.store.has_blob(b.digest)]
+    if absent:
+        raise NotFoundError(
+            f"{ref}: {len(absent)} blob(s) of this artifact are not in the store "
+            f"(e.g. {absent[0].digest})",
+            hint="pull it with --all-variants first, or push one variant with --variant")
+    repo = open_repository(dest, options)
+    result = TransferResult(dest, top)
+    bar = reporter.start(f"push {dest.name}", sum(b.size for b in blobs))
+    sent: list[Descriptor] = []
+
+    def one(desc: Descriptor) -> None:
+        if repo.push_blob(desc, home.store, bar):
+            sent.append(desc)
+        else:
+            bar.update(desc.size)
+
+    try:
+        _parallel(options.jobs, blobs, one)
+    finally:
+        bar.close()
+    result.blobs_transferred = len(sent)
+    result.bytes_transferred = sum(d.size for d in sent)
+    result.blobs_skipped = len(blobs) - len(sent)
+    for desc, data in manifests:
+        tag = dest.tag if desc.digest == top.digest else None
+        repo.push_manifest(desc, data, tag)
+    return result
+
+
+def copy(home: Home, src: Reference, dst: Reference, *,
+         options: TransportOptions | None = None, reporter: Reporter = SILENT
+         ) -> TransferResult:
+    """Copy every variant of ``src`` to ``dst`` through the store (blobs deduplicated)."""
+    pulled = pull(home, src, all_variants=True, options=options, reporter=reporter)
+    return push(home, src.with_digest(pulled.descriptor.digest) if not src.tag else src,
+                target=dst if dst.tag or dst.digest else dst.with_tag(src.tag),
+                options=options, reporter=reporter)

@@ -1,0 +1,160 @@
+"""Every error sxpm raises on purpose.
+
+One hierarchy, rooted at :class:`SxpmError`. Each error carries the data that
+describes it (not only text), a ``hint`` that tells the user what to do, and the
+exit code the CLI returns for it. Errors also subclass the matching built-in
+where one fits, so library users can catch ``ValueError`` or ``FileNotFoundError``.
+
+Exit codes scripts can rely on:
+    0  success
+    1  a failure of the environment: network, registry, corrupt store, I/O
+    2  bad usage or bad input: malformed files, invalid names, impossible requests
+"""
+
+from __future__ import annotations
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class SxpmError(Exception):
+    """Base of every sxpm error."""
+
+    exit_code = EXIT_FAILURE
+    default_hint = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = self.default_hint if hint is None else hint
+
+    def __str__(self) -> str:
+        return self.message
+
+    def one_line(self) -> str:
+        """The message and its hint as one line for the terminal."""
+        text = " ".join(self.message.split())
+        if self.hint:
+            text = f"{text} ({' '.join(self.hint.split())})"
+        return text
+
+
+# --- bad input (exit 2) -----------------------------------------------------
+
+
+class InputError(SxpmError, ValueError):
+    """The user gave something sxpm cannot accept."""
+
+    exit_code = EXIT_USAGE
+
+
+class InvalidReferenceError(InputError):
+    def __init__(self, text: str, reason: str) -> None:
+        super().__init__(
+            f"Invalid reference {text!r}: {reason}",
+            hint="write host[:port]/repository:tag, oci:PATH[:tag] or add @sha256:<hex>",
+        )
+        self.text = text
+
+
+class InvalidDigestError(InputError):
+    def __init__(self, text: str, reason: str) -> None:
+        super().__init__(f"Invalid digest {text!r}: {reason}", hint="write sha256:<64 hex digits>")
+        self.text = text
+
+
+class InvalidNameError(InputError):
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"Invalid name {name!r}",
+            hint="names are 1-64 characters of [a-z0-9._-] starting with a letter or digit",
+        )
+        self.name = name
+
+
+class InvalidVersionError(InputError):
+    def __init__(self, text: str, reason: str = "not a semantic version") -> None:
+        super().__init__(f"Invalid version {text!r}: {reason}", hint="write MAJOR.MINOR.PATCH")
+        self.text = text
+
+
+class ManifestError(InputError):
+    """A file sxpm reads (manifest, metadata, lock...) is malformed or schema-invalid."""
+
+    def __init__(self, source: str, message: str, *, path: str = "", hint: str | None = None):
+        where = f"{source}" + (f" at {path}" if path else "")
+        super().__init__(f"{where}: {message}", hint=hint)
+        self.source = source
+        self.path = path
+
+
+class ArtifactInputError(InputError):
+    """The directory or file given to ``pack`` does not make an artifact."""
+
+
+class NotFoundError(SxpmError, LookupError):
+    """A reference, name or blob that is not where it was looked for."""
+
+    exit_code = EXIT_USAGE
+
+
+# --- failures of the environment (exit 1) ------------------------------------
+
+
+class StoreError(SxpmError):
+    """The local store cannot do what was asked."""
+
+
+class CorruptBlobError(StoreError):
+    """Bytes whose digest is not the one they were stored or announced under."""
+
+    def __init__(self, expected: str, actual: str, *, where: str = "") -> None:
+        place = f" from {where}" if where else ""
+        super().__init__(
+            f"Digest mismatch{place}: expected {expected}, got {actual}",
+            hint="nothing was stored; retry, and report the source if it persists",
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class SizeMismatchError(StoreError):
+    def __init__(self, digest: str, expected: int, actual: int, *, where: str = "") -> None:
+        place = f" from {where}" if where else ""
+        super().__init__(
+            f"Size mismatch for {digest}{place}: descriptor says {expected} bytes, got {actual}",
+            hint="nothing was stored; the descriptor or the source is wrong",
+        )
+        self.digest = digest
+        self.expected = expected
+        self.actual = actual
+
+
+class RegistryError(SxpmError):
+    """A registry answered with an error or could not be reached."""
+
+    def __init__(self, message: str, *, url: str = "", status: int | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.url = url
+        self.status = status
+
+
+class AuthenticationError(RegistryError):
+    default_hint = "run `sxpm login REGISTRY` with credentials that may access it"
+
+
+class RunnerError(SxpmError):
+    """The runner could not load or run a model."""
+
+
+class MissingExtraError(SxpmError):
+    """An optional dependency is not installed."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        super().__init__(
+            f"This command needs the Python package {module!r}, which is not installed",
+            hint=f"pip install 'sxpm[{extra}]'",
+        )
+        self.module = module
+        self.extra = extra

@@ -1,0 +1,273 @@
+"""Installed views: an artifact's files as a tree of hard links into the store.
+
+``<root>/<kind>s/<name>/<version>/`` holds the artifact's files under their
+titles, plus ``.sxpm-install.json`` saying what was installed. Files are hard links
+to the read-only store blobs (a copy where the file system cannot link), so an
+install costs no space and cannot be edited by accident. A tree is built beside
+its final place and renamed in, so a crash never leaves half an install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sxpm import oci
+from sxpm.errors import ArtifactInputError, ManifestError, NotFoundError, StoreError
+from sxpm.home import KINDS, Home
+from sxpm.layout import OCILayout
+from sxpm.oci import Descriptor, ImageIndex, Manifest
+from sxpm.reference import Reference
+
+INSTALL_RECORD = ".sxpm-install.json"
+MAX_PACKAGE_MEMBERS = 100_000
+MAX_PACKAGE_BYTES = 16 * 1024**3
+MAX_RATIO = 200  # unpacked bytes per packed byte before we call it a bomb
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """What a manifest says about its artifact."""
+
+    kind: str
+    name: str
+    version: str
+    descriptor: Descriptor  # the manifest (one variant)
+    manifest: Manifest
+    variant: str | None
+    config: dict[str, Any]
+
+    @property
+    def size(self) -> int:
+        return sum(layer.size for layer in self.manifest.layers)
+
+    def dependencies(self) -> list[dict[str, str]]:
+        text = self.manifest.annotations.get(oci.ANN_DEPENDENCIES)
+        if not text:
+            return []
+        try:
+            deps = json.loads(text)
+        except ValueError:
+            raise ManifestError(str(self.descriptor.digest), "bad dependencies annotation"
+                                ) from None
+        return [d for d in deps if isinstance(d, dict)]
+
+
+def describe(store: OCILayout, top: Descriptor, variant: str | None = None) -> ArtifactInfo:
+    """Read an artifact's manifest (picking ``variant`` of an index) and config."""
+    obj = store.load_manifest(top)
+    chosen_variant = None
+    if isinstance(obj, ImageIndex):
+        desc = obj.select(variant)
+        chosen_variant = desc.annotations.get(oci.ANN_VARIANT)
+        obj = store.load_manifest(desc)
+    else:
+        desc = top
+    if not isinstance(obj, Manifest):
+        raise ManifestError(str(desc.digest), "nested image indexes are not supported")
+    kind = obj.kind
+    if kind is None:
+        raise ManifestError(str(desc.digest), f"not an sxpm artifact (artifactType "
+                            f"{obj.artifact_type or obj.config.media_type!r})")
+    try:
+        config = json.loads(store.read_blob(obj.config))
+    except ValueError:
+        raise ManifestError(str(obj.config.digest), "config blob is not JSON") from None
+    if kind == "model":
+        name = config.get("descriptor", {}).get("name")
+        version = config.get("descriptor", {}).get("version")
+    else:
+        name, version = config.get("name"), config.get("version")
+    name = obj.annotations.get(oci.ANN_NAME, name)
+    version = obj.annotations.get(oci.ANN_VERSION, version)
+    if not isinstance(name, str) or not isinstance(version, str):
+        raise ManifestError(str(desc.digest), "artifact has no name or version")
+    return ArtifactInfo(kind, name, version, desc, obj, chosen_variant, config)
+
+
+@dataclass(frozen=True)
+class Installed:
+    kind: str
+    name: str
+    version: str
+    path: Path
+    record: dict[str, Any]
+
+
+def install_dir(root: Path, kind: str, name: str, version: str) -> Path:
+    return root / f"{kind}s" / name / version
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+        os.chmod(dst, 0o444)
+
+
+def _safe_relpath(title: str, where: str) -> str:
+    path = PurePosixPath(title)
+    if not title or path.is_absolute() or ".." in path.parts or "\\" in title or "\x00" in title:
+        raise ArtifactInputError(f"{where}: unsafe file name {title!r} in the artifact",
+                                 hint="the artifact is malformed or hostile; do not install it")
+    return str(path)
+
+
+def extract_package(store: OCILayout, layer: Descriptor, dest: Path) -> None:
+    """Unpack a package layer, refusing links, devices, escapes and bombs."""
+    import zstandard
+
+    budget = min(MAX_PACKAGE_BYTES, max(layer.size, 1) * MAX_RATIO)
+    with store.open_blob(layer.digest) as raw:
+        reader = zstandard.ZstdDecompressor().stream_reader(raw)
+        try:
+            with tarfile.open(fileobj=reader, mode="r|") as tf:
+                total = 0
+                for count, member in enumerate(tf, 1):
+                    if count > MAX_PACKAGE_MEMBERS:
+                        raise ArtifactInputError(f"package {layer.digest} has over "
+                                                 f"{MAX_PACKAGE_MEMBERS} files")
+                    if not (member.isfile() or member.isdir()):
+                        raise ArtifactInputError(
+                            f"package {layer.digest}: {member.name!r} is a link or special "
+                            "file", hint="packages may hold only regular files")
+                    rel = _safe_relpath(member.name, f"package {layer.digest}")
+                    total += member.size
+                    if total > budget:
+                        raise ArtifactInputError(
+                            f"package {layer.digest} unpacks to over {budget} bytes",
+                            hint="refused as a decompression bomb")
+                    target = dest / rel
+                    if member.isdir():
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    src = tf.extractfile(member)
+                    assert src is not None
+                    with open(target, "wb") as out:
+                        shutil.copyfileobj(src, out)
+                    os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
+        except (tarfile.TarError, zstandard.ZstdError) as exc:
+            raise ArtifactInputError(f"package {layer.digest} is not a valid tar+zstd ({exc})"
+                                     ) from None
+
+
+def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str) -> Installed:
+    """Build the installed tree of ``info`` under ``root``; replaces an older one."""
+    dest = install_dir(root, info.kind, info.name, info.version)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    missing = [layer for layer in info.manifest.layers if not store.has_blob(layer.digest)]
+    if missing:
+        raise NotFoundError(f"{ref}: blob {missing[0].digest} is not in the store",
+                            hint="pull the artifact again")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{info.version}.", dir=dest.parent))
+    try:
+        for layer in info.manifest.layers:
+            if layer.media_type == oci.PACKAGE_LAYER:
+                extract_package(store, layer, tmp)
+                continue
+            title = layer.annotations.get(oci.ANN_FILEPATH) or layer.annotations.get(
+                oci.ANN_TITLE)
+            if not title:
+                continue
+            target = tmp / _safe_relpath(title, ref)
+            _link_or_copy(store.blob_path(layer.digest), target)
+        record = {
+            "ref": ref,
+            "kind": info.kind,
+            "name": info.name,
+            "version": info.version,
+            "digest": str(info.descriptor.digest),
+            "variant": info.variant,
+            "files": {
+                (layer.annotations.get(oci.ANN_FILEPATH) or layer.annotations.get(oci.ANN_TITLE)
+                 or ""): str(layer.digest)
+                for layer in info.manifest.layers
+            },
+        }
+        (tmp / INSTALL_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True))
+        os.chmod(tmp, 0o755)
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            _rmtree(old)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        _rmtree(tmp)
+        raise
+    return Installed(info.kind, info.name, info.version, dest, record)
+
+
+def _rmtree(path: Path) -> None:
+    def onerror(func: Any, p: str, exc: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o755)
+            func(p)
+
+    shutil.rmtree(path, onerror=onerror)
+
+
+def list_installed(root: Path, kind: str | None = None) -> list[Installed]:
+    out: list[Installed] = []
+    for k in KINDS if kind is None else (kind,):
+        base = root / f"{k}s"
+        for record_path in sorted(base.glob(f"*/*/{INSTALL_RECORD}")):
+            try:
+                record = json.loads(record_path.read_text())
+            except (OSError, ValueError):
+                continue
+            out.append(Installed(k, record.get("name", record_path.parent.parent.name),
+                                 record.get("version", record_path.parent.name),
+                                 record_path.parent, record))
+    return out
+
+
+def find_installed(root: Path, kind: str, name: str, version: str | None = None
+                   ) -> list[Installed]:
+    return [i for i in list_installed(root, kind)
+            if i.name == name and (version is None or i.version == version)]
+
+
+def remove_installed(root: Path, kind: str, name: str, version: str | None = None
+                     ) -> list[Installed]:
+    found = find_installed(root, kind, name, version)
+    if not found:
+        what = f"{name}@{version}" if version else name
+        raise NotFoundError(f"No installed {kind} {what}",
+                            hint=f"`sxpm {kind} list` shows what is installed")
+    for item in found:
+        _rmtree(item.path)
+        with contextlib.suppress(OSError):
+            item.path.parent.rmdir()
+    return found
+
+
+def install(home: Home, ref: Reference, *, variant: str | None = None,
+            root: Path | None = None, pull_missing: bool = True, **pull_kw: Any) -> Installed:
+    """Install ``ref`` (pulling what is missing) as a tree under ``root`` (default: home)."""
+    from sxpm.distribution import pull, resolve_local
+
+    try:
+        top = resolve_local(home, ref)
+    except NotFoundError:
+        if not pull_missing:
+            raise
+        top = pull(home, ref, variant=variant, **pull_kw).descriptor
+    info = describe(home.store, top, variant)
+    if any(not home.store.has_blob(b.digest) for b in info.manifest.blobs()):
+        if not pull_missing:
+            raise StoreError(f"{ref}: some blobs are missing from the store",
+                             hint="run without --offline to fetch them")
+        pull(home, ref, variant=info.variant, **pull_kw)
+    return materialize(home.store, info, root or home.root, str(ref))

@@ -1,0 +1,432 @@
+"""An OCI image layout directory: the local store, and the embedded registry.
+
+Both the store under ``$SIMPLEX_HOME/store`` and a layout registry (``oci:DIR``) are
+plain OCI image layouts (``oci-layout``, ``index.json``, ``blobs/<alg>/<hex>``), so
+other OCI tools (oras, skopeo) read them as they are.
+
+Blob writes are crash-safe: bytes go to a temporary file on the same file system,
+are hashed while written, and are renamed into place only when digest and size
+match. A write for a known digest keeps its bytes in ``blobs/.partial/`` when
+interrupted, so the next attempt resumes instead of starting over. Locks (the
+``filelock`` package) serialise writers of one blob and updates of ``index.json``
+across processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from filelock import FileLock
+from filelock import Timeout as LockTimeout
+
+from sxpm.errors import CorruptBlobError, ManifestError, SizeMismatchError, StoreError
+from sxpm.oci import (
+    ANN_REF_NAME,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MAX_MANIFEST_BYTES,
+    Descriptor,
+    ImageIndex,
+    Manifest,
+    canonical_json,
+    parse_manifest_bytes,
+)
+from sxpm.reference import Digest
+
+CHUNK = 1024 * 1024
+LOCK_TIMEOUT_S = 900.0
+_LAYOUT_MARKER = {"imageLayoutVersion": "1.0.0"}
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+class BlobWriter:
+    """A file being written into the layout; see :meth:`OCILayout.writer`."""
+
+    def __init__(self, layout: OCILayout, expected: Descriptor | None, where: str) -> None:
+        self.layout = layout
+        self.expected = expected
+        self.where = where
+        self._hash = hashlib.sha256() if expected is None else hashlib.new(
+            expected.digest.algorithm)
+        layout.ensure()
+        if expected is not None:
+            # Named after the digest so an interrupted download resumes from its bytes.
+            self.path = layout.partial_dir / f"{expected.digest.algorithm}-{expected.digest.hex}"
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh: IO[bytes] = open(self.path, "ab+")  # noqa: SIM115 - closed in commit/abort
+            self._fh.seek(0)
+            for chunk in iter(lambda: self._fh.read(CHUNK), b""):
+                self._hash.update(chunk)
+            self.offset = self._fh.tell()
+            if self.offset > expected.size:
+                self._fh.truncate(0)
+                self._hash = hashlib.new(expected.digest.algorithm)
+                self.offset = 0
+        else:
+            layout.tmp_dir.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=layout.tmp_dir, prefix="blob-")
+            self.path = Path(name)
+            self._fh = os.fdopen(fd, "wb")
+            self.offset = 0
+        self.written = self.offset
+
+    def write(self, data: bytes) -> None:
+        if self.expected is not None and self.written + len(data) > self.expected.size:
+            self.abort(keep_partial=False)
+            raise SizeMismatchError(str(self.expected.digest), self.expected.size,
+                                    self.written + len(data), where=self.where)
+        self._fh.write(data)
+        self._hash.update(data)
+        self.written += len(data)
+
+    def restart(self) -> None:
+        """Drop the bytes written so far (the source could not resume)."""
+        self._fh.seek(0)
+        self._fh.truncate(0)
+        assert self.expected is not None
+        self._hash = hashlib.new(self.expected.digest.algorithm)
+        self.offset = self.written = 0
+
+    def commit(self, media_type: str = "application/octet-stream") -> Descriptor:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        algorithm = self.expected.digest.algorithm if self.expected else "sha256"
+        actual = Digest(algorithm, self._hash.hexdigest())
+        if self.expected is not None:
+            if self.written != self.expected.size:
+                self._discard()
+                raise SizeMismatchError(str(self.expected.digest), self.expected.size,
+                                        self.written, where=self.where)
+            if actual != self.expected.digest:
+                self._discard()
+                raise CorruptBlobError(str(self.expected.digest), str(actual), where=self.where)
+            media_type = self.expected.media_type
+        self.layout._place(self.path, actual)
+        return Descriptor(media_type, actual, self.written)
+
+    def abort(self, keep_partial: bool = True) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._fh.close()
+        if not keep_partial or self.expected is None:
+            self._discard()
+
+    def _discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+@dataclass
+class VerifyReport:
+    checked: int
+    bad: list[tuple[str, str]]  # (digest, what is wrong)
+
+
+class OCILayout:
+    """An OCI image layout rooted at ``root``."""
+
+    def __init__(self, root: Path | str, lock_dir: Path | str | None = None) -> None:
+        self.root = Path(root)
+        self.lock_dir = Path(lock_dir) if lock_dir else self.root / ".locks"
+        self.blobs_dir = self.root / "blobs"
+        self.partial_dir = self.blobs_dir / ".partial"
+        self.tmp_dir = self.blobs_dir / ".tmp"
+        self.index_path = self.root / "index.json"
+
+    # --- structure ------------------------------------------------------------
+    def exists(self) -> bool:
+        return (self.root / "oci-layout").is_file()
+
+    def ensure(self) -> None:
+        if self.exists() and self.index_path.is_file():
+            return
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.lock_dir.mkdir(parents=True, exist_ok=True)
+            with self._lock("index"):
+                if not (self.root / "oci-layout").is_file():
+                    write_atomic(self.root / "oci-layout", canonical_json(_LAYOUT_MARKER))
+                if not self.index_path.is_file():
+                    write_atomic(self.index_path,
+                                 canonical_json({"schemaVersion": 2, "manifests": []}))
+                (self.blobs_dir / "sha256").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"Cannot create the OCI layout at {self.root}: {exc.strerror}",
+                             hint="check the path and its permissions") from exc
+
+    @contextlib.contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.lock_dir / f"{name}.lock"), timeout=LOCK_TIMEOUT_S)
+        try:
+            with lock:
+                yield
+        except LockTimeout:
+            raise StoreError(f"Timed out waiting for the lock {name!r} in {self.root}",
+                             hint="another sxpm process holds it; retry when it ends") from None
+
+    def blob_lock(self, digest: Digest) -> contextlib.AbstractContextManager[None]:
+        return self._lock(f"blob-{digest.hex}")
+
+    def ref_lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return self._lock("ref-" + hashlib.sha256(name.encode()).hexdigest()[:32])
+
+    # --- blobs ----------------------------------------------------------------
+    def blob_path(self, digest: Digest) -> Path:
+        return self.blobs_dir / digest.algorithm / digest.hex
+
+    def has_blob(self, digest: Digest) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def blob_size(self, digest: Digest) -> int:
+        return self.blob_path(digest).stat().st_size
+
+    def open_blob(self, digest: Digest) -> IO[bytes]:
+        try:
+            return open(self.blob_path(digest), "rb")
+        except FileNotFoundError:
+            from sxpm.errors import NotFoundError
+
+            raise NotFoundError(f"Blob {digest} is not in {self.root}",
+                                hint="pull the artifact again") from None
+
+    def read_blob(self, desc: Descriptor, limit: int = MAX_MANIFEST_BYTES) -> bytes:
+        """Read a small blob whole and check it against its descriptor."""
+        if desc.size > limit:
+            raise ManifestError(str(desc.digest), f"blob of {desc.size} bytes is over the limit")
+        with self.open_blob(desc.digest) as fh:
+            data = fh.read(limit + 1)
+        actual = Digest(desc.digest.algorithm, hashlib.new(desc.digest.algorithm, data).hexdigest())
+        if actual != desc.digest:
+            raise CorruptBlobError(str(desc.digest), str(actual), where=str(self.root))
+        return data
+
+    @contextlib.contextmanager
+    def writer(self, expected: Descriptor | None = None, where: str = "") -> Iterator[BlobWriter]:
+        """Write a blob; ``expected`` is the descriptor it must match, if known.
+
+        With an expected digest, the per-blob lock is held for the whole write, so
+        two processes fetching the same blob do the work once.
+        """
+        lock = self.blob_lock(expected.digest) if expected else contextlib.nullcontext()
+        with lock:
+            w = BlobWriter(self, expected, where)
+            try:
+                yield w
+            except BaseException:
+                w.abort(keep_partial=True)
+                raise
+
+    def _place(self, tmp: Path, digest: Digest) -> None:
+        target = self.blob_path(digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, 0o444)  # installed trees hard-link blobs: keep them read-only
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+
+    def put_bytes(self, data: bytes, media_type: str, **kw: Any) -> Descriptor:
+        desc = Descriptor.for_bytes(media_type, data, **kw)
+        if self.has_blob(desc.digest):
+            return desc
+        with self.writer(desc, where="local data") as w:
+            if w.offset:
+                w.restart()
+            w.write(data)
+            w.commit()
+        return desc
+
+    def put_file(self, path: Path, media_type: str,
+                 progress: Callable[[int], None] | None = None) -> Descriptor:
+        """Copy a file into the layout, hashing it on the way."""
+        with self.writer(None, where=str(path)) as w, open(path, "rb") as src:
+            for chunk in iter(lambda: src.read(CHUNK), b""):
+                w.write(chunk)
+                if progress:
+                    progress(len(chunk))
+            return w.commit(media_type)
+
+    def remove_blob(self, digest: Digest) -> None:
+        with self.blob_lock(digest), contextlib.suppress(FileNotFoundError):
+            self.blob_path(digest).unlink()
+
+    def iter_blobs(self) -> Iterator[Digest]:
+        if not self.blobs_dir.is_dir():
+            return
+        for alg_dir in sorted(self.blobs_dir.iterdir()):
+            if alg_dir.name.startswith(".") or not alg_dir.is_dir():
+                continue
+            for blob in sorted(alg_dir.iterdir()):
+                try:
+                    yield Digest.parse(f"{alg_dir.name}:{blob.name}")
+                except ValueError:
+                    continue
+
+    # --- manifests and refs -----------------------------------------------------
+    def put_manifest(self, manifest: Manifest | ImageIndex) -> Descriptor:
+        desc = manifest.descriptor()
+        self.put_bytes(manifest.to_bytes(), desc.media_type)
+        return desc
+
+    def load_manifest(self, desc: Descriptor) -> Manifest | ImageIndex:
+        return parse_manifest_bytes(self.read_blob(desc), f"manifest {desc.digest}")
+
+    def _read_index(self) -> dict[str, Any]:
+        try:
+            obj = json.loads(self.index_path.read_bytes())
+        except FileNotFoundError:
+            return {"schemaVersion": 2, "manifests": []}
+        except ValueError as exc:
+            raise StoreError(f"{self.index_path} is not valid JSON ({exc})",
+                             hint="restore it or run `sxpm verify`") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("manifests", []), list):
+            raise StoreError(f"{self.index_path} is not an OCI index")
+        return obj
+
+    def refs(self) -> dict[str, Descriptor]:
+        """Every named ref in ``index.json``, name -> descriptor (annotation stripped)."""
+        out: dict[str, Descriptor] = {}
+        for i, item in enumerate(self._read_index().get("manifests", [])):
+            desc = Descriptor.from_dict(item, source=str(self.index_path),
+                                        path=f"$.manifests[{i}]")
+            name = desc.annotations.get(ANN_REF_NAME)
+            if name:
+                ann = {k: v for k, v in desc.annotations.items() if k != ANN_REF_NAME}
+                out[name] = Descriptor(desc.media_type, desc.digest, desc.size, ann,
+                                       desc.artifact_type)
+        return out
+
+    def resolve(self, name: str) -> Descriptor | None:
+        return self.refs().get(name)
+
+    def set_ref(self, name: str, desc: Descriptor) -> None:
+        self.ensure()
+        with self._lock("index"):
+            index = self._read_index()
+            items = [m for m in index.get("manifests", [])
+                     if (m.get("annotations") or {}).get(ANN_REF_NAME) != name]
+            entry = desc.to_dict()
+            entry["annotations"] = {**dict(desc.annotations), ANN_REF_NAME: name}
+            items.append(entry)
+            items.sort(key=lambda m: m["annotations"][ANN_REF_NAME]
+                       if ANN_REF_NAME in m.get("annotations", {}) else "")
+            index["manifests"] = items
+            index.setdefault("schemaVersion", 2)
+            write_atomic(self.index_path, canonical_json(index))
+
+    def remove_ref(self, name: str) -> bool:
+        if not self.index_path.exists():
+            return False
+        with self._lock("index"):
+            index = self._read_index()
+            before = index.get("manifests", [])
+            after = [m for m in before
+                     if (m.get("annotations") or {}).get(ANN_REF_NAME) != name]
+            if len(after) == len(before):
+                return False
+            index["manifests"] = after
+            write_atomic(self.index_path, canonical_json(index))
+            return True
+
+    # --- integrity ------------------------------------------------------------
+    def reachable(self, roots: list[Descriptor]) -> set[Digest]:
+        """Digests of every blob reachable from ``roots`` that is present."""
+        seen: set[Digest] = set()
+        stack = list(roots)
+        while stack:
+            desc = stack.pop()
+            if desc.digest in seen:
+                continue
+            seen.add(desc.digest)
+            if desc.media_type in _MANIFESTISH and self.has_blob(desc.digest):
+                try:
+                    obj = self.load_manifest(desc)
+                except (ManifestError, CorruptBlobError):
+                    continue
+                if isinstance(obj, ImageIndex):
+                    stack.extend(obj.manifests)
+                else:
+                    stack.extend(obj.blobs())
+        # Referrers (signatures) live as long as their subject.
+        return seen
+
+    def gc(self, extra_roots: list[Descriptor] | None = None, dry_run: bool = False
+           ) -> tuple[int, int]:
+        """Remove unreachable blobs and stale temporary files; (blobs, bytes) freed."""
+        with self._lock("gc"):
+            keep = self.reachable(list(self.refs().values()) + list(extra_roots or []))
+            count = freed = 0
+            for digest in list(self.iter_blobs()):
+                if digest in keep:
+                    continue
+                path = self.blob_path(digest)
+                with self.blob_lock(digest):
+                    try:
+                        size = path.stat().st_size
+                        if not dry_run:
+                            path.unlink()
+                    except FileNotFoundError:
+                        continue
+                count += 1
+                freed += size
+            if not dry_run and self.tmp_dir.is_dir():
+                shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            return count, freed
+
+    def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
+        bad: list[tuple[str, str]] = []
+        checked = 0
+        for digest in self.iter_blobs():
+            checked += 1
+            h = hashlib.new(digest.algorithm)
+            try:
+                with open(self.blob_path(digest), "rb") as fh:
+                    for chunk in iter(lambda fh=fh: fh.read(CHUNK), b""):  # type: ignore[misc]
+                        h.update(chunk)
+                        if progress:
+                            progress(len(chunk))
+            except OSError as exc:
+                bad.append((str(digest), f"unreadable: {exc.strerror}"))
+                continue
+            if h.hexdigest() != digest.hex:
+                bad.append((str(digest), f"content hashes to {digest.algorithm}:{h.hexdigest()}"))
+        for name, desc in self.refs().items():
+            if not self.has_blob(desc.digest):
+                bad.append((str(desc.digest), f"missing, named by ref {name}"))
+        return VerifyReport(checked, bad)
+
+
+_MANIFESTISH = MANIFEST_TYPES | INDEX_TYPES

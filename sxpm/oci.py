@@ -1,0 +1,298 @@
+"""OCI image-spec v1.1 objects: descriptors, manifests and image indexes.
+
+Manifests are serialised canonically (sorted keys, no spaces) so that packing the
+same content twice gives the same digest on any machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sxpm.errors import ManifestError
+from sxpm.reference import Digest
+
+# --- media types ---------------------------------------------------------------
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+
+MODEL_ARTIFACT = "application/vnd.cncf.model.manifest.v1+json"
+MODEL_CONFIG = "application/vnd.cncf.model.config.v1+json"
+MODEL_WEIGHT = "application/vnd.cncf.model.weight.v1.raw"
+MODEL_WEIGHT_CONFIG = "application/vnd.cncf.model.weight.config.v1.raw"
+MODEL_DOC = "application/vnd.cncf.model.doc.v1.raw"
+
+EXPERT_ARTIFACT = "application/vnd.simplex.expert.manifest.v1+json"
+EXPERT_CONFIG = "application/vnd.simplex.expert.config.v1+json"
+EXPERT_ADAPTER = "application/vnd.simplex.expert.adapter.v1.raw"
+EXPERT_SOFT_PROMPT = "application/vnd.simplex.expert.soft-prompt.v1.raw"
+EXPERT_TEMPLATE = "application/vnd.simplex.expert.prompt-template.v1.raw"
+EXPERT_DOC = "application/vnd.simplex.expert.doc.v1.raw"
+
+PACKAGE_ARTIFACT = "application/vnd.simplex.package.manifest.v1+json"
+PACKAGE_CONFIG = "application/vnd.simplex.package.config.v1+json"
+PACKAGE_LAYER = "application/vnd.simplex.package.layer.v1.tar+zstd"
+
+# --- annotations ---------------------------------------------------------------
+ANN_TITLE = "org.opencontainers.image.title"
+ANN_REF_NAME = "org.opencontainers.image.ref.name"
+ANN_VERSION = "org.opencontainers.image.version"
+ANN_FILEPATH = "org.cncf.model.filepath"
+ANN_VARIANT = "org.simplex.variant"
+ANN_BASE_MODEL = "org.simplex.base-model"
+ANN_NAME = "org.simplex.name"
+ANN_KIND = "org.simplex.kind"
+ANN_DEPENDENCIES = "org.simplex.dependencies"
+ANN_MEMORY = "org.simplex.memory"
+
+KIND_BY_ARTIFACT = {MODEL_ARTIFACT: "model", EXPERT_ARTIFACT: "expert", PACKAGE_ARTIFACT: "package"}
+ARTIFACT_BY_KIND = {v: k for k, v in KIND_BY_ARTIFACT.items()}
+
+# Registries commonly refuse manifests over 4 MiB; sxpm refuses to read larger ones
+# so a hostile source cannot make it buffer arbitrary amounts of JSON.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sha256_digest(data: bytes) -> Digest:
+    return Digest("sha256", hashlib.sha256(data).hexdigest())
+
+
+def _require(obj: Mapping[str, Any], key: str, kind: type, source: str, path: str) -> Any:
+    if key not in obj:
+        raise ManifestError(source, f"missing required field {key!r}", path=path or "$")
+    value = obj[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ManifestError(source, f"{key!r} must be {kind.__name__}", path=f"{path}.{key}")
+    return value
+
+
+def _annotations(obj: Mapping[str, Any], source: str, path: str) -> dict[str, str]:
+    value = obj.get("annotations") or {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ManifestError(source, "annotations must map strings to strings",
+                            path=f"{path}.annotations")
+    return dict(value)
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: Digest
+    size: int
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    artifact_type: str | None = None
+
+    @classmethod
+    def for_bytes(cls, media_type: str, data: bytes, **kw: Any) -> Descriptor:
+        return cls(media_type, sha256_digest(data), len(data), **kw)
+
+    @classmethod
+    def from_dict(cls, obj: Any, *, source: str = "descriptor", path: str = "$") -> Descriptor:
+        if not isinstance(obj, dict):
+            raise ManifestError(source, "descriptor must be an object", path=path)
+        media_type = _require(obj, "mediaType", str, source, path)
+        digest_text = _require(obj, "digest", str, source, path)
+        try:
+            digest = Digest.parse(digest_text)
+        except ValueError as exc:
+            raise ManifestError(source, str(exc), path=f"{path}.digest") from None
+        size = _require(obj, "size", int, source, path)
+        if size < 0:
+            raise ManifestError(source, "size must not be negative", path=f"{path}.size")
+        artifact_type = obj.get("artifactType")
+        if artifact_type is not None and not isinstance(artifact_type, str):
+            raise ManifestError(source, "artifactType must be a string",
+                                path=f"{path}.artifactType")
+        return cls(media_type, digest, size, _annotations(obj, source, path), artifact_type)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "digest": str(self.digest),
+            "size": self.size,
+        }
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+    @property
+    def title(self) -> str | None:
+        return self.annotations.get(ANN_TITLE) or self.annotations.get(ANN_FILEPATH)
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_TYPES
+
+
+@dataclass(frozen=True)
+class Manifest:
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+    artifact_type: str | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    subject: Descriptor | None = None
+    media_type: str = OCI_MANIFEST
+
+    @property
+    def kind(self) -> str | None:
+        return KIND_BY_ARTIFACT.get(self.artifact_type or self.config.media_type)
+
+    def blobs(self) -> list[Descriptor]:
+        return [self.config, *self.layers]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schemaVersion": 2,
+            "mediaType": self.media_type,
+            "config": self.config.to_dict(),
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        if self.subject:
+            out["subject"] = self.subject.to_dict()
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    def descriptor(self, **annotations: str) -> Descriptor:
+        return Descriptor.for_bytes(
+            self.media_type, self.to_bytes(), annotations=annotations,
+            artifact_type=self.artifact_type,
+        )
+
+    @classmethod
+    def from_dict(cls, obj: Any, source: str = "manifest") -> Manifest:
+        if not isinstance(obj, dict):
+            raise ManifestError(source, "a manifest must be a JSON object")
+        if obj.get("schemaVersion") != 2:
+            raise ManifestError(source, "schemaVersion must be 2", path="$.schemaVersion")
+        media_type = obj.get("mediaType", OCI_MANIFEST)
+        if media_type not in MANIFEST_TYPES:
+            raise ManifestError(source, f"unsupported manifest media type {media_type!r}",
+                                path="$.mediaType")
+        config = Descriptor.from_dict(obj.get("config"), source=source, path="$.config")
+        layers_obj = obj.get("layers", [])
+        if not isinstance(layers_obj, list):
+            raise ManifestError(source, "layers must be an array", path="$.layers")
+        layers = tuple(
+            Descriptor.from_dict(layer, source=source, path=f"$.layers[{i}]")
+            for i, layer in enumerate(layers_obj)
+        )
+        subject = None
+        if obj.get("subject") is not None:
+            subject = Descriptor.from_dict(obj["subject"], source=source, path="$.subject")
+        artifact_type = obj.get("artifactType")
+        if artifact_type is not None and not isinstance(artifact_type, str):
+            raise ManifestError(source, "artifactType must be a string", path="$.artifactType")
+        return cls(config, layers, artifact_type, _annotations(obj, source, "$"), subject,
+                   media_type)
+
+
+@dataclass(frozen=True)
+class ImageIndex:
+    manifests: tuple[Descriptor, ...]
+    artifact_type: str | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    subject: Descriptor | None = None
+    media_type: str = OCI_INDEX
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schemaVersion": 2,
+            "mediaType": self.media_type,
+            "manifests": [m.to_dict() for m in self.manifests],
+        }
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        if self.subject:
+            out["subject"] = self.subject.to_dict()
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    def descriptor(self) -> Descriptor:
+        return Descriptor.for_bytes(self.media_type, self.to_bytes(),
+                                    artifact_type=self.artifact_type)
+
+    def variants(self) -> dict[str, Descriptor]:
+        return {d.annotations.get(ANN_VARIANT, str(d.digest)): d for d in self.manifests}
+
+    def select(self, variant: str | None) -> Descriptor:
+        """The manifest of ``variant``, or the first one when none is asked for."""
+        if not self.manifests:
+            raise ManifestError("image index", "the index lists no manifests")
+        if variant is None:
+            return self.manifests[0]
+        found = self.variants().get(variant)
+        if found is None:
+            from sxpm.errors import NotFoundError
+
+            raise NotFoundError(
+                f"No variant {variant!r} in this artifact",
+                hint=f"choose one of: {', '.join(self.variants())}",
+            )
+        return found
+
+    @classmethod
+    def from_dict(cls, obj: Any, source: str = "index") -> ImageIndex:
+        if not isinstance(obj, dict):
+            raise ManifestError(source, "an image index must be a JSON object")
+        if obj.get("schemaVersion") != 2:
+            raise ManifestError(source, "schemaVersion must be 2", path="$.schemaVersion")
+        media_type = obj.get("mediaType", OCI_INDEX)
+        if media_type not in INDEX_TYPES:
+            raise ManifestError(source, f"unsupported index media type {media_type!r}",
+                                path="$.mediaType")
+        items = obj.get("manifests")
+        if not isinstance(items, list):
+            raise ManifestError(source, "manifests must be an array", path="$.manifests")
+        manifests = tuple(
+            Descriptor.from_dict(m, source=source, path=f"$.manifests[{i}]")
+            for i, m in enumerate(items)
+        )
+        subject = None
+        if obj.get("subject") is not None:
+            subject = Descriptor.from_dict(obj["subject"], source=source, path="$.subject")
+        artifact_type = obj.get("artifactType")
+        if artifact_type is not None and not isinstance(artifact_type, str):
+            raise ManifestError(source, "artifactType must be a string", path="$.artifactType")
+        return cls(manifests, artifact_type, _annotations(obj, source, "$"), subject, media_type)
+
+
+def parse_manifest_bytes(data: bytes, source: str) -> Manifest | ImageIndex:
+    """Parse manifest or index JSON, refusing oversized or malformed input."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(source, f"manifest is {len(data)} bytes, over the 4 MiB limit")
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ManifestError(source, f"not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise ManifestError(source, "a manifest must be a JSON object")
+    media_type = obj.get("mediaType")
+    if media_type in INDEX_TYPES or (media_type is None and "manifests" in obj):
+        return ImageIndex.from_dict(obj, source)
+    return Manifest.from_dict(obj, source)

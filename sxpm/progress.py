@@ -1,0 +1,45 @@
+"""Progress reporting hooks: silent by default, tqdm bars in the CLI."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Protocol
+
+
+class Progress(Protocol):
+    def update(self, n: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class Reporter:
+    """Makes one progress line per artifact; the base class reports nothing."""
+
+    def start(self, label: str, total: int) -> Progress:
+        return _Silent()
+
+
+class _Silent:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TqdmReporter(Reporter):
+    """Bars with bytes, rate and ETA on stderr, only when it is a terminal."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+
+    def start(self, label: str, total: int) -> Progress:
+        if not self.enabled:
+            return _Silent()
+        from tqdm import tqdm
+
+        bar: Any = tqdm(total=total, desc=label, unit="B", unit_scale=True,
+                        unit_divisor=1024, leave=True, file=sys.stderr)
+        return bar  # type: ignore[no-any-return]
+
+
+SILENT = Reporter()

@@ -1,0 +1,107 @@
+"""The embedded registry: one OCI image layout directory per repository.
+
+``oci:./registry/tiny-llama`` is the layout at ``./registry/tiny-llama``; its tags
+are the ``org.opencontainers.image.ref.name`` annotations of ``index.json``, as
+``oras --oci-layout`` writes them. No server is involved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sxpm.errors import CorruptBlobError, NotFoundError
+from sxpm.layout import CHUNK, BlobWriter, OCILayout
+from sxpm.oci import MAX_MANIFEST_BYTES, Descriptor, parse_manifest_bytes, sha256_digest
+from sxpm.progress import Progress
+from sxpm.reference import Digest, Reference
+from sxpm.transport import Repository
+
+REFERRERS_TAG_PREFIX = "sha256-"
+
+
+class LayoutRepository(Repository):
+    def __init__(self, ref: Reference) -> None:
+        super().__init__(ref)
+        self.layout = OCILayout(ref.repository)
+
+    def _missing(self, what: str) -> NotFoundError:
+        return NotFoundError(f"{what} not found in {self.ref.locator}",
+                             hint="check the reference; `sxpm list` shows what is stored")
+
+    def get_manifest(self, reference: str) -> tuple[Descriptor, bytes]:
+        if not self.layout.exists():
+            raise self._missing("Repository")
+        if reference.startswith("sha256:") or reference.startswith("sha512:"):
+            digest = Digest.parse(reference)
+            if not self.layout.has_blob(digest):
+                raise self._missing(f"Manifest {digest}")
+            size = self.layout.blob_size(digest)
+            media_type = "application/vnd.oci.image.manifest.v1+json"
+        else:
+            found = self.layout.resolve(reference)
+            if found is None:
+                raise self._missing(f"Tag {reference!r}")
+            digest, size, media_type = found.digest, found.size, found.media_type
+        if size > MAX_MANIFEST_BYTES:
+            raise CorruptBlobError(str(digest), f"a manifest of {size} bytes (over 4 MiB)",
+                                   where=self.ref.locator)
+        with self.layout.open_blob(digest) as fh:
+            data = fh.read(MAX_MANIFEST_BYTES + 1)
+        actual = sha256_digest(data)
+        if actual != digest:
+            raise CorruptBlobError(str(digest), str(actual), where=self.ref.locator)
+        media_type = parse_manifest_bytes(data, f"{self.ref.locator}@{digest}").media_type
+        return Descriptor(media_type, digest, len(data)), data
+
+    def has_blob(self, digest: Digest) -> bool:
+        return self.layout.has_blob(digest)
+
+    def fetch_blob(self, desc: Descriptor, writer: BlobWriter, progress: Progress) -> None:
+        with self.layout.open_blob(desc.digest) as fh:
+            fh.seek(writer.offset)
+            progress.update(writer.offset)
+            for chunk in iter(lambda: fh.read(CHUNK), b""):
+                writer.write(chunk)
+                progress.update(len(chunk))
+
+    def push_blob(self, desc: Descriptor, store: OCILayout, progress: Progress,
+                  mount_from: Sequence[str] = ()) -> bool:
+        if self.layout.has_blob(desc.digest):
+            return False
+        self.layout.ensure()
+        with self.layout.writer(desc, where=str(store.root)) as w, \
+                store.open_blob(desc.digest) as src:
+            src.seek(w.offset)
+            for chunk in iter(lambda: src.read(CHUNK), b""):
+                w.write(chunk)
+                progress.update(len(chunk))
+            w.commit()
+        return True
+
+    def push_manifest(self, desc: Descriptor, data: bytes, tag: str | None) -> None:
+        self.layout.ensure()
+        stored = self.layout.put_bytes(data, desc.media_type)
+        if stored.digest != desc.digest:
+            raise CorruptBlobError(str(desc.digest), str(stored.digest), where="push")
+        if tag:
+            self.layout.set_ref(tag, Descriptor(desc.media_type, desc.digest, desc.size,
+                                                artifact_type=desc.artifact_type))
+
+    def tags(self) -> list[str]:
+        if not self.layout.exists():
+            return []
+        return sorted(self.layout.refs())
+
+    def referrers(self, subject: Digest, artifact_type: str | None = None) -> list[Descriptor]:
+        # A layout has no referrers API: use the tag schema, like registries without one.
+        from sxpm.oci import ImageIndex
+
+        tag = f"{REFERRERS_TAG_PREFIX}{subject.hex}"
+        if tag not in self.tags():
+            return []
+        _, data = self.get_manifest(tag)
+        index = parse_manifest_bytes(data, f"{self.ref.locator}:{tag}")
+        if not isinstance(index, ImageIndex):
+            return []
+        return [d for d in index.manifests
+                if artifact_type is None or d.artifact_type == artifact_type]

@@ -1,0 +1,42 @@
+"""JSON Schema validation of every file sxpm reads or writes."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from sxpm.errors import ManifestError
+
+
+@cache
+def _validator(name: str) -> Any:
+    from jsonschema import Draft202012Validator, FormatChecker
+
+    text = resources.files("sxpm.schemas").joinpath(f"{name}.schema.json").read_text()
+    schema = json.loads(text)
+    return Draft202012Validator(schema, format_checker=FormatChecker())
+
+
+def json_path(parts: Any) -> str:
+    out = "$"
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def validate(instance: Any, schema: str, source: str) -> None:
+    """Raise :class:`ManifestError` naming ``source`` and the path of the first bad field."""
+    errors = sorted(_validator(schema).iter_errors(instance),
+                    key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        err = errors[0]
+        message = err.message
+        if isinstance(err.schema, dict) and "x-message" in err.schema:
+            message = f"{err.instance!r} {err.schema['x-message']}"
+        elif err.schema is False:
+            message = "this field is not allowed here"
+        if len(message) > 200:
+            message = message[:200] + "..."
+        raise ManifestError(source, message, path=json_path(err.absolute_path))
