@@ -240,3 +240,35 @@ def copy(home: Home, src: Reference, dst: Reference, *,
     return push(home, src.with_digest(pulled.descriptor.digest) if not src.tag else src,
                 target=dst if dst.tag or dst.digest else dst.with_tag(src.tag),
                 options=options, reporter=reporter)
+
+
+def fetch_blobs(home: Home, wanted: Iterable[tuple[str, Descriptor]], *,
+                options: TransportOptions | None = None, reporter: Reporter = SILENT
+                ) -> tuple[int, int]:
+    """Fetch blobs of many artifacts in one parallel pass; (blobs, bytes) fetched.
+
+    ``wanted`` pairs a repository locator (``host/repo`` or ``oci:DIR``) with a blob.
+    A blob several artifacts share is fetched once.
+    """
+    options = options or TransportOptions()
+    unique: dict[str, tuple[str, Descriptor]] = {}
+    for source, desc in wanted:
+        if not home.store.has_blob(desc.digest):
+            unique.setdefault(str(desc.digest), (source, desc))
+    repos: dict[str, Repository] = {}
+    for source, _ in unique.values():
+        if source not in repos:
+            repos[source] = open_repository(Reference.parse(source), options)
+    total = sum(d.size for _, d in unique.values())
+    bar = reporter.start("install", total)
+    by_digest = {str(d.digest): s for s, d in unique.values()}
+
+    def one(desc: Descriptor) -> None:
+        source = by_digest[str(desc.digest)]
+        _fetch_one(repos[source], home.store, desc, bar, Reference.parse(source))
+
+    try:
+        _parallel(options.jobs, [d for _, d in unique.values()], one)
+    finally:
+        bar.close()
+    return len(unique), total

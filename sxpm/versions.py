@@ -1,12 +1,24 @@
-"""Versions and version requirements (Cargo's meaning), on ``semantic_version``."""
+"""Versions and version requirements with Cargo's meaning, on ``semantic_version``.
+
+``semantic_version.SimpleSpec`` already implements ``^``, ``~``, comparisons, ``*``
+and wildcards with Cargo's meaning; two spellings differ and are translated first:
+a bare version (``1.2``) is a caret requirement in Cargo (``==`` in SimpleSpec), and
+Cargo writes exact matches as ``=1.2.3`` (partial: ``=1.2`` means ``>=1.2.0, <1.3.0``).
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
 import semantic_version
 
-from sxpm.errors import InvalidVersionError
+from sxpm.errors import InputError, InvalidVersionError
 
 Version = semantic_version.Version
+_BARE = re.compile(r"^v?\d+(\.\d+){0,2}(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
+_FULL = re.compile(r"^\d+\.\d+\.\d+")
 
 
 def parse_version(text: str) -> semantic_version.Version:
@@ -17,3 +29,56 @@ def parse_version(text: str) -> semantic_version.Version:
         return semantic_version.Version(text.strip().removeprefix("v"))
     except ValueError:
         raise InvalidVersionError(text) from None
+
+
+class InvalidRequirementError(InputError):
+    def __init__(self, text: str, reason: str = "") -> None:
+        super().__init__(
+            f"Invalid version requirement {text!r}" + (f": {reason}" if reason else ""),
+            hint="write ^1.2, ~1.2, =1.2.3, >=1,<2 or *")
+        self.text = text
+
+
+def _translate(clause: str) -> str:
+    clause = clause.strip()
+    if _BARE.match(clause):
+        return "^" + clause.removeprefix("v")
+    if clause.startswith("=") and not clause.startswith("=="):
+        rest = clause[1:].strip()
+        return f"=={rest}" if _FULL.match(rest) else f"~{rest}"
+    return clause.replace(" ", "")
+
+
+@dataclass(frozen=True)
+class VersionReq:
+    """A version requirement such as ``^1.2`` or ``>=1, <2``; ``str()`` gives it back."""
+
+    text: str
+    _spec: Any = field(compare=False, repr=False)
+
+    @classmethod
+    def parse(cls, text: str) -> VersionReq:
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidRequirementError(str(text), "empty")
+        if len(text) > 128:
+            raise InvalidRequirementError(text[:40] + "...", "too long")
+        translated = ",".join(_translate(part) for part in text.split(","))
+        try:
+            spec = semantic_version.SimpleSpec(translated)
+        except ValueError as exc:
+            raise InvalidRequirementError(text, str(exc)) from None
+        return cls(text.strip(), spec)
+
+    def matches(self, version: semantic_version.Version | str) -> bool:
+        if isinstance(version, str):
+            try:
+                version = parse_version(version)
+            except InvalidVersionError:
+                return False
+        return bool(version in self._spec)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+ANY = VersionReq.parse("*")

@@ -29,6 +29,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "gc": ("sxpm.cli.artifacts", "gc", "Delete blobs that nothing refers to."),
     "verify": ("sxpm.cli.artifacts", "verify", "Re-hash every blob in the store."),
     "model": ("sxpm.cli.model", "model", "Install, list, inspect and remove models."),
+    "init": ("sxpm.cli.project", "init", "Create simplex.toml."),
+    "add": ("sxpm.cli.project", "add", "Add a requirement to simplex.toml."),
+    "remove": ("sxpm.cli.project", "remove", "Remove a requirement from simplex.toml."),
+    "lock": ("sxpm.cli.project", "lock_cmd", "Resolve simplex.toml into simplex.lock."),
+    "install": ("sxpm.cli.project", "install", "Install the project's locked artifacts."),
+    "update": ("sxpm.cli.project", "update", "Move locked versions forward."),
+    "tree": ("sxpm.cli.project", "tree", "Show the locked dependency tree."),
+    "why": ("sxpm.cli.project", "why", "Explain why an artifact is locked."),
 }
 
 

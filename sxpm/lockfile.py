@@ -1,0 +1,235 @@
+"""``simplex.lock``: every artifact pinned by digest, in a deterministic TOML file.
+
+Format version 1. An sxpm that finds a newer major ``version`` refuses the file and
+says to upgrade; the file is written in one fixed order (artifacts sorted by name,
+keys in a fixed order) so the same resolution always gives the same bytes.
+
+Parsing is hand-checked (not jsonschema) because ``install --frozen`` reads the lock
+on its fast path; ``schemas/simplex-lock.schema.json`` documents the same shape and
+the tests check written locks against it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sxpm.errors import ManifestError, NotFoundError
+from sxpm.layout import write_atomic
+from sxpm.reference import Digest, validate_name
+
+LOCK_VERSION = 1
+HEADER = "# simplex.lock: written by sxpm from simplex.toml; do not edit by hand.\n"
+
+
+@dataclass(frozen=True)
+class LockedLayer:
+    path: str
+    digest: str
+    size: int
+    media_type: str
+
+
+@dataclass(frozen=True)
+class LockedArtifact:
+    name: str
+    kind: str
+    version: str
+    source: str  # registry repository, e.g. localhost:5000/simplex/tiny-llama
+    digest: str  # what the index published: manifest or image index
+    manifest: str  # the manifest installed (a variant's, for an index)
+    variant: str | None = None
+    dependencies: tuple[str, ...] = ()
+    layers: tuple[LockedLayer, ...] = ()
+    signer: str | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(layer.size for layer in self.layers)
+
+
+@dataclass
+class Lock:
+    requirements_hash: str
+    requirements: list[dict[str, str]] = field(default_factory=list)
+    artifacts: list[LockedArtifact] = field(default_factory=list)
+    index_source: str = ""
+    index_state: str = ""
+    version: int = LOCK_VERSION
+
+    def by_name(self) -> dict[str, LockedArtifact]:
+        return {a.name: a for a in self.artifacts}
+
+    # --- writing ---------------------------------------------------------------
+    def dumps(self) -> str:
+        q = json.dumps  # a JSON string is a valid TOML basic string
+        out = [HEADER, f"version = {self.version}\n",
+               f"requirements-hash = {q(self.requirements_hash)}\n"]
+        if self.index_source or self.index_state:
+            out.append(f"\n[index]\nsource = {q(self.index_source)}\n"
+                       f"state = {q(self.index_state)}\n")
+        for req in sorted(self.requirements, key=lambda r: (r["kind"], r["name"])):
+            out.append("\n[[requirement]]\n")
+            for key in ("name", "kind", "req", "variant", "base"):
+                if req.get(key):
+                    out.append(f"{key} = {q(req[key])}\n")
+        for art in sorted(self.artifacts, key=lambda a: (a.name, a.kind)):
+            out.append("\n[[artifact]]\n")
+            out.append(f"name = {q(art.name)}\nkind = {q(art.kind)}\n"
+                       f"version = {q(art.version)}\nsource = {q(art.source)}\n"
+                       f"digest = {q(art.digest)}\nmanifest = {q(art.manifest)}\n")
+            if art.variant:
+                out.append(f"variant = {q(art.variant)}\n")
+            out.append("dependencies = [" + ", ".join(q(d) for d in sorted(art.dependencies))
+                       + "]\n")
+            if art.signer:
+                out.append(f"signer = {q(art.signer)}\n")
+            out.append("layers = [\n")
+            for layer in art.layers:
+                out.append(f"  {{ path = {q(layer.path)}, digest = {q(layer.digest)}, "
+                           f"size = {layer.size}, media-type = {q(layer.media_type)} }},\n")
+            out.append("]\n")
+        return "".join(out)
+
+    def write(self, path: Path) -> None:
+        write_atomic(path, self.dumps().encode())
+
+    # --- reading ---------------------------------------------------------------
+    @classmethod
+    def read(cls, path: Path) -> Lock:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise NotFoundError(f"{path} does not exist", hint="run `sxpm lock`") from None
+        return cls.loads(text, str(path))
+
+    @classmethod
+    def loads(cls, text: str, source: str = "simplex.lock") -> Lock:
+        from sxpm.project import parse_toml
+
+        data = parse_toml(text, source)
+        return cls.from_dict(data, source)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str) -> Lock:
+        def fail(path: str, message: str) -> ManifestError:
+            return ManifestError(source, message, path=path,
+                                 hint="run `sxpm lock` to write it again")
+
+        version = data.get("version")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise fail("$.version", "missing or non-integer format version")
+        if version > LOCK_VERSION:
+            raise ManifestError(source, f"lock format {version} is newer than this sxpm "
+                                f"understands ({LOCK_VERSION})", path="$.version",
+                                hint="upgrade sxpm: pip install -U sxpm")
+        if version < 1:
+            raise fail("$.version", f"unknown lock format {version}")
+
+        def text(obj: dict[str, Any], key: str, where: str, required: bool = True
+                 ) -> str | None:
+            value = obj.get(key)
+            if value is None and not required:
+                return None
+            if not isinstance(value, str) or not value:
+                raise fail(f"{where}.{key}", "must be a non-empty string")
+            return value
+
+        def digest(obj: dict[str, Any], key: str, where: str) -> str:
+            value = text(obj, key, where)
+            assert value is not None
+            try:
+                return str(Digest.parse(value))
+            except ValueError as exc:
+                raise fail(f"{where}.{key}", str(exc)) from None
+
+        req_hash = text(data, "requirements-hash", "$")
+        assert req_hash is not None
+        index = data.get("index", {})
+        if not isinstance(index, dict):
+            raise fail("$.index", "must be a table")
+        reqs = data.get("requirement", [])
+        if not isinstance(reqs, list) or not all(isinstance(r, dict) for r in reqs):
+            raise fail("$.requirement", "must be an array of tables")
+        requirements = []
+        for i, r in enumerate(reqs):
+            where = f"$.requirement[{i}]"
+            rec = {k: text(r, k, where) for k in ("name", "kind", "req")}
+            for k in ("variant", "base"):
+                if r.get(k):
+                    rec[k] = text(r, k, where)
+            requirements.append({k: v for k, v in rec.items() if v is not None})
+        arts = data.get("artifact", [])
+        if not isinstance(arts, list) or not all(isinstance(a, dict) for a in arts):
+            raise fail("$.artifact", "must be an array of tables")
+        artifacts = []
+        seen: set[str] = set()
+        for i, a in enumerate(arts):
+            where = f"$.artifact[{i}]"
+            name = text(a, "name", where)
+            assert name is not None
+            try:
+                validate_name(name)
+            except ValueError as exc:
+                raise fail(f"{where}.name", str(exc)) from None
+            if name in seen:
+                raise fail(f"{where}.name", f"{name!r} is locked twice")
+            seen.add(name)
+            kind = text(a, "kind", where)
+            if kind not in ("model", "expert", "package"):
+                raise fail(f"{where}.kind", f"unknown kind {kind!r}")
+            deps = a.get("dependencies", [])
+            if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+                raise fail(f"{where}.dependencies", "must be an array of names")
+            layers_obj = a.get("layers", [])
+            if not isinstance(layers_obj, list):
+                raise fail(f"{where}.layers", "must be an array")
+            layers = []
+            for j, layer in enumerate(layers_obj):
+                lw = f"{where}.layers[{j}]"
+                if not isinstance(layer, dict):
+                    raise fail(lw, "must be a table")
+                size = layer.get("size")
+                if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                    raise fail(f"{lw}.size", "must be a non-negative integer")
+                path = text(layer, "path", lw)
+                media_type = text(layer, "media-type", lw)
+                assert path is not None and media_type is not None
+                layers.append(LockedLayer(path, digest(layer, "digest", lw), size, media_type))
+            artifacts.append(LockedArtifact(
+                name=name, kind=kind, version=str(text(a, "version", where)),
+                source=str(text(a, "source", where)), digest=digest(a, "digest", where),
+                manifest=digest(a, "manifest", where),
+                variant=text(a, "variant", where, required=False),
+                dependencies=tuple(deps), layers=tuple(layers),
+                signer=text(a, "signer", where, required=False)))
+        return cls(req_hash, requirements, artifacts,
+                   str(index.get("source", "")), str(index.get("state", "")), version)
+
+
+def changed_requirements(old: list[dict[str, str]], new: list[dict[str, str]]) -> list[str]:
+    """Human descriptions of how ``new`` differs from ``old`` (lock vs simplex.toml)."""
+    before = {r["name"]: r for r in old}
+    after = {r["name"]: r for r in new}
+    out = []
+    for name in sorted(set(before) | set(after)):
+        a, b = before.get(name), after.get(name)
+        if a == b:
+            continue
+        if a is None:
+            out.append(f"{name} was added ({b['req'] if b else ''})")
+        elif b is None:
+            out.append(f"{name} was removed")
+        else:
+            out.append(f"{name} changed from {_describe(a)} to {_describe(b)}")
+    return out
+
+
+def _describe(rec: dict[str, str]) -> str:
+    text = rec.get("req", "*")
+    for key in ("variant", "base"):
+        if rec.get(key):
+            text += f" {key}={rec[key]}"
+    return text

@@ -1,0 +1,231 @@
+"""``simplex.toml``: the project manifest, read with tomllib and edited with tomlkit.
+
+Edits (``sxpm init/add/remove``) go through tomlkit so the user's comments, order
+and formatting survive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sxpm.errors import InputError, ManifestError, NotFoundError
+from sxpm.layout import write_atomic
+from sxpm.reference import validate_name
+from sxpm.resolver.model import Requirement
+from sxpm.validation import validate
+from sxpm.versions import VersionReq
+
+MANIFEST = "simplex.toml"
+LOCKFILE = "simplex.lock"
+TABLE_BY_KIND = {"model": "models", "expert": "experts", "package": "dependencies"}
+KIND_BY_TABLE = {v: k for k, v in TABLE_BY_KIND.items()}
+_LINE_COL = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+def find_manifest(start: Path | None = None) -> Path | None:
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / MANIFEST
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        m = _LINE_COL.search(message)
+        where = f"line {m.group(1)} column {m.group(2)}" if m else ""
+        raise ManifestError(source, f"invalid TOML: {_LINE_COL.sub('', message).strip()}",
+                            path=where, hint="fix the TOML syntax") from None
+
+
+@dataclass
+class Project:
+    path: Path  # the simplex.toml
+    data: dict[str, Any]
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / LOCKFILE
+
+    @property
+    def install_root(self) -> Path:
+        return self.root / ".simplex"
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Project:
+        if path is None or path.is_dir():
+            found = find_manifest(path)
+            if found is None:
+                raise NotFoundError(f"No {MANIFEST} in {path or Path.cwd()} or its parents",
+                                    hint="run `sxpm init` to create one")
+            path = found
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise NotFoundError(f"{path} does not exist", hint="run `sxpm init`") from None
+        except UnicodeDecodeError:
+            raise ManifestError(str(path), "not UTF-8 text") from None
+        data = parse_toml(text, str(path))
+        validate(data, "simplex-toml", str(path))
+        project = cls(path, data)
+        project.requirements()  # parse every requirement now: errors name their key
+        return project
+
+    def requirements(self) -> list[Requirement]:
+        out: list[Requirement] = []
+        for table, kind in KIND_BY_TABLE.items():
+            for name, spec in self.data.get(table, {}).items():
+                where = f"$.{table}.{name}"
+                text = spec if isinstance(spec, str) else spec.get("version", "*")
+                try:
+                    req = VersionReq.parse(text)
+                except InputError as exc:
+                    raise ManifestError(str(self.path), exc.message, path=where) from None
+                variant = spec.get("variant") if isinstance(spec, dict) else None
+                base = spec.get("base") if isinstance(spec, dict) else None
+                out.append(Requirement(name, kind, req, variant, base))
+        names = [r.name for r in out]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ManifestError(str(self.path), f"{dupes[0]!r} is listed in two tables",
+                                hint="a name may appear once across models, experts and "
+                                     "dependencies")
+        return sorted(out, key=lambda r: (r.kind, r.name))
+
+    def requirement_records(self) -> list[dict[str, str]]:
+        """Requirements as plain records: what the lock stores to name changes."""
+        records = []
+        for r in self.requirements():
+            rec = {"name": r.name, "kind": r.kind, "req": str(r.req)}
+            if r.variant:
+                rec["variant"] = r.variant
+            if r.base:
+                rec["base"] = r.base
+            records.append(rec)
+        return records
+
+    def requirements_hash(self) -> str:
+        payload = {"requirements": self.requirement_records(),
+                   "registries": self.data.get("registries", {}),
+                   "features": self.data.get("features", {})}
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+    @property
+    def registries(self) -> dict[str, str]:
+        return dict(self.data.get("registries", {}))
+
+    @property
+    def trust(self) -> dict[str, Any]:
+        return dict(self.data.get("trust", {}))
+
+
+TEMPLATE = """\
+[package]
+name = "{name}"
+version = "0.1.0"
+
+# Models, experts and code packages this project needs; versions use Cargo's
+# requirement syntax (^1.2, ~1.2, =1.2.3, >=1,<2, *).
+[models]
+
+[experts]
+
+[dependencies]
+
+[registries]
+{registries}
+"""
+
+
+def init(directory: Path, name: str | None = None, *, registry: str | None = None,
+         index: str | None = None) -> Path:
+    path = directory / MANIFEST
+    if path.exists():
+        raise InputError(f"{path} already exists", hint="edit it, or use `sxpm add`")
+    name = validate_name(name or _default_name(directory))
+    lines = []
+    if registry:
+        lines.append(f"default = {json.dumps(registry)}")
+    if index:
+        lines.append(f"index = {json.dumps(index)}")
+    directory.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, TEMPLATE.format(name=name, registries="\n".join(lines)).encode())
+    return path
+
+
+def _default_name(directory: Path) -> str:
+    base = re.sub(r"[^a-z0-9._-]+", "-", directory.resolve().name.lower()).strip("-._")
+    return base or "my-project"
+
+
+def _edit(project: Project) -> Any:
+    import tomlkit
+
+    return tomlkit.parse(project.path.read_text(encoding="utf-8"))
+
+
+def _save(project: Project, doc: Any) -> None:
+    import tomlkit
+
+    text = tomlkit.dumps(doc)
+    data = parse_toml(text, str(project.path))
+    validate(data, "simplex-toml", str(project.path))
+    Project(project.path, data).requirements()
+    write_atomic(project.path, text.encode())
+
+
+def add(project: Project, name: str, kind: str, req: str | None, *,
+        variant: str | None = None, base: str | None = None) -> str:
+    """Add or change a requirement; returns the requirement text written."""
+    import tomlkit
+
+    validate_name(name)
+    text = str(VersionReq.parse(req or "*"))
+    table_name = TABLE_BY_KIND[kind]
+    doc = _edit(project)
+    for other, other_kind in KIND_BY_TABLE.items():
+        if other != table_name and name in doc.get(other, {}):
+            raise InputError(f"{name} is already a {other_kind} in {project.path}",
+                             hint=f"`sxpm remove {name}` first")
+    if table_name not in doc:
+        doc.add(table_name, tomlkit.table())
+    table = doc[table_name]
+    if variant or base:
+        value = tomlkit.inline_table()
+        value["version"] = text
+        if variant:
+            value["variant"] = variant
+        if base:
+            value["base"] = base
+        table[name] = value
+    else:
+        table[name] = text
+    _save(project, doc)
+    return text
+
+
+def remove(project: Project, name: str) -> str:
+    """Remove a requirement; returns the kind it had."""
+    doc = _edit(project)
+    for table_name, kind in KIND_BY_TABLE.items():
+        if table_name in doc and name in doc[table_name]:
+            del doc[table_name][name]
+            _save(project, doc)
+            return kind
+    raise NotFoundError(f"{name} is not a requirement in {project.path}",
+                        hint="`sxpm tree` shows what the project requires")

@@ -1,0 +1,30 @@
+"""Version resolution: pure, with the world reached only through a provider.
+
+* :mod:`sxpm.resolver.model` - the value types (requirements, candidates, result).
+* :mod:`sxpm.resolver.provider` - the :class:`Provider` protocol and its reporters.
+* :mod:`sxpm.resolver.resolve` - the backtracking resolver.
+"""
+
+from sxpm.resolver.model import (
+    Candidate,
+    Dep,
+    Requirement,
+    Resolution,
+    Resolved,
+    Variant,
+)
+from sxpm.resolver.provider import Provider, Reporter
+from sxpm.resolver.resolve import ResolutionImpossible, resolve
+
+__all__ = [
+    "Candidate",
+    "Dep",
+    "Provider",
+    "Reporter",
+    "Requirement",
+    "Resolution",
+    "ResolutionImpossible",
+    "Resolved",
+    "Variant",
+    "resolve",
+]

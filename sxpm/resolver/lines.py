@@ -1,0 +1,45 @@
+"""Candidates from index lines: the JSON objects of the registry index format."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sxpm.errors import ManifestError
+from sxpm.resolver.model import Candidate, Dep, Variant
+from sxpm.versions import VersionReq, parse_version
+
+
+def candidate_from_line(line: Mapping[str, Any], source: str = "index") -> Candidate:
+    """Build a :class:`Candidate` from one index line (``name``, ``vers``, ``deps``...)."""
+    try:
+        deps = tuple(Dep(d["name"], VersionReq.parse(d.get("req", "*")),
+                         d.get("kind", "package")) for d in line.get("deps", []))
+        variants = tuple(
+            Variant(v["name"], v.get("digest", ""), int(v.get("size", 0)),
+                    int(v.get("memory", 0) or 0), v.get("base_model"))
+            for v in line.get("variants", []))
+        return Candidate(
+            name=line["name"], kind=line.get("kind", "package"),
+            version=parse_version(line["vers"]), digest=line.get("digest", ""),
+            ref=line.get("ref", ""), deps=deps, variants=variants,
+            yanked=bool(line.get("yanked", False)), size=int(line.get("size", 0)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ManifestError(source, f"index line for {line.get('name')!r} is malformed "
+                            f"({exc})") from None
+
+
+class LinesProvider:
+    """A provider over index lines held in memory (tests, snapshots, small indexes)."""
+
+    def __init__(self, lines: Iterable[Mapping[str, Any]]) -> None:
+        self._by_name: dict[str, list[Candidate]] = {}
+        for line in lines:
+            cand = candidate_from_line(line)
+            self._by_name.setdefault(cand.name, []).append(cand)
+
+    def candidates(self, name: str) -> Sequence[Candidate]:
+        return self._by_name.get(name, [])
+
+    def known_names(self) -> Iterable[str]:
+        return self._by_name.keys()

@@ -1,0 +1,242 @@
+"""simplex.toml, simplex.lock and reproducible installs, against a real layout registry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def published(cli, sample_dir: Path, registry_dir: Path) -> Path:  # noqa: ANN001
+    """A registry with tiny-llama 1.0.0 (F32, F16), 1.1.0, 2.0.0 and sql-expert 2.1.0."""
+    reg = f"oci:{registry_dir}"
+    for vers in ("1.0.0", "1.1.0", "2.0.0"):
+        ref = f"{reg}/tiny-llama:{vers}"
+        cli("pack", "model", sample_dir / "tiny-llama", "--ref", ref, "--variant", "F32")
+        if vers == "1.0.0":
+            cli("pack", "model", sample_dir / "tiny-llama-f16", "--ref", ref, "--variant", "F16")
+        cli("push", ref)
+    cli("pack", "expert", sample_dir / "sql-expert", "--ref", f"{reg}/sql-expert:2.1.0")
+    cli("push", f"{reg}/sql-expert:2.1.0")
+    cli("pack", "package", sample_dir / "simplex-hello", "--ref",
+        f"{reg}/simplex-hello:0.1.0")
+    cli("push", f"{reg}/simplex-hello:0.1.0")
+    return registry_dir
+
+
+@pytest.fixture
+def project(tmp_path: Path, published: Path) -> Path:
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "simplex.toml").write_text(f"""\
+# my agent project
+[package]
+name = "my-agent"
+version = "0.1.0"
+
+[models]
+# the base model
+tiny-llama = {{ version = "~1.0", variant = "F16" }}
+
+[experts]
+sql-expert = "^2"
+
+[registries]
+default = "oci:{published}"
+""")
+    return proj
+
+
+def run_in(cli, proj: Path):  # noqa: ANN001, ANN201
+    def call(*args: str, **kw: object):  # noqa: ANN202
+        return cli(*args, "--manifest-path", str(proj / "simplex.toml"), **kw)
+    return call
+
+
+def test_lock_and_install(cli, project: Path) -> None:  # noqa: ANN001
+    p = run_in(cli, project)
+    out = p("lock", "--json").json
+    assert out["artifacts"] == {"tiny-llama": "1.0.0", "sql-expert": "2.1.0"}
+    lock_text = (project / "simplex.lock").read_text()
+    import tomllib
+
+    data = tomllib.loads(lock_text)
+    schema = json.loads((ROOT / "schemas" / "simplex-lock.schema.json").read_text())
+    jsonschema.validate(data, schema)
+    arts = {a["name"]: a for a in data["artifact"]}
+    assert arts["tiny-llama"]["variant"] == "F16"
+    assert arts["sql-expert"]["dependencies"] == ["tiny-llama"]
+    assert [layer["path"] for layer in arts["tiny-llama"]["layers"]] == ["README.md",
+                                                                        "model.gguf"]
+    # Locking again changes nothing, byte for byte.
+    assert p("lock", "--json").json["changed"] is False
+    assert (project / "simplex.lock").read_text() == lock_text
+
+    report = p("install", "--json").json
+    assert sorted(report["installed"]) == ["sql-expert", "tiny-llama"]
+    model = project / ".simplex" / "models" / "tiny-llama" / "1.0.0" / "model.gguf"
+    assert model.is_file()
+    assert (project / ".simplex" / "experts" / "sql-expert" / "2.1.0" / "adapter.gguf").is_file()
+    again = p("install", "--frozen", "--json").json
+    assert again["installed"] == [] and sorted(again["unchanged"]) == ["sql-expert",
+                                                                       "tiny-llama"]
+    tree = p("tree").stdout
+    assert "sql-expert 2.1.0 (expert)" in tree and "tiny-llama 1.0.0 (model, F16)" in tree
+    why = p("why", "tiny-llama", "--json").json["chains"]
+    assert ["simplex.toml", "tiny-llama 1.0.0"] in why
+    assert ["simplex.toml", "sql-expert 2.1.0", "tiny-llama 1.0.0"] in why
+
+
+def test_two_homes_install_identical_trees(cli, cli2, project: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    run_in(cli, project)("lock")
+    other = tmp_path / "other"
+    shutil.copytree(project, other, ignore=shutil.ignore_patterns(".simplex"))
+    run_in(cli, project)("install", "--frozen")
+    run_in(cli2, other)("install", "--frozen")
+    a = tree_digest(project / ".simplex")
+    b = tree_digest(other / ".simplex")
+    assert a == b and len(a) >= 5
+
+
+def test_moved_tag_does_not_change_frozen_install(cli, cli2, project: Path,  # noqa: ANN001
+                                                  sample_dir: Path, published: Path) -> None:
+    p = run_in(cli, project)
+    p("lock")
+    locked = (project / "simplex.lock").read_text()
+    # Re-publish tiny-llama:1.0.0 with other content: the tag moves.
+    ref = f"oci:{published}/tiny-llama:1.0.0"
+    cli("rm", ref)
+    cli("pack", "model", sample_dir / "other-llama", "--ref", ref, "--variant", "F16")
+    cli("push", ref)
+    run_in(cli2, project)("install", "--frozen")
+    installed = project / ".simplex" / "models" / "tiny-llama" / "1.0.0" / "model.gguf"
+    want = hashlib.sha256((sample_dir / "tiny-llama-f16" / "model.gguf").read_bytes())
+    assert hashlib.sha256(installed.read_bytes()).hexdigest() == want.hexdigest()
+    assert (project / "simplex.lock").read_text() == locked
+
+
+def test_locked_names_the_changed_requirement(cli, project: Path) -> None:  # noqa: ANN001
+    p = run_in(cli, project)
+    p("lock")
+    p("add", "tiny-llama@^1", "--model", "--variant", "F32")
+    r = cli.fail("install", "--locked", "--manifest-path", str(project / "simplex.toml"),
+                 code=2)
+    assert "tiny-llama changed from ~1.0 variant=F16 to ^1 variant=F32" in r.stderr
+    assert not (project / ".simplex").exists()
+
+
+def test_update_moves_forward_and_lock_keeps_versions(cli, project: Path) -> None:  # noqa: ANN001
+    p = run_in(cli, project)
+    p("remove", "sql-expert")
+    p("add", "tiny-llama@^1", "--model")
+    out = p("lock", "--json").json
+    assert out["artifacts"] == {"tiny-llama": "1.1.0"}
+    toml = project / "simplex.toml"
+    toml.write_text(toml.read_text().replace('"^1"', '"^1.0"'))
+    lock_before = (project / "simplex.lock").read_text()
+    p("lock")
+    assert "1.1.0" in (project / "simplex.lock").read_text()
+    assert (project / "simplex.lock").read_text() != lock_before  # requirements hash
+    upd = p("update", "--json").json
+    assert upd["artifacts"] == {"tiny-llama": "1.1.0"} and upd["changed"] is False
+
+
+def test_add_and_remove_keep_comments(cli, project: Path) -> None:  # noqa: ANN001
+    p = run_in(cli, project)
+    p("add", "simplex-hello@^0.1")
+    p("add", "other@1.0", "--model")
+    text = (project / "simplex.toml").read_text()
+    assert "# my agent project" in text and "# the base model" in text
+    assert 'simplex-hello = "^0.1"' in text
+    p("remove", "other")
+    assert "other" not in (project / "simplex.toml").read_text().split("[registries]")[0]
+    cli.fail("remove", "ghost", "--manifest-path", str(project / "simplex.toml"), code=2)
+
+
+def test_init(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    d = tmp_path / "new-proj"
+    cli("init", str(d), "--registry", "oci:./reg")
+    text = (d / "simplex.toml").read_text()
+    assert 'name = "new-proj"' in text and 'default = "oci:./reg"' in text
+    cli.fail("init", str(d), code=2)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("[package\nname = 1", "line 1 column"),
+        ('[models]\ntiny = { versio = "1" }\n', "$.models.tiny"),
+        ('[models]\n"Bad Name" = "1"\n', "not a valid name"),
+        ('[models]\ntiny = "^^1"\n', "$.models.tiny"),
+        ('[widgets]\nx = 1\n', "widgets"),
+    ],
+)
+def test_bad_manifests(cli, tmp_path: Path, content: str, expected: str) -> None:  # noqa: ANN001
+    proj = tmp_path / "bad"
+    proj.mkdir()
+    (proj / "simplex.toml").write_text(content)
+    r = cli.fail("lock", "--manifest-path", str(proj / "simplex.toml"), code=2)
+    assert expected in r.stderr and "simplex.toml" in r.stderr
+    assert not (proj / "simplex.lock").exists()
+
+
+def test_unknown_and_impossible(cli, project: Path) -> None:  # noqa: ANN001
+    p = run_in(cli, project)
+    toml = project / "simplex.toml"
+    original = toml.read_text()
+    toml.write_text(original.replace("sql-expert", "sql-exprt"))
+    r = cli.fail("lock", "--manifest-path", str(toml), code=2)
+    assert "sql-exprt" in r.stderr
+    toml.write_text(original.replace('version = "~1.0"', 'version = "^2"'))
+    r = cli.fail("lock", "--manifest-path", str(toml), code=2)
+    assert "No version of" in r.stderr
+    assert not (project / "simplex.lock").exists()
+    toml.write_text(original)
+    p("lock")
+
+
+def test_lock_with_unknown_digest_fails_cleanly(cli, cli2, project: Path) -> None:  # noqa: ANN001
+    p = run_in(cli, project)
+    p("lock")
+    lock = project / "simplex.lock"
+    text = lock.read_text()
+    import re
+
+    digest = re.search(r'manifest = "(sha256:[0-9a-f]+)"', text).group(1)
+    lock.write_text(text.replace(digest, "sha256:" + "0" * 64))
+    r = cli2.fail("install", "--frozen", "--manifest-path", str(project / "simplex.toml"),
+                  code=2)
+    assert "0000000000" in r.stderr
+    assert not (project / ".simplex").exists()
+
+
+def test_newer_lock_format_is_refused(cli, project: Path) -> None:  # noqa: ANN001
+    p = run_in(cli, project)
+    p("lock")
+    lock = project / "simplex.lock"
+    lock.write_text(lock.read_text().replace("version = 1\n", "version = 7\n", 1))
+    r = cli.fail("install", "--frozen", "--manifest-path", str(project / "simplex.toml"),
+                 code=2)
+    assert "newer than this sxpm" in r.stderr and "upgrade" in r.stderr
+
+
+def test_offline_install_uses_the_store(cli, project: Path, published: Path) -> None:  # noqa: ANN001
+    p = run_in(cli, project)
+    p("lock")
+    p("install", "--frozen")
+    shutil.rmtree(project / ".simplex")
+    shutil.rmtree(published)  # the registry is gone
+    p("install", "--frozen", "--offline")
+    assert (project / ".simplex" / "models" / "tiny-llama" / "1.0.0" / "model.gguf").exists()
