@@ -3,57 +3,61 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from sxpm.cli._common import emit_json, home, json_option, reporter, transfer_options, transport
 from sxpm.errors import InputError, NotFoundError
 
-KIND_FLAGS = [("--model", "model"), ("--expert", "expert"), ("--package", "package")]
+if TYPE_CHECKING:
+    from sxpm.home import Home
+    from sxpm.lockfile import Lock
+    from sxpm.lockops import LockResult
+    from sxpm.project import Project
+    from sxpm.resolver import Provider
+    from sxpm.transport import TransportOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _project_option(f):  # type: ignore[no-untyped-def]
+def _project_option(f: F) -> F:
     return click.option("--manifest-path", "manifest", type=click.Path(path_type=Path),
                         help="simplex.toml to use (default: found from the current "
                              "directory upwards).")(f)
 
 
-def _index_option(f):  # type: ignore[no-untyped-def]
+def _index_option(f: F) -> F:
     return click.option("--index", "index", help="Registry index (URL or path); default: "
                         "SXPM_INDEX, [registries] index, the home's config.")(f)
 
 
-def _load(manifest: Path | None):  # type: ignore[no-untyped-def]
+def _load(manifest: Path | None) -> Project:
     from sxpm.project import Project
 
     return Project.load(manifest)
 
 
-def _provider(project, h, index: str | None, offline: bool, options):  # type: ignore[no-untyped-def]
+def _provider(project: Project, h: Home, index: str | None, offline: bool,
+              options: TransportOptions) -> tuple[Provider, str, str]:
     """The index when one is configured, else the default registry's tag lists."""
     from sxpm.lockops import ManifestSource, RegistryProvider
 
     location = index or os.environ.get("SXPM_INDEX") or project.registries.get("index") \
         or h.config().get("index")
     if location:
-        from sxpm.index.provider import IndexProvider
-
-        provider = IndexProvider.open(location, h, offline=offline)
-        return provider, provider.source, provider.state
+        raise InputError("Resolving against an index is not available in this build",
+                         hint="remove --index / [registries] index to use the registry's tags")
     registry = project.registries.get("default") or h.default_registry
     return RegistryProvider(registry, ManifestSource(h, options, offline)), "", ""
 
 
 def _memory_budget() -> int | None:
     """Bytes a model may use here: accelerator memory when one is found, else RAM."""
-    try:
-        from sxpm.runner.detect import detect
-
-        return detect().usable_memory()
-    except ImportError:
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        return int(pages * size * 0.75)
+    pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    return int(pages * size * 0.75)
 
 
 @click.command()
@@ -120,7 +124,7 @@ def remove(name: str, manifest: Path | None) -> None:
 
 
 def _do_lock(manifest: Path | None, index: str | None, offline: bool, insecure: bool,
-             jobs: int, update: list[str] | None):  # type: ignore[no-untyped-def]
+             jobs: int, update: list[str] | None) -> tuple[Project, LockResult]:
     from sxpm.lockops import lock as do_lock
 
     project = _load(manifest)
@@ -150,7 +154,7 @@ def lock_cmd(manifest: Path | None, index: str | None, offline: bool, quiet: boo
     _print_lock(project, result, as_json)
 
 
-def _print_lock(project, result, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+def _print_lock(project: Project, result: LockResult, as_json: bool) -> None:
     if as_json:
         emit_json({"lock": str(project.lock_path), "changed": result.changed,
                    "updates": result.updates,
@@ -234,7 +238,7 @@ def install(manifest: Path | None, index: str | None, locked: bool, frozen: bool
                f"in {project.install_root}")
 
 
-def _read_lock(manifest: Path | None):  # type: ignore[no-untyped-def]
+def _read_lock(manifest: Path | None) -> tuple[Project, Lock]:
     from sxpm.lockfile import Lock
 
     project = _load(manifest)
