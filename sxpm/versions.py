@@ -9,6 +9,7 @@ Cargo writes exact matches as ``=1.2.3`` (partial: ``=1.2`` means ``>=1.2.0, <1.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,11 @@ def parse_version(text: str) -> semantic_version.Version:
     """A strict ``MAJOR.MINOR.PATCH[-pre][+build]`` version."""
     if not isinstance(text, str):
         raise InvalidVersionError(repr(text), "not a string")
+    return _parse_version(text)
+
+
+@lru_cache(maxsize=65536)
+def _parse_version(text: str) -> semantic_version.Version:
     try:
         return semantic_version.Version(text.strip().removeprefix("v"))
     except ValueError:
@@ -55,10 +61,18 @@ class VersionReq:
 
     text: str
     _spec: Any = field(compare=False, repr=False)
+    # The resolver asks the same questions many times; semantic_version is slow to answer.
+    _seen: dict[Any, bool] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def parse(cls, text: str) -> VersionReq:
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
+            raise InvalidRequirementError(str(text), "not a string")
+        return _parse_req(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> VersionReq:
+        if not text.strip():
             raise InvalidRequirementError(str(text), "empty")
         if len(text) > 128:
             raise InvalidRequirementError(text[:40] + "...", "too long")
@@ -70,15 +84,26 @@ class VersionReq:
         return cls(text.strip(), spec)
 
     def matches(self, version: semantic_version.Version | str) -> bool:
-        if isinstance(version, str):
+        known = self._seen.get(version)
+        if known is not None:
+            return known
+        parsed = version
+        if isinstance(parsed, str):
             try:
-                version = parse_version(version)
+                parsed = parse_version(parsed)
             except InvalidVersionError:
                 return False
-        return bool(version in self._spec)
+        answer = self._seen[version] = bool(parsed in self._spec)
+        return answer
 
     def __str__(self) -> str:
         return self.text
+
+
+@lru_cache(maxsize=4096)
+def _parse_req(text: str) -> VersionReq:
+    # Index lines repeat a few requirement texts many times; parse each once.
+    return VersionReq._parse(text)
 
 
 ANY = VersionReq.parse("*")

@@ -33,13 +33,18 @@ class LinesProvider:
     """A provider over index lines held in memory (tests, snapshots, small indexes)."""
 
     def __init__(self, lines: Iterable[Mapping[str, Any]]) -> None:
-        self._by_name: dict[str, list[Candidate]] = {}
+        # Lines are parsed only for the names a resolution reaches, as an index
+        # client reads only their files.
+        self._lines: dict[str, list[Mapping[str, Any]]] = {}
         for line in lines:
-            cand = candidate_from_line(line)
-            self._by_name.setdefault(cand.name, []).append(cand)
+            self._lines.setdefault(str(line.get("name")), []).append(line)
+        self._parsed: dict[str, list[Candidate]] = {}
 
     def candidates(self, name: str) -> Sequence[Candidate]:
-        return self._by_name.get(name, [])
+        if name not in self._parsed:
+            self._parsed[name] = [candidate_from_line(line)
+                                  for line in self._lines.get(name, [])]
+        return self._parsed[name]
 
     def known_names(self) -> Iterable[str]:
-        return self._by_name.keys()
+        return self._lines.keys()

@@ -82,6 +82,7 @@ class Constraint:
     path: tuple[str, ...]
     variant: str | None = None
     base: str | None = None
+    source: str | None = None  # the name whose chosen version imposed it; None: simplex.toml
 
     def explain(self, name: str) -> str:
         if len(self.path) == 1:

@@ -12,6 +12,7 @@ expert's variant is the one built for that base model, so the two always agree.
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Mapping, Sequence
 
 from sxpm.errors import InputError, NotFoundError
@@ -120,16 +121,23 @@ class _Solver:
             self.conflict = (depth, name, cons)
 
     def solve(self, chosen: Chosen, cons: dict[str, list[Constraint]], order: list[str]
-              ) -> Chosen | None:
+              ) -> tuple[Chosen | None, set[str]]:
+        """A full choice, or None and the names whose choices caused the failure.
+
+        Conflict-directed backjumping: when the failure below a decision does not
+        involve it, its other candidates cannot help and are skipped.
+        """
         name = next((n for n in order if n not in chosen), None)
         if name is None:
-            return chosen
+            return chosen, set()
         mine = cons[name]
+        blame = {c.source for c in mine if c.source}
         viable = self.viable(name, mine)
         if not viable:
             self.record(len(chosen), name, mine)
-            return None
+            return None, blame
         via = min(mine, key=lambda c: len(c.path)).path
+        conflict: set[str] = set()
         for cand in viable:
             self.steps += 1
             if self.steps > self.max_steps:
@@ -143,7 +151,7 @@ class _Solver:
             new_order = list(order)
             clash = None
             for dep in deps:
-                con = Constraint(dep.req, dep.kind, path)
+                con = Constraint(dep.req, dep.kind, path, source=name)
                 new_cons[dep.name] = [*cons.get(dep.name, []), con]
                 if dep.name in chosen and not self._fits(chosen[dep.name].candidate,
                                                          new_cons[dep.name]):
@@ -154,13 +162,17 @@ class _Solver:
             if clash is not None:
                 self.record(len(chosen) + 1, clash, new_cons[clash])
                 self.reporter.backtracking(cand, f"conflicts on {clash}")
+                conflict |= {clash} | {c.source for c in cons.get(clash, []) if c.source}
                 continue
             resolved = Resolved(cand, variant, tuple(" -> ".join(c.path) for c in mine), deps)
-            result = self.solve({**chosen, name: resolved}, new_cons, new_order)
+            result, below = self.solve({**chosen, name: resolved}, new_cons, new_order)
             if result is not None:
-                return result
+                return result, set()
             self.reporter.backtracking(cand, "no solution below it")
-        return None
+            if name not in below:
+                return None, below  # jump back past this decision
+            conflict |= below
+        return None, (conflict - {name}) | blame
 
     def explain(self) -> ResolutionImpossible:
         assert self.conflict is not None
@@ -199,7 +211,13 @@ def resolve(requirements: Sequence[Requirement], provider: Provider, *,
             Constraint(req.req, req.kind, (ROOT,), req.variant, req.base))
         if req.name not in order:
             order.append(req.name)
-    result = solver.solve({}, cons, order)
+    # One stack frame per decision: deep graphs need more than Python's default 1000.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20_000))
+    try:
+        result, _ = solver.solve({}, cons, order)
+    finally:
+        sys.setrecursionlimit(limit)
     if result is None:
         raise solver.explain()
     return Resolution(dict(sorted(result.items())), solver.steps)
