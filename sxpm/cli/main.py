@@ -29,6 +29,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "gc": ("sxpm.cli.artifacts", "gc", "Delete blobs that nothing refers to."),
     "verify": ("sxpm.cli.artifacts", "verify", "Re-hash every blob in the store."),
     "model": ("sxpm.cli.model", "model", "Install, list, inspect and remove models."),
+    "login": ("sxpm.cli.registry", "login", "Save credentials for a registry."),
+    "logout": ("sxpm.cli.registry", "logout", "Forget the credentials of a registry."),
+    "referrers": ("sxpm.cli.registry", "referrers", "List the artifacts that refer to one."),
 }
 
 
