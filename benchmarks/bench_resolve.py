@@ -115,9 +115,9 @@ def bench_frozen_install(runs: int) -> float:
         env = {**os.environ, "SIMPLEX_HOME": str(work / "home"), "PYTHONPATH": str(ROOT)}
         reg = work / "registry"
         deps = []
+        from sxpm.distribution import push
         from sxpm.home import Home
         from sxpm.pack import pack
-        from sxpm.distribution import push
 
         home = Home(work / "home")
         for i in range(50):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sxpm.errors import CorruptBlobError, NotFoundError, StoreError
 from sxpm.home import Home
@@ -22,7 +22,7 @@ from sxpm.oci import (
     parse_manifest_bytes,
 )
 from sxpm.progress import SILENT, Progress, Reporter
-from sxpm.reference import Reference
+from sxpm.reference import Digest, Reference
 from sxpm.transport import Repository, TransportOptions, open_repository
 
 
@@ -210,11 +210,12 @@ def push(home: Home, ref: Reference, *, target: Reference | None = None,
             hint="pull it with --all-variants first, or push one variant with --variant")
     repo = open_repository(dest, options)
     result = TransferResult(dest, top)
+    mounts = mount_candidates(home, dest, blobs)
     bar = reporter.start(f"push {dest.name}", sum(b.size for b in blobs))
     sent: list[Descriptor] = []
 
     def one(desc: Descriptor) -> None:
-        if repo.push_blob(desc, home.store, bar):
+        if repo.push_blob(desc, home.store, bar, mount_from=mounts.get(desc.digest, ())):
             sent.append(desc)
         else:
             bar.update(desc.size)
@@ -230,6 +231,65 @@ def push(home: Home, ref: Reference, *, target: Reference | None = None,
         tag = dest.tag if desc.digest == top.digest else None
         repo.push_manifest(desc, data, tag)
     return result
+
+
+def mount_candidates(home: Home, dest: Reference, blobs: Iterable[Descriptor]
+                     ) -> dict[Digest, list[str]]:
+    """Other repositories of ``dest``'s registry that hold each blob, as far as the
+    store's refs tell: a registry can then mount the blob instead of receiving it."""
+    wanted = {b.digest for b in blobs}
+    out: dict[Digest, list[str]] = {}
+    if dest.is_layout or not wanted or not home.store.exists():
+        return out
+    for name, desc in home.store.refs().items():
+        try:
+            ref = Reference.parse(name)
+        except ValueError:
+            continue
+        if ref.registry != dest.registry or ref.repository == dest.repository:
+            continue
+        for digest in home.store.reachable([desc]) & wanted:
+            if ref.repository not in out.setdefault(digest, []):
+                out[digest].append(ref.repository)
+    return out
+
+
+def attach(home: Home, subject: Reference, manifest: Manifest, *,
+           options: TransportOptions | None = None) -> Descriptor:
+    """Push ``manifest`` as a referrer of ``subject`` (a signature, an SBOM...).
+
+    Its blobs must be in the store. The manifest's ``subject`` is set to the
+    descriptor the registry serves for ``subject``; the referrer is pushed by digest,
+    and registries without the referrers API get the tag-schema index updated.
+    """
+    options = options or TransportOptions()
+    repo = open_repository(subject, options)
+    sdesc, _ = repo.get_manifest(str(subject.digest) if subject.digest
+                                 else (subject.tag or "latest"))
+    if subject.digest and sdesc.digest != subject.digest:
+        raise CorruptBlobError(str(subject.digest), str(sdesc.digest), where=str(subject))
+    manifest = replace(manifest, subject=Descriptor(sdesc.media_type, sdesc.digest,
+                                                    sdesc.size))
+    for blob in manifest.blobs():
+        if not home.store.has_blob(blob.digest):
+            raise NotFoundError(f"Blob {blob.digest} of the referrer is not in the store",
+                                hint="put it in the store first (OCILayout.put_bytes)")
+        repo.push_blob(blob, home.store, SILENT.start("", 0))
+    desc = manifest.descriptor()
+    data = manifest.to_bytes()
+    home.store.put_bytes(data, desc.media_type)
+    repo.push_manifest(desc, data, None)
+    return desc
+
+
+def list_referrers(subject: Reference, artifact_type: str | None = None, *,
+                   options: TransportOptions | None = None) -> list[Descriptor]:
+    """Manifests in ``subject``'s repository whose ``subject`` is that artifact."""
+    repo = open_repository(subject, options or TransportOptions())
+    digest = subject.digest
+    if digest is None:
+        digest = repo.get_manifest(subject.tag or "latest")[0].digest
+    return repo.referrers(digest, artifact_type)
 
 
 def copy(home: Home, src: Reference, dst: Reference, *,

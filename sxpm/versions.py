@@ -9,8 +9,8 @@ Cargo writes exact matches as ``=1.2.3`` (partial: ``=1.2`` means ``>=1.2.0, <1.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import semantic_version

@@ -111,3 +111,43 @@ def lib_home(home: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
 
     monkeypatch.setenv("SIMPLEX_HOME", str(home))
     return Home(home)
+
+
+# --- a real OCI registry (Debian's docker-registry) on loopback, one per test run ---
+
+REGISTRY_USERS = {"alice": "s3cret-pa55word"}
+
+
+def _start_registry(tmp_path_factory: pytest.TempPathFactory, **kw: object):  # noqa: ANN202
+    import registry
+
+    if not registry.available():
+        pytest.skip("docker-registry is not installed (apt-get install docker-registry; "
+                    "scripts/test does it)")
+    return registry.Registry.start(tmp_path_factory.mktemp("oci-registry"), **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def oci_registry(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A registry without authentication; ``.host`` is ``127.0.0.1:PORT``."""
+    server = _start_registry(tmp_path_factory)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A registry with htpasswd (basic) authentication for ``REGISTRY_USERS``."""
+    server = _start_registry(tmp_path_factory, users=REGISTRY_USERS)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fault_proxy(oci_registry):  # noqa: ANN001, ANN201
+    """A fault-injecting HTTP proxy in front of ``oci_registry``."""
+    from faultproxy import FaultProxy
+
+    proxy = FaultProxy(oci_registry.host)
+    yield proxy
+    proxy.close()

@@ -39,6 +39,11 @@ def transfer_options(f: F) -> F:
 
 
 def transport(insecure: bool, jobs: int) -> TransportOptions:
+    import os
+
+    retries = os.environ.get("SXPM_RETRIES", "")
+    if retries.isdigit():
+        return TransportOptions(insecure=insecure, jobs=jobs, retries=int(retries))
     return TransportOptions(insecure=insecure, jobs=jobs)
 
 

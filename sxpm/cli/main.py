@@ -37,6 +37,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "update": ("sxpm.cli.project", "update", "Move locked versions forward."),
     "tree": ("sxpm.cli.project", "tree", "Show the locked dependency tree."),
     "why": ("sxpm.cli.project", "why", "Explain why an artifact is locked."),
+    "login": ("sxpm.cli.registry", "login", "Save credentials for a registry."),
+    "logout": ("sxpm.cli.registry", "logout", "Forget the credentials of a registry."),
+    "referrers": ("sxpm.cli.registry", "referrers", "List the artifacts that refer to one."),
 }
 
 

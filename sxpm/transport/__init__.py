@@ -12,8 +12,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sxpm.errors import NotFoundError
 from sxpm.layout import BlobWriter, OCILayout
-from sxpm.oci import Descriptor
+from sxpm.oci import Descriptor, ImageIndex, Manifest, parse_manifest_bytes
 from sxpm.progress import Progress
 from sxpm.reference import Digest, Reference
 
@@ -24,6 +25,16 @@ class TransportOptions:
     """Allow plain HTTP and unverified TLS for non-loopback hosts."""
     jobs: int = 4
     """Parallel transfers."""
+    retries: int = 6
+    """Attempts after the first, for 429/5xx answers and dropped connections."""
+    backoff_s: float = 0.5
+    """First wait between attempts; doubled each time, with jitter, at most 30 s."""
+    retry_max_s: float = 120.0
+    """No retry starts after this many seconds spent on one request."""
+    timeout_s: float = 60.0
+    """Seconds without a byte from the registry before a read gives up."""
+    chunk_bytes: int = 64 * 1024 * 1024
+    """Uploads larger than this go in PATCH chunks of this size."""
 
 
 class Repository(ABC):
@@ -78,3 +89,46 @@ def open_repository(ref: Reference, options: TransportOptions | None = None) -> 
     from sxpm.transport.remote import RemoteRepository
 
     return RemoteRepository(ref, options)
+
+
+# --- referrers: the tag schema shared by every registry without the referrers API ---
+
+
+def referrers_tag(subject: Digest) -> str:
+    """The fallback tag listing the referrers of ``subject``: ``sha256-<hex>``."""
+    return f"{subject.algorithm}-{subject.hex}"
+
+
+def read_referrers_fallback(repo: Repository, subject: Digest,
+                            artifact_type: str | None = None) -> list[Descriptor]:
+    """Referrers of ``subject`` from the image index at its fallback tag."""
+    try:
+        _, data = repo.get_manifest(referrers_tag(subject))
+    except NotFoundError:
+        return []
+    index = parse_manifest_bytes(data, f"{repo.ref.locator}:{referrers_tag(subject)}")
+    if not isinstance(index, ImageIndex):
+        return []
+    return [d for d in index.manifests
+            if artifact_type is None or d.artifact_type == artifact_type]
+
+
+def update_referrers_fallback(repo: Repository, desc: Descriptor, data: bytes) -> None:
+    """After pushing a manifest with a ``subject``, add it to the subject's fallback index.
+
+    A read-modify-write of one tag: two writers racing may drop one entry, which the
+    next push of that referrer restores (the OCI spec accepts the same limitation).
+    """
+    obj = parse_manifest_bytes(data, f"{repo.ref.locator}@{desc.digest}")
+    if obj.subject is None:
+        return
+    artifact_type = obj.artifact_type
+    if artifact_type is None and isinstance(obj, Manifest):
+        artifact_type = obj.config.media_type
+    entry = Descriptor(obj.media_type, desc.digest, desc.size, dict(obj.annotations),
+                       artifact_type)
+    current = read_referrers_fallback(repo, obj.subject.digest)
+    if any(d.digest == desc.digest for d in current):
+        return
+    index = ImageIndex((*current, entry))
+    repo.push_manifest(index.descriptor(), index.to_bytes(), referrers_tag(obj.subject.digest))

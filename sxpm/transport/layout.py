@@ -14,9 +14,7 @@ from sxpm.layout import CHUNK, BlobWriter, OCILayout
 from sxpm.oci import MAX_MANIFEST_BYTES, Descriptor, parse_manifest_bytes, sha256_digest
 from sxpm.progress import Progress
 from sxpm.reference import Digest, Reference
-from sxpm.transport import Repository
-
-REFERRERS_TAG_PREFIX = "sha256-"
+from sxpm.transport import Repository, read_referrers_fallback, update_referrers_fallback
 
 
 class LayoutRepository(Repository):
@@ -86,6 +84,7 @@ class LayoutRepository(Repository):
         if tag:
             self.layout.set_ref(tag, Descriptor(desc.media_type, desc.digest, desc.size,
                                                 artifact_type=desc.artifact_type))
+        update_referrers_fallback(self, desc, data)
 
     def tags(self) -> list[str]:
         if not self.layout.exists():
@@ -93,15 +92,5 @@ class LayoutRepository(Repository):
         return sorted(self.layout.refs())
 
     def referrers(self, subject: Digest, artifact_type: str | None = None) -> list[Descriptor]:
-        # A layout has no referrers API: use the tag schema, like registries without one.
-        from sxpm.oci import ImageIndex
-
-        tag = f"{REFERRERS_TAG_PREFIX}{subject.hex}"
-        if tag not in self.tags():
-            return []
-        _, data = self.get_manifest(tag)
-        index = parse_manifest_bytes(data, f"{self.ref.locator}:{tag}")
-        if not isinstance(index, ImageIndex):
-            return []
-        return [d for d in index.manifests
-                if artifact_type is None or d.artifact_type == artifact_type]
+        # A layout has no referrers API: the tag schema, like registries without one.
+        return read_referrers_fallback(self, subject, artifact_type)

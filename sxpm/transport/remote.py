@@ -1,12 +1,637 @@
-"""OCI distribution registries (placeholder until the remote client lands)."""
+"""OCI distribution registries over HTTP(S).
+
+Data paths use one ``requests`` session per registry host (shared by every
+repository of that host in the process, so connections and tokens are reused):
+
+* pulls stream each blob into the store's :class:`~sxpm.layout.BlobWriter`, which
+  hashes while it writes; a dropped connection resumes with ``Range`` from the bytes
+  already on disk, in this process or the next;
+* pushes ``HEAD`` first, try a cross-repository mount, then stream from the store's
+  blob file: one ``PUT`` for small blobs, ``PATCH`` chunks for large ones (memory
+  stays at one read buffer, whatever the blob's size);
+* every request retries with exponential backoff and jitter on 429/5xx and on a
+  reset connection, honouring ``Retry-After``, within a bounded number of attempts
+  and a bounded total time.
+
+Authentication follows the registry's ``WWW-Authenticate`` challenge: Basic, or a
+Bearer token fetched from the realm with the credentials of Docker's
+``config.json`` (:mod:`sxpm.transport.credentials`). Credentials never appear in an
+error message, a log line or a ``repr``.
+"""
 
 from __future__ import annotations
 
-from sxpm.errors import RegistryError
-from sxpm.reference import Reference
-from sxpm.transport import Repository, TransportOptions
+import email.utils
+import functools
+import hashlib
+import ipaddress
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import urlencode, urljoin
+
+from sxpm import __version__
+from sxpm.errors import (
+    AuthenticationError,
+    CorruptBlobError,
+    ManifestError,
+    NotFoundError,
+    RegistryError,
+    SizeMismatchError,
+)
+from sxpm.layout import CHUNK, BlobWriter, OCILayout
+from sxpm.oci import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MAX_MANIFEST_BYTES,
+    Descriptor,
+    ImageIndex,
+    parse_manifest_bytes,
+)
+from sxpm.progress import Progress
+from sxpm.reference import Digest, Reference
+from sxpm.transport import (
+    Repository,
+    TransportOptions,
+    read_referrers_fallback,
+    update_referrers_fallback,
+)
+from sxpm.transport.credentials import Credentials
+
+if TYPE_CHECKING:
+    import requests
+
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+ACCEPT_MANIFESTS = ", ".join(sorted(MANIFEST_TYPES | INDEX_TYPES))
+_CHALLENGE_RE = re.compile(r'([A-Za-z_]+)=(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
 
-def RemoteRepository(ref: Reference, options: TransportOptions) -> Repository:  # noqa: N802
-    raise RegistryError(f"{ref.locator}: remote registries are not supported in this build",
-                        hint="use an oci:DIR registry")
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1, with or without a port."""
+    name = host
+    if name.startswith("["):
+        name = name[1:name.find("]")]
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+_PERMANENT = frozenset({"connection refused", "name or service not known",
+                        "temporary failure in name resolution", "no route to host",
+                        "certificate verify failed"})
+
+
+def _reason(exc: BaseException) -> str:
+    """A short cause for a connection failure, without URLs that could carry secrets."""
+    text = str(exc)
+    for marker in ("Connection refused", "Name or service not known", "timed out",
+                   "Connection reset", "certificate verify failed", "No route to host",
+                   "Temporary failure in name resolution", "Remote end closed"):
+        if marker in text:
+            return marker.lower()
+    return type(exc).__name__
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+class _Body:
+    """A slice of a file as a request body: read in large blocks, progress counted."""
+
+    def __init__(self, path: str, start: int, length: int, progress: Progress) -> None:
+        self._fh: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed at the end of the body
+        self._fh.seek(start)
+        self._left = length
+        self.length = length
+        self.sent = 0
+        self._progress = progress
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self, _size: int = -1) -> bytes:
+        if self._left <= 0:
+            self._fh.close()
+            return b""
+        data = self._fh.read(min(CHUNK, self._left))
+        if not data:  # the file shrank under us; the registry will refuse the digest
+            self._left = 0
+            self._fh.close()
+            return b""
+        self._left -= len(data)
+        self.sent += len(data)
+        self._progress.update(len(data))
+        return data
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class RegistryClient:
+    """HTTP to one registry host: scheme, TLS, authentication and retries."""
+
+    _shared: dict[tuple[str, TransportOptions], RegistryClient] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def for_host(cls, host: str, options: TransportOptions) -> RegistryClient:
+        with cls._shared_lock:
+            client = cls._shared.get((host, options))
+            if client is None:
+                client = cls._shared[(host, options)] = cls(host, options)
+            return client
+
+    def __init__(self, host: str, options: TransportOptions,
+                 credentials: Credentials | None = None) -> None:
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        self.host = host
+        self.options = options
+        self.session = requests.Session()
+        pool = max(16, options.jobs * 4)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers["User-Agent"] = f"sxpm/{__version__}"
+        self.scheme = "http" if is_loopback(host) else "https"
+        self.verify = not options.insecure
+        self._credentials = credentials
+        self._credentials_loaded = credentials is not None
+        self._basic: str | None = None
+        self._tokens: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    # --- credentials ---------------------------------------------------------------
+    def credentials(self) -> Credentials | None:
+        with self._lock:
+            if not self._credentials_loaded:
+                from sxpm.transport import credentials
+
+                self._credentials = credentials.get(self.host)
+                self._credentials_loaded = True
+            return self._credentials
+
+    def url(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            return path
+        return f"{self.scheme}://{self.host}{path}"
+
+    def _auth_header(self, scope: str) -> str | None:
+        return self._tokens.get(scope) or self._basic
+
+    def _authenticate(self, resp: requests.Response, scope: str) -> bool:
+        """Answer a 401 challenge; False when there is nothing to answer it with."""
+        challenge = resp.headers.get("WWW-Authenticate", "")
+        kind, _, rest = challenge.strip().partition(" ")
+        params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+                  for m in _CHALLENGE_RE.finditer(rest)}
+        creds = self.credentials()
+        if kind.lower() == "basic":
+            if creds is None or creds.is_identity_token:
+                return False
+            import base64
+
+            token = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+            self._basic = f"Basic {token}"
+            return True
+        if kind.lower() != "bearer" or not params.get("realm"):
+            return False
+        scopes = sorted(set(scope.split()) | set((params.get("scope") or "").split()))
+        self._tokens[scope] = f"Bearer {self._fetch_token(params, scopes, creds)}"
+        return True
+
+    def _fetch_token(self, params: Mapping[str, str], scopes: list[str],
+                     creds: Credentials | None) -> str:
+        import requests
+
+        realm = params["realm"]
+        query: list[tuple[str, str]] = [("scope", s) for s in scopes]
+        if params.get("service"):
+            query.append(("service", params["service"]))
+        try:
+            if creds is not None and creds.is_identity_token:
+                resp = self.session.post(realm, data={
+                    "grant_type": "refresh_token", "refresh_token": creds.password,
+                    "service": params.get("service", ""), "scope": " ".join(scopes),
+                    "client_id": "sxpm"}, verify=self.verify, timeout=30)
+            else:
+                auth = (creds.username, creds.password) if creds else None
+                resp = self.session.get(realm, params=query, auth=auth, verify=self.verify,
+                                        timeout=30)
+        except requests.RequestException as exc:
+            raise RegistryError(f"Cannot reach the token service {realm} of {self.host}: "
+                                f"{_reason(exc)}", url=realm) from None
+        if resp.status_code in (401, 403):
+            raise AuthenticationError(
+                f"{self.host} refused the credentials"
+                if creds else f"{self.host} needs credentials",
+                url=realm, status=resp.status_code, hint=f"run `sxpm login {self.host}`")
+        if resp.status_code != 200:
+            raise RegistryError(f"The token service {realm} of {self.host} answered HTTP "
+                                f"{resp.status_code}", url=realm, status=resp.status_code)
+        try:
+            body = resp.json()
+            token = body.get("token") or body.get("access_token")
+        except ValueError:
+            token = None
+        if not isinstance(token, str) or not token:
+            raise RegistryError(f"The token service {realm} of {self.host} sent no token",
+                                url=realm)
+        return token
+
+    # --- requests ----------------------------------------------------------------------
+    def backoff(self, attempt: int) -> float:
+        base = self.options.backoff_s * (2 ** attempt)
+        return float(min(base, 30.0) * (0.5 + random.random() / 2))
+
+    @staticmethod
+    def retry_after(resp: requests.Response) -> float | None:
+        value = resp.headers.get("Retry-After")
+        if not value:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+
+    def request(self, method: str, path: str, *, scope: str, what: str,
+                headers: Mapping[str, str] | None = None,
+                body: Callable[[], Any] | None = None, stream: bool = False,
+                expect: Sequence[int] = (200,), retry: bool = True,
+                params: Mapping[str, str] | None = None) -> requests.Response:
+        """Send a request, answering auth challenges and retrying what is worth it.
+
+        ``body`` makes a fresh request body for each attempt. ``what`` names the
+        object for error messages (reference and digest).
+        """
+        import requests
+
+        url = self.url(path)
+        if params:
+            url += ("&" if "?" in url else "?") + urlencode(params)
+        deadline = time.monotonic() + self.options.retry_max_s
+        attempt = 0
+        answered_challenge = False
+        while True:
+            sent = dict(headers or {})
+            auth = self._auth_header(scope)
+            if auth:
+                sent["Authorization"] = auth
+            data = body() if body else None
+            try:
+                resp = self.session.request(method, self.url(url), headers=sent, data=data,
+                                            stream=stream, verify=self.verify,
+                                            timeout=(15, self.options.timeout_s))
+            except requests.exceptions.SSLError as exc:
+                if self.options.insecure and self.scheme == "https":
+                    # --insecure: a registry that speaks plain HTTP.
+                    self.scheme = "http"
+                    url = "http://" + url.split("://", 1)[1]
+                    continue
+                raise RegistryError(f"TLS failed with {self.url('/v2/')}: {_reason(exc)}",
+                                    url=self.url("/v2/"),
+                                    hint="fix the certificate, or pass --insecure for a "
+                                         "registry you trust") from None
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if isinstance(data, _Body):
+                    data.close()
+                permanent = _reason(exc) in _PERMANENT
+                if retry and not permanent and attempt < self.options.retries \
+                        and time.monotonic() < deadline:
+                    time.sleep(self.backoff(attempt))
+                    attempt += 1
+                    continue
+                where = url.split("?", 1)[0]
+                raise RegistryError(f"Cannot reach the registry at {where}: {_reason(exc)}",
+                                    url=where,
+                                    hint="check the address, the network and that the "
+                                         "registry is running") from None
+            if resp.status_code == 401 and not answered_challenge:
+                answered_challenge = True
+                resp.close()
+                if self._authenticate(resp, scope):
+                    continue
+            if resp.status_code in RETRY_STATUS and retry and attempt < self.options.retries:
+                wait = self.retry_after(resp)
+                wait = self.backoff(attempt) if wait is None else wait
+                if time.monotonic() + wait < deadline:
+                    resp.close()
+                    time.sleep(wait)
+                    attempt += 1
+                    continue
+            if resp.status_code in expect:
+                return resp
+            raise self.error(resp, method, url, what)
+
+    def error(self, resp: requests.Response, method: str, url: str, what: str) -> Exception:
+        status = resp.status_code
+        message = ""
+        try:
+            if len(resp.content) < 65536:
+                errors = resp.json().get("errors") or []
+                if errors and isinstance(errors[0], dict):
+                    message = str(errors[0].get("message") or errors[0].get("code") or "")
+        except (ValueError, AttributeError):
+            pass
+        message = " ".join(message.split())[:200]
+        where = url.split("?", 1)[0]
+        if status in (401, 403):
+            has = self.credentials() is not None
+            return AuthenticationError(
+                f"{self.host} refused access to {what} (HTTP {status}"
+                + (f": {message}" if message else "") + ")",
+                url=where, status=status,
+                hint=(f"check your permissions, or run `sxpm login {self.host}` again" if has
+                      else f"run `sxpm login {self.host}`"))
+        if status == 404:
+            return NotFoundError(f"{what} not found at {self.host}"
+                                 + (f" ({message})" if message else ""),
+                                 hint="check the repository, tag and digest")
+        return RegistryError(f"{method} {where} for {what} failed: HTTP {status}"
+                             + (f" ({message})" if message else ""), url=where, status=status)
+
+    def ping(self) -> None:
+        """``GET /v2/``: raises when the registry is unreachable or refuses the login."""
+        resp = self.request("GET", "/v2/", scope="", what="the registry API")
+        resp.close()
+
+
+def login(host: str, creds: Credentials, options: TransportOptions | None = None) -> None:
+    """Check ``creds`` against ``host``; raise :class:`AuthenticationError` if refused."""
+    client = RegistryClient(host, options or TransportOptions(), credentials=creds)
+    client.ping()
+    with RegistryClient._shared_lock:  # later requests of this process use the new login
+        for key in [k for k in RegistryClient._shared if k[0] == host]:
+            del RegistryClient._shared[key]
+
+
+class RemoteRepository(Repository):
+    """One repository of an OCI distribution registry."""
+
+    def __init__(self, ref: Reference, options: TransportOptions | None = None) -> None:
+        super().__init__(ref)
+        self.options = options or TransportOptions()
+        self.client = RegistryClient.for_host(ref.registry, self.options)
+        self.name = ref.repository
+        self._pull = f"repository:{self.name}:pull"
+        self._push = f"repository:{self.name}:pull,push"
+
+    def _path(self, kind: str, ref: str | Digest) -> str:
+        return f"/v2/{self.name}/{kind}/{ref}"
+
+    def _what(self, reference: str | Digest) -> str:
+        text = str(reference)
+        sep = "@" if ":" in text else ":"
+        return f"{self.ref.locator}{sep}{text}"
+
+    # --- manifests -------------------------------------------------------------------
+    def get_manifest(self, reference: str) -> tuple[Descriptor, bytes]:
+        what = self._what(reference)
+        expected = Digest.parse(reference) if ":" in reference else None
+        resp = self.client.request("GET", self._path("manifests", reference), scope=self._pull,
+                                   what=f"manifest {what}", stream=True,
+                                   headers={"Accept": ACCEPT_MANIFESTS})
+        with resp:
+            length = resp.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > MAX_MANIFEST_BYTES:
+                raise ManifestError(what, f"the registry offers a manifest of {length} bytes, "
+                                    "over the 4 MiB limit; not read",
+                                    hint="a manifest this large is refused by design")
+            chunks: list[bytes] = []
+            total = 0
+            for chunk in resp.iter_content(65536):
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > MAX_MANIFEST_BYTES:
+                    raise ManifestError(what, "the registry sent a manifest over the 4 MiB "
+                                        "limit; reading stopped",
+                                        hint="a manifest this large is refused by design")
+            data = b"".join(chunks)
+            announced = resp.headers.get("Docker-Content-Digest")
+        algorithm = expected.algorithm if expected else "sha256"
+        actual = Digest(algorithm, hashlib.new(algorithm, data).hexdigest())
+        if expected is not None and actual != expected:
+            raise CorruptBlobError(str(expected), str(actual), where=what)
+        if expected is None and announced:
+            try:
+                claimed = Digest.parse(announced.strip())
+            except ValueError:
+                claimed = None
+            if claimed and claimed.algorithm == "sha256" and claimed != actual:
+                raise CorruptBlobError(str(claimed), str(actual), where=what)
+        obj = parse_manifest_bytes(data, f"manifest {what}@{actual}")
+        return Descriptor(obj.media_type, actual, len(data),
+                          artifact_type=obj.artifact_type), data
+
+    def push_manifest(self, desc: Descriptor, data: bytes, tag: str | None) -> None:
+        target = tag or str(desc.digest)
+        what = self._what(target)
+        resp = self.client.request("PUT", self._path("manifests", target), scope=self._push,
+                                   what=f"manifest {what}", body=lambda: data,
+                                   headers={"Content-Type": desc.media_type},
+                                   expect=(200, 201, 202))
+        resp.close()
+        announced = resp.headers.get("Docker-Content-Digest")
+        if announced and announced.strip() != str(desc.digest) and \
+                announced.startswith(desc.digest.algorithm + ":"):
+            raise CorruptBlobError(str(desc.digest), announced.strip(), where=f"push of {what}")
+        if "OCI-Subject" not in resp.headers:
+            # No referrers API: keep the tag-schema index of the subject up to date.
+            update_referrers_fallback(self, desc, data)
+
+    def tags(self) -> list[str]:
+        import requests
+
+        out: list[str] = []
+        path: str | None = f"/v2/{self.name}/tags/list?n=1000"
+        while path:
+            try:
+                resp = self.client.request("GET", path, scope=self._pull,
+                                           what=f"tags of {self.ref.locator}")
+            except NotFoundError:
+                return []
+            with resp:
+                try:
+                    out.extend(t for t in resp.json().get("tags") or [] if isinstance(t, str))
+                except (ValueError, AttributeError):
+                    raise RegistryError(f"{self.ref.locator}: the tag list is not JSON",
+                                        url=self.client.url(path)) from None
+                nxt = requests.utils.parse_header_links(resp.headers.get("Link", ""))
+            path = next((urljoin(self.client.url(path), link["url"]) for link in nxt
+                         if link.get("rel") == "next" and link.get("url")), None)
+        return sorted(set(out))
+
+    def referrers(self, subject: Digest, artifact_type: str | None = None) -> list[Descriptor]:
+        params = {"artifactType": artifact_type} if artifact_type else None
+        resp = self.client.request("GET", self._path("referrers", subject), scope=self._pull,
+                                   what=f"referrers of {self._what(subject)}",
+                                   expect=(200, 404), params=params,
+                                   headers={"Accept": "application/vnd.oci.image.index.v1+json"})
+        with resp:
+            content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+            if resp.status_code == 200 and content_type in INDEX_TYPES:
+                if len(resp.content) > MAX_MANIFEST_BYTES:
+                    raise ManifestError(self._what(subject), "referrers index over 4 MiB")
+                index = parse_manifest_bytes(resp.content, f"referrers of {subject}")
+                if isinstance(index, ImageIndex):
+                    return [d for d in index.manifests
+                            if artifact_type is None or d.artifact_type == artifact_type]
+        return read_referrers_fallback(self, subject, artifact_type)
+
+    # --- blobs -------------------------------------------------------------------------
+    def has_blob(self, digest: Digest) -> bool:
+        resp = self.client.request("HEAD", self._path("blobs", digest), scope=self._pull,
+                                   what=f"blob {self._what(digest)}", expect=(200, 404))
+        resp.close()
+        return resp.status_code == 200
+
+    def fetch_blob(self, desc: Descriptor, writer: BlobWriter, progress: Progress) -> None:
+        import requests
+        import urllib3.exceptions
+
+        what = self._what(desc.digest)
+        progress.update(writer.offset)
+        drops = 0
+        while True:
+            start = writer.written
+            if start >= desc.size:
+                return
+            headers = {"Range": f"bytes={start}-"} if start else {}
+            resp = self.client.request("GET", self._path("blobs", desc.digest),
+                                       scope=self._pull, what=f"blob {what}", stream=True,
+                                       headers=headers, expect=(200, 206))
+            with resp:
+                if start and (resp.status_code == 200
+                              or not resp.headers.get("Content-Range", "").startswith(
+                                  f"bytes {start}-")):
+                    writer.restart()  # the server cannot resume: start over
+                    progress.update(-start)
+                    start = 0
+                length = resp.headers.get("Content-Length")
+                if length and length.isdigit() and int(length) != desc.size - start:
+                    writer.abort(keep_partial=False)
+                    raise SizeMismatchError(str(desc.digest), desc.size, start + int(length),
+                                            where=what)
+                try:
+                    read = resp.raw.read
+                    while True:
+                        chunk = read(CHUNK, decode_content=False)
+                        if not chunk:
+                            break
+                        writer.write(chunk)
+                        progress.update(len(chunk))
+                    return
+                except (requests.RequestException, urllib3.exceptions.HTTPError,
+                        ConnectionError, TimeoutError) as exc:
+                    drops += 1
+                    if drops > self.options.retries:
+                        raise RegistryError(
+                            f"The connection to {self.ref.registry} dropped while fetching "
+                            f"{what} ({_reason(exc)}); {writer.written} of {desc.size} bytes "
+                            "are kept", url=self.client.url(self._path("blobs", desc.digest)),
+                            hint="run the same command again to resume") from None
+                    time.sleep(self.client.backoff(drops - 1))
+
+    def push_blob(self, desc: Descriptor, store: OCILayout, progress: Progress,
+                  mount_from: Sequence[str] = ()) -> bool:
+        if self.has_blob(desc.digest):
+            return False
+        what = f"blob {self._what(desc.digest)}"
+        uploads = f"/v2/{self.name}/blobs/uploads/"
+        location: str | None = None
+        for source in [s for s in mount_from if s != self.name][:3]:
+            resp = self.client.request(
+                "POST", uploads, scope=f"{self._push} repository:{source}:pull", what=what,
+                params={"mount": str(desc.digest), "from": source}, expect=(201, 202),
+                body=lambda: b"")
+            resp.close()
+            if resp.status_code == 201:
+                return False
+            location = resp.headers.get("Location")
+            if location:
+                location = urljoin(self.client.url(uploads), location)
+                break
+        if location is None:
+            resp = self.client.request("POST", uploads, scope=self._push, what=what,
+                                       expect=(202,), body=lambda: b"")
+            resp.close()
+            location = resp.headers.get("Location")
+            if not location:
+                raise RegistryError(f"{self.ref.registry} opened an upload for {what} "
+                                    "without a Location", url=self.client.url(uploads))
+            location = urljoin(self.client.url(uploads), location)
+        self._upload(location, desc, store, progress, what)
+        return True
+
+    def _upload(self, location: str, desc: Descriptor, store: OCILayout, progress: Progress,
+                what: str) -> None:
+        path = str(store.blob_path(desc.digest))
+        chunk = self.options.chunk_bytes
+        digest = {"digest": str(desc.digest)}
+        if desc.size <= chunk:
+            bodies: list[_Body] = []
+
+            def monolithic() -> _Body:
+                for old in bodies:  # a retried attempt sends everything again
+                    progress.update(-old.sent)
+                    old.sent = 0
+                bodies.append(_Body(path, 0, desc.size, progress))
+                return bodies[-1]
+
+            resp = self.client.request(
+                "PUT", location, scope=self._push, what=what, body=monolithic, params=digest,
+                headers={"Content-Type": "application/octet-stream"}, expect=(201, 204))
+            resp.close()
+            return
+        offset = 0
+        failures = 0
+        while offset < desc.size:
+            length = min(chunk, desc.size - offset)
+            body = _Body(path, offset, length, progress)
+            try:
+                resp = self.client.request(
+                    "PATCH", location, scope=self._push, what=what,
+                    body=functools.partial(_same, body), retry=False, expect=(202,),
+                    headers={"Content-Type": "application/octet-stream",
+                             "Content-Range": f"{offset}-{offset + length - 1}"})
+            except RegistryError as exc:
+                body.close()
+                failures += 1
+                if failures > self.options.retries or (
+                        exc.status is not None and exc.status not in RETRY_STATUS):
+                    raise
+                progress.update(-body.sent)
+                time.sleep(self.client.backoff(failures - 1))
+                resumed = self._upload_offset(location, what)
+                progress.update(resumed - offset)
+                offset = resumed
+                continue
+            resp.close()
+            location = urljoin(location, resp.headers.get("Location") or location)
+            offset += length
+        resp = self.client.request("PUT", location, scope=self._push, what=what,
+                                   params=digest, body=lambda: b"", expect=(201, 204))
+        resp.close()
+
+    def _upload_offset(self, location: str, what: str) -> int:
+        """Where an interrupted upload session stands (``Range: 0-N`` means N+1 bytes)."""
+        resp = self.client.request("GET", location, scope=self._push, what=what,
+                                   expect=(204,))
+        resp.close()
+        match = re.match(r"^(?:bytes=)?0-(\d+)$", resp.headers.get("Range", ""))
+        return int(match.group(1)) + 1 if match else 0
