@@ -27,7 +27,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "list": ("sxpm.cli.artifacts", "list_", "List the artifacts in the store."),
     "rm": ("sxpm.cli.artifacts", "rm", "Remove a ref from the store."),
     "gc": ("sxpm.cli.artifacts", "gc", "Delete blobs that nothing refers to."),
-    "verify": ("sxpm.cli.artifacts", "verify", "Re-hash every blob in the store."),
+    "verify": ("sxpm.cli.artifacts", "verify",
+               "Re-hash the store's blobs, or check REF's signatures."),
+    "keygen": ("sxpm.cli.trust", "keygen", "Create an Ed25519 signing key."),
+    "sign": ("sxpm.cli.trust", "sign", "Sign an artifact (key or Sigstore keyless)."),
     "model": ("sxpm.cli.model", "model", "Install, list, inspect and remove models."),
 }
 
