@@ -184,9 +184,9 @@ class SignatureError(SxpmError):
     for, and ``reasons`` says what each signature found was wrong with.
     """
 
-    default_hint = ("nothing was installed; ask the publisher to sign it, trust their key "
-                    "or identity in [trust], or pass --insecure-skip-verify to accept it "
-                    "unverified")
+    default_hint = ("nothing was pulled or installed; ask the publisher to sign it, trust "
+                    "their key or identity in [trust], or pass --insecure-skip-verify to "
+                    "accept it unverified")
 
     def __init__(self, artifact: str, expected: str, reasons: list[str], *,
                  hint: str | None = None) -> None:

@@ -20,7 +20,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sxpm import oci
-from sxpm.errors import ArtifactInputError, ManifestError, NotFoundError, StoreError
+from sxpm.errors import (
+    ArtifactInputError,
+    ManifestError,
+    NotFoundError,
+    SignatureError,
+    StoreError,
+)
 from sxpm.home import KINDS, Home
 from sxpm.layout import OCILayout
 from sxpm.oci import Descriptor, ImageIndex, Manifest
@@ -276,8 +282,13 @@ def install(home: Home, ref: Reference, *, variant: str | None = None,
             raise
         top = None
     if top is not None:
-        signer = check_local(home, ref, top, skip=insecure_skip_verify)
-    else:
+        try:
+            signer = check_local(home, ref, top, skip=insecure_skip_verify)
+        except SignatureError:
+            if not pull_missing:
+                raise
+            top = None  # the registry may hold the signature the store lacks
+    if top is None:
         pulled = pull(home, ref, variant=variant, **pull_kw)
         top, signer = pulled.descriptor, pulled.signer
     info = describe(home.store, top, variant)

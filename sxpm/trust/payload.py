@@ -46,7 +46,7 @@ class Payload:
         return canonical_json(self.to_dict())
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.name} {self.version} ({self.digest.short})"
+        return f"{self.kind} {self.name} {self.version}, {self.digest.short}"
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "signature payload") -> Payload:

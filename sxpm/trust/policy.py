@@ -153,7 +153,7 @@ def _identities(value: Any, source: str, what: str) -> frozenset[SigstoreIdentit
 
 def _keys(value: Any, source: str, what: str) -> frozenset[str]:
     # Normalise (hex or base64 in, base64 out) so comparisons are exact.
-    return frozenset(parse_key_id(k, f"{what} in {source}").id
+    return frozenset(parse_key_id(k, f"{k!r} ({what} in {source})").id
                      for k in _strings(value, source, what))
 
 
