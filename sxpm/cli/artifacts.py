@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from sxpm.cli._common import (
     warn_skip_verify,
 )
 from sxpm.errors import CorruptBlobError, NotFoundError, StoreError
+
+_REFERRERS_TAG = re.compile(r":sha(256|512)-[0-9a-f]{64,128}$")
 
 
 @click.command()
@@ -204,6 +207,8 @@ def list_(as_json: bool) -> None:
     store = h.store
     if store.exists():
         for name, desc in sorted(store.refs().items()):
+            if _REFERRERS_TAG.search(name):
+                continue  # a signature listing (referrers tag schema), not an artifact
             entry: dict[str, Any] = {
                 "ref": name, "digest": str(desc.digest), "mediaType": desc.media_type,
                 "kind": None, "name": None, "version": None, "size": None, "variants": []}
