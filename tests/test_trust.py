@@ -426,3 +426,19 @@ def _top(ref: Reference) -> Descriptor:
 def _manifest(ref: Reference) -> Manifest:
     _, data = open_repository(ref).get_manifest(ref.tag or "latest")
     return Manifest.from_dict(json.loads(data))
+
+
+def test_publish_signs_with_the_configured_key(cli, sample_dir: Path,  # noqa: ANN001
+                                               registry_dir: Path) -> None:
+    from sxpm.trust.sign import sign_if_configured
+
+    ref = Reference.parse(f"oci:{registry_dir}/tiny-llama:1.0.0")
+    cli("pack", "model", sample_dir / "tiny-llama", "--ref", str(ref))
+    home = Home(cli.home)
+    assert sign_if_configured(home, ref) is None  # no key configured: publish does not sign
+    cli.fail("sign", str(ref), code=2)
+    kid = cli("keygen", "--set-default", "--json").json["key_id"]
+    result = sign_if_configured(home, ref)
+    assert result is not None and result.signer == kid and not result.pushed
+    assert cli("sign", str(ref), "--json").json["signer"] == kid  # same key, same referrer
+    assert len(stored_referrers(home, ref, result.payload.digest)) == 1
