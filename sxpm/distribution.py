@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from sxpm.errors import CorruptBlobError, NotFoundError, StoreError
 from sxpm.home import Home
@@ -25,6 +26,9 @@ from sxpm.progress import SILENT, Progress, Reporter
 from sxpm.reference import Digest, Reference
 from sxpm.transport import Repository, TransportOptions, open_repository
 
+if TYPE_CHECKING:
+    from sxpm.trust.verify import VerifiedSigner
+
 
 def store_name(ref: Reference) -> str:
     """The name a reference is kept under in the store's ``index.json``."""
@@ -39,6 +43,8 @@ class TransferResult:
     bytes_transferred: int = 0
     blobs_skipped: int = 0
     variants: list[str] = field(default_factory=list)
+    signer: VerifiedSigner | None = None
+    """Who signed it, when a trust policy covers it (see :mod:`sxpm.trust`)."""
 
 
 @dataclass
@@ -85,12 +91,14 @@ def _pick(index: ImageIndex, variant: str | None, all_variants: bool) -> list[De
 
 def pull(home: Home, ref: Reference, *, variant: str | None = None,
          all_variants: bool = False, options: TransportOptions | None = None,
-         reporter: Reporter = SILENT) -> TransferResult:
+         reporter: Reporter = SILENT, insecure_skip_verify: bool = False) -> TransferResult:
     """Fetch an artifact into the store, fetching only the blobs that are missing.
 
     For an image index every variant's manifest is stored (so the index keeps its
     digest), but only the layers of ``variant`` (default: the first) unless
-    ``all_variants``.
+    ``all_variants``. When a trust policy covers the artifact, its signature is
+    checked against the manifest digest before any layer is fetched
+    (``insecure_skip_verify`` skips that).
     """
     options = options or TransportOptions()
     repo = open_repository(ref, options)
@@ -120,7 +128,10 @@ def pull(home: Home, ref: Reference, *, variant: str | None = None,
     top = Descriptor(top.media_type, top.digest, top.size, artifact_type=obj.artifact_type)
     plan.manifests.append((top, data))
 
-    result = TransferResult(ref, top, variants=plan.variants)
+    from sxpm.trust.enforce import check_pull
+
+    signer = check_pull(home, ref, repo, plan.manifests, skip=insecure_skip_verify)
+    result = TransferResult(ref, top, variants=plan.variants, signer=signer)
     missing = [b for b in plan.blobs.values() if not home.store.has_blob(b.digest)]
     result.blobs_skipped = len(plan.blobs) - len(missing)
     total = sum(b.size for b in missing)
@@ -230,6 +241,9 @@ def push(home: Home, ref: Reference, *, target: Reference | None = None,
     for desc, data in manifests:
         tag = dest.tag if desc.digest == top.digest else None
         repo.push_manifest(desc, data, tag)
+    from sxpm.referrers import push_referrers
+
+    push_referrers(home, ref, repo, top.digest)  # signatures travel with the artifact
     return result
 
 

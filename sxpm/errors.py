@@ -7,8 +7,11 @@ where one fits, so library users can catch ``ValueError`` or ``FileNotFoundError
 
 Exit codes scripts can rely on:
     0  success
-    1  a failure of the environment: network, registry, corrupt store, I/O
-    2  bad usage or bad input: malformed files, invalid names, impossible requests
+    1  a failure of the environment: network, registry, corrupt store, I/O; and an
+       artifact refused by the trust policy (no valid signature from a trusted
+       signer), which is a judgement on what a source served, like a digest mismatch
+    2  bad usage or bad input: malformed files, invalid names, impossible requests,
+       a malformed trust policy or key file
 """
 
 from __future__ import annotations
@@ -142,6 +145,57 @@ class RegistryError(SxpmError):
 
 class AuthenticationError(RegistryError):
     default_hint = "run `sxpm login REGISTRY` with credentials that may access it"
+
+
+# --- trust: signatures and the trust policy ----------------------------------
+
+
+class TrustPolicyError(InputError):
+    """The trust policy (``[trust]`` in simplex.toml or the home's config) is malformed."""
+
+    def __init__(self, source: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(f"Trust policy in {source}: {message}",
+                         hint=hint or "see docs/security.md for the [trust] format")
+        self.source = source
+
+
+class KeyFileError(InputError):
+    """A signing or verification key that cannot be read or used."""
+
+    def __init__(self, where: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(f"Key {where}: {message}", hint=hint)
+        self.where = where
+
+
+class SigningError(SxpmError):
+    """A signature could not be made (no identity token, Sigstore unreachable...)."""
+
+
+class MissingIdentityTokenError(SigningError, InputError):
+    """Sigstore signing was asked for without a usable OIDC identity token."""
+
+    exit_code = EXIT_USAGE
+
+
+class SignatureError(SxpmError):
+    """An artifact was refused: no valid signature from a signer the policy trusts.
+
+    ``artifact`` names what was refused, ``expected`` the signers the policy asked
+    for, and ``reasons`` says what each signature found was wrong with.
+    """
+
+    default_hint = ("nothing was pulled or installed; ask the publisher to sign it, trust "
+                    "their key or identity in [trust], or pass --insecure-skip-verify to "
+                    "accept it unverified")
+
+    def __init__(self, artifact: str, expected: str, reasons: list[str], *,
+                 hint: str | None = None) -> None:
+        found = "; ".join(reasons) if reasons else "no signature found"
+        super().__init__(f"{artifact}: no valid signature from a trusted signer (expected "
+                         f"{expected}; {found})", hint=hint)
+        self.artifact = artifact
+        self.expected = expected
+        self.reasons = reasons
 
 
 class RunnerError(SxpmError):

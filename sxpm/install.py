@@ -20,7 +20,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sxpm import oci
-from sxpm.errors import ArtifactInputError, ManifestError, NotFoundError, StoreError
+from sxpm.errors import (
+    ArtifactInputError,
+    ManifestError,
+    NotFoundError,
+    SignatureError,
+    StoreError,
+)
 from sxpm.home import KINDS, Home
 from sxpm.layout import OCILayout
 from sxpm.oci import Descriptor, ImageIndex, Manifest
@@ -161,7 +167,8 @@ def extract_package(store: OCILayout, layer: Descriptor, dest: Path) -> None:
                                      ) from None
 
 
-def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str) -> Installed:
+def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
+                signer: dict[str, str] | None = None) -> Installed:
     """Build the installed tree of ``info`` under ``root``; replaces an older one."""
     dest = install_dir(root, info.kind, info.name, info.version)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -194,6 +201,8 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str) -> I
                 for layer in info.manifest.layers
             },
         }
+        if signer:
+            record["signer"] = signer
         (tmp / INSTALL_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True))
         os.chmod(tmp, 0o755)
         if dest.exists():
@@ -254,20 +263,39 @@ def remove_installed(root: Path, kind: str, name: str, version: str | None = Non
 
 
 def install(home: Home, ref: Reference, *, variant: str | None = None,
-            root: Path | None = None, pull_missing: bool = True, **pull_kw: Any) -> Installed:
-    """Install ``ref`` (pulling what is missing) as a tree under ``root`` (default: home)."""
-    from sxpm.distribution import pull, resolve_local
+            root: Path | None = None, pull_missing: bool = True,
+            insecure_skip_verify: bool = False, **pull_kw: Any) -> Installed:
+    """Install ``ref`` (pulling what is missing) as a tree under ``root`` (default: home).
 
+    When a trust policy covers the artifact, it must carry a valid signature from a
+    trusted signer (checked by the pull, or against the signatures the store keeps)
+    before anything is installed; the signer goes into the install record.
+    """
+    from sxpm.distribution import pull, resolve_local
+    from sxpm.trust.enforce import check_local
+
+    pull_kw["insecure_skip_verify"] = insecure_skip_verify
     try:
-        top = resolve_local(home, ref)
+        top: Descriptor | None = resolve_local(home, ref)
     except NotFoundError:
         if not pull_missing:
             raise
-        top = pull(home, ref, variant=variant, **pull_kw).descriptor
+        top = None
+    if top is not None:
+        try:
+            signer = check_local(home, ref, top, skip=insecure_skip_verify)
+        except SignatureError:
+            if not pull_missing:
+                raise
+            top = None  # the registry may hold the signature the store lacks
+    if top is None:
+        pulled = pull(home, ref, variant=variant, **pull_kw)
+        top, signer = pulled.descriptor, pulled.signer
     info = describe(home.store, top, variant)
     if any(not home.store.has_blob(b.digest) for b in info.manifest.blobs()):
         if not pull_missing:
             raise StoreError(f"{ref}: some blobs are missing from the store",
                              hint="run without --offline to fetch them")
         pull(home, ref, variant=info.variant, **pull_kw)
-    return materialize(home.store, info, root or home.root, str(ref))
+    return materialize(home.store, info, root or home.root, str(ref),
+                       signer=signer.to_dict() if signer else None)

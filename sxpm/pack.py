@@ -66,6 +66,9 @@ def pack(home: Home, kind: str, path: Path, ref: Reference, *, variant: str | No
         if path.is_file():
             with tempfile.TemporaryDirectory(prefix="sxpm-expert-") as tmp:
                 root = extract_legacy_expert(path, Path(tmp))
+                from sxpm.trust.legacy import check_legacy_signature
+
+                check_legacy_signature(home, root, str(path))
                 return _pack_expert(home, root, ref, variant, version)
         return _pack_expert(home, path, ref, variant, version)
     return _pack_package(home, path, ref, variant, version)

@@ -72,3 +72,14 @@ def table(rows: list[list[str]], header: list[str]) -> None:
 
 def stdout_is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+def skip_verify_option(f: F) -> F:
+    return click.option(
+        "--insecure-skip-verify", is_flag=True,
+        help="Do not check signatures against the trust policy (prints a warning).")(f)
+
+
+def warn_skip_verify(ref: Reference) -> None:
+    click.echo(f"warning: --insecure-skip-verify: the signatures of {ref} are not checked "
+               "against the trust policy", err=True)

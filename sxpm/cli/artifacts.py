@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,15 @@ from sxpm.cli._common import (
     human_size,
     json_option,
     reporter,
+    skip_verify_option,
     table,
     transfer_options,
     transport,
+    warn_skip_verify,
 )
 from sxpm.errors import CorruptBlobError, NotFoundError, StoreError
+
+_REFERRERS_TAG = re.compile(r":sha(256|512)-[0-9a-f]{64,128}$")
 
 
 @click.command()
@@ -89,13 +94,15 @@ def _report(result: object, verb: str, as_json: bool, moved: str = "sent") -> No
     data = {"ref": str(result.ref), "digest": str(result.descriptor.digest),
             "blobs_transferred": result.blobs_transferred,
             "bytes_transferred": result.bytes_transferred,
-            "blobs_skipped": result.blobs_skipped, "variants": result.variants}
+            "blobs_skipped": result.blobs_skipped, "variants": result.variants,
+            "signer": result.signer.to_dict() if result.signer else None}
     if as_json:
         emit_json(data)
         return
     click.echo(f"{verb} {result.ref}: {result.blobs_transferred} blob(s), "
                f"{human_size(result.bytes_transferred)} {moved}, "
-               f"{result.blobs_skipped} already there")
+               f"{result.blobs_skipped} already there"
+               + (f"; signed by {result.signer}" if result.signer else ""))
     click.echo(str(result.descriptor.digest))
 
 
@@ -104,9 +111,10 @@ def _report(result: object, verb: str, as_json: bool, moved: str = "sent") -> No
 @click.option("--variant", help="Fetch the layers of this variant (default: the first).")
 @click.option("--all-variants", is_flag=True, help="Fetch the layers of every variant.")
 @transfer_options
+@skip_verify_option
 @json_option
 def pull(ref_text: str, variant: str | None, all_variants: bool, quiet: bool, insecure: bool,
-         jobs: int, as_json: bool) -> None:
+         jobs: int, insecure_skip_verify: bool, as_json: bool) -> None:
     """Pull REF into the store, fetching only blobs the store lacks.
 
     \b
@@ -120,8 +128,12 @@ def pull(ref_text: str, variant: str | None, all_variants: bool, quiet: bool, in
         raise click.UsageError("--variant and --all-variants exclude each other; "
                                "give one of them")
     h = home()
-    result = do_pull(h, h.parse_ref(ref_text), variant=variant, all_variants=all_variants,
-                     options=transport(insecure, jobs), reporter=reporter(quiet or as_json))
+    ref = h.parse_ref(ref_text)
+    if insecure_skip_verify:
+        warn_skip_verify(ref)
+    result = do_pull(h, ref, variant=variant, all_variants=all_variants,
+                     options=transport(insecure, jobs), reporter=reporter(quiet or as_json),
+                     insecure_skip_verify=insecure_skip_verify)
     _report(result, "pulled", as_json, moved="fetched")
 
 
@@ -195,6 +207,8 @@ def list_(as_json: bool) -> None:
     store = h.store
     if store.exists():
         for name, desc in sorted(store.refs().items()):
+            if _REFERRERS_TAG.search(name):
+                continue  # a signature listing (referrers tag schema), not an artifact
             entry: dict[str, Any] = {
                 "ref": name, "digest": str(desc.digest), "mediaType": desc.media_type,
                 "kind": None, "name": None, "version": None, "size": None, "variants": []}
@@ -261,19 +275,42 @@ def gc(dry_run: bool, as_json: bool) -> None:
 
 
 @click.command()
+@click.argument("ref_text", metavar="[REF]", required=False)
 @click.option("--fix", is_flag=True, help="Delete corrupt blobs so the next pull fetches "
                                           "them again.")
+@click.option("--key", "keys", multiple=True,
+              help="With REF: trust this key (ed25519:... or a .pub file) instead of the "
+                   "policy.")
+@click.option("--identity", help="With REF: trust this Sigstore identity instead of the "
+                                 "policy (with --issuer).")
+@click.option("--issuer", help="With REF: the OIDC issuer of --identity.")
+@click.option("--insecure", is_flag=True, help="Allow plain HTTP to a non-loopback host.")
 @json_option
-def verify(fix: bool, as_json: bool) -> None:
-    """Re-hash every blob in the store; exit 1 naming each blob that does not match.
+def verify(ref_text: str | None, fix: bool, keys: tuple[str, ...], identity: str | None,
+           issuer: str | None, insecure: bool, as_json: bool) -> None:
+    """Re-hash every blob in the store; with REF, check REF's signatures instead.
+
+    Without REF: exit 1 naming each blob that does not match. With REF: exit 1
+    unless REF (in the store, else in its registry) has a valid signature from a
+    signer the trust policy (or --key / --identity) trusts.
 
     \b
     Example:
       sxpm verify
       sxpm verify --fix && sxpm pull REF
+      sxpm verify oci:./registry/tiny-llama:1.0.0
     """
     from sxpm.reference import Digest
 
+    if ref_text is not None:
+        if fix:
+            raise click.UsageError("--fix checks the whole store; give it without REF")
+        from sxpm.cli.trust import verify_ref
+
+        verify_ref(ref_text, keys, identity, issuer, insecure, as_json)
+        return
+    if keys or identity or issuer:
+        raise click.UsageError("--key, --identity and --issuer need a REF")
     h = home()
     if not h.store.exists():
         report_checked, bad = 0, []

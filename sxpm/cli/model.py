@@ -12,9 +12,11 @@ from sxpm.cli._common import (
     human_size,
     json_option,
     reporter,
+    skip_verify_option,
     table,
     transfer_options,
     transport,
+    warn_skip_verify,
 )
 from sxpm.errors import InputError
 
@@ -63,9 +65,10 @@ def list_models(root: Path | None, as_json: bool) -> None:
 @click.option("--variant", help="Variant to install (default: the first).")
 @click.option("--root", type=click.Path(path_type=Path), help="Install root (default: home).")
 @transfer_options
+@skip_verify_option
 @json_option
 def install_model(ref_text: str, variant: str | None, root: Path | None, quiet: bool,
-                  insecure: bool, jobs: int, as_json: bool) -> None:
+                  insecure: bool, jobs: int, insecure_skip_verify: bool, as_json: bool) -> None:
     """Install the model REF (pulling what is missing) as hard links into the store.
 
     \b
@@ -75,8 +78,12 @@ def install_model(ref_text: str, variant: str | None, root: Path | None, quiet: 
     from sxpm.install import install
 
     h = home()
-    installed = install(h, h.parse_ref(ref_text), variant=variant, root=root,
-                        options=transport(insecure, jobs), reporter=reporter(quiet or as_json))
+    ref = h.parse_ref(ref_text)
+    if insecure_skip_verify:
+        warn_skip_verify(ref)
+    installed = install(h, ref, variant=variant, root=root,
+                        options=transport(insecure, jobs), reporter=reporter(quiet or as_json),
+                        insecure_skip_verify=insecure_skip_verify)
     if installed.kind != "model":
         raise InputError(f"{ref_text} is {installed.kind!r}, not a model (installed anyway "
                          f"at {installed.path})", hint=f"use `sxpm {installed.kind}` commands")
