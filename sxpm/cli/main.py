@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "gc": ("sxpm.cli.artifacts", "gc", "Delete blobs that nothing refers to."),
     "verify": ("sxpm.cli.artifacts", "verify", "Re-hash every blob in the store."),
     "model": ("sxpm.cli.model", "model", "Install, list, inspect and remove models."),
+    "expert": ("sxpm.cli.expert", "expert", "Install, list, inspect and remove experts."),
+    "run": ("sxpm.cli.run", "run", "Run an installed model (plus expert): a prompt or a chat."),
+    "serve": ("sxpm.cli.run", "serve", "Serve a model over an OpenAI-compatible HTTP API."),
+    "doctor": ("sxpm.cli.run", "doctor", "Show the accelerator and what the runner can use."),
 }
 
 
