@@ -67,11 +67,13 @@ def _open_session(model: str, expert: str | None, variant: str | None, n_ctx: in
               help="0 is greedy (deterministic).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @_with_common
+@click.option("--stream/--no-stream", default=None,
+              help="Print tokens as they come (default: only on a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def run(model: str, prompt: str | None, system: str, max_tokens: int, temperature: float,
         seed: int, expert: str | None, variant: str | None, n_ctx: int | None,
         n_threads: int | None, n_gpu_layers: int | None, install: bool,
-        as_json: bool) -> None:
+        stream: bool | None, as_json: bool) -> None:
     """Run an installed model (plus expert): complete -p PROMPT, or chat.
 
     MODEL is an installed model's NAME[@VERSION] (newest version by default) or a
@@ -102,7 +104,7 @@ def run(model: str, prompt: str | None, system: str, max_tokens: int, temperatur
             }, indent=2, sort_keys=True))
             return
         out = click.get_text_stream("stdout")
-        if out.isatty():
+        if out.isatty() if stream is None else stream:
             for piece in session.generate(prompt, max_tokens=max_tokens,
                                           temperature=temperature, system=system, stream=True):
                 out.write(piece)

@@ -91,6 +91,8 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 
 
 def _newest(items: list[Any]) -> Any:
+    if len(items) == 1:
+        return items[0]  # the usual case: no need to import the version library
     from sxpm.versions import parse_version
 
     def key(item: Any) -> tuple[int, Any]:

@@ -15,11 +15,10 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sxpm.errors import IncompatibleExpertError, MissingExtraError, ModelFileError, RunnerError
 from sxpm.home import Home
-from sxpm.runner.plan import OffloadPlan
 from sxpm.runner.resolve import (
     ExpertFiles,
     ModelFiles,
@@ -27,6 +26,9 @@ from sxpm.runner.resolve import (
     find_expert,
     find_model,
 )
+
+if TYPE_CHECKING:
+    from sxpm.runner.plan import OffloadPlan
 
 DEFAULT_N_CTX = 2048
 DEFAULT_SEED = 0
@@ -125,7 +127,7 @@ class Session:
     def plan(self, llama_cpp: Any | None = None) -> OffloadPlan:
         """How many layers go on the accelerator (computed once)."""
         if self._plan is None:
-            from sxpm.runner.plan import plan_for_header
+            from sxpm.runner.plan import OffloadPlan, plan_for_header
 
             n_layers = len(self.model.header.layer_bytes()[0])
             if self._n_gpu_layers is not None:
