@@ -29,8 +29,8 @@ step list
 step model info tiny-llama
 step inspect "$REG/sql-expert:2.1.0"
 step verify
-if sxpm run --help >/dev/null 2>&1; then
-  step install "$REG/sql-expert:2.1.0" 2>/dev/null || true
-  step run tiny-llama --expert sql-expert -p "list users" --max-tokens 16
-fi
+step expert install "$REG/sql-expert:2.1.0" --for tiny-llama
+step doctor
+step run tiny-llama -p "list users" --max-tokens 16
+step run tiny-llama --expert sql-expert -p "list users" --max-tokens 16
 printf '\nquick start done; everything is under %s\n' "$work"

@@ -31,6 +31,7 @@ _LAZY = {
     "install": "sxpm.install",
     "describe": "sxpm.install",
     "SxpmError": "sxpm.errors",
+    "load": "sxpm.runner.session",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -202,6 +202,63 @@ class RunnerError(SxpmError):
     """The runner could not load or run a model."""
 
 
+class ModelFileError(RunnerError):
+    """A GGUF file the runner was about to load is damaged, truncated or unreadable."""
+
+    default_hint = "the file is corrupt or truncated; reinstall it (`sxpm verify` checks the store)"
+
+    def __init__(self, path: object, reason: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{path}: {reason}", hint=hint)
+        self.path = str(path)
+        self.reason = reason
+
+
+class PortInUseError(RunnerError, OSError):
+    def __init__(self, host: str, port: int, reason: str = "already in use") -> None:
+        super().__init__(f"Cannot listen on {host}:{port}: {reason}",
+                         hint="choose another --port, or stop the program using it")
+        self.host = host
+        self.port = port
+
+
+class ModelNotInstalledError(NotFoundError):
+    """A model or expert named by its name is not installed."""
+
+    def __init__(self, kind: str, spec: str, install_ref: str | None) -> None:
+        if install_ref:
+            hint = (f"install it with `sxpm {kind} install {install_ref}`, or pass --install "
+                    "(SXPM_AUTO_INSTALL=1) to install it first")
+        else:
+            hint = f"`sxpm {kind} list` shows what is installed; `sxpm list` what the store holds"
+        super().__init__(f"No installed {kind} {spec!r}", hint=hint)
+        self.kind = kind
+        self.spec = spec
+        self.install_ref = install_ref
+
+
+class IncompatibleExpertError(InputError):
+    """An expert (its manifest or its adapter GGUF) is not built for the chosen model."""
+
+    def __init__(self, expert: str, model: str, reason: str, *, hint: str | None = None
+                 ) -> None:
+        super().__init__(f"Expert {expert!r} does not fit model {model!r}: {reason}",
+                         hint=hint)
+        self.expert = expert
+        self.model = model
+        self.reason = reason
+
+
+class TemplateError(InputError):
+    """A prompt template that cannot be rendered."""
+
+    def __init__(self, source: str, message: str, *, unknown: tuple[str, ...] = ()) -> None:
+        super().__init__(f"Prompt template {source}: {message}",
+                         hint="templates may use {prompt} and {system}; write {{ and }} for "
+                              "literal braces")
+        self.source = source
+        self.unknown = unknown
+
+
 class MissingExtraError(SxpmError):
     """An optional dependency is not installed."""
 

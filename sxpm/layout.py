@@ -25,9 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from filelock import FileLock
-from filelock import Timeout as LockTimeout
-
 from sxpm.errors import CorruptBlobError, ManifestError, SizeMismatchError, StoreError
 from sxpm.oci import (
     ANN_REF_NAME,
@@ -190,6 +187,10 @@ class OCILayout:
 
     @contextlib.contextmanager
     def _lock(self, name: str) -> Iterator[None]:
+        # Imported here: filelock costs ~20 ms, and reading the store takes no lock.
+        from filelock import FileLock
+        from filelock import Timeout as LockTimeout
+
         self.lock_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.lock_dir / f"{name}.lock"), timeout=LOCK_TIMEOUT_S)
         try:

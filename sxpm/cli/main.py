@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "login": ("sxpm.cli.registry", "login", "Save credentials for a registry."),
     "logout": ("sxpm.cli.registry", "logout", "Forget the credentials of a registry."),
     "referrers": ("sxpm.cli.registry", "referrers", "List the artifacts that refer to one."),
+    "expert": ("sxpm.cli.expert", "expert", "Install, list, inspect and remove experts."),
+    "run": ("sxpm.cli.run", "run", "Run an installed model (plus expert): a prompt or a chat."),
+    "serve": ("sxpm.cli.run", "serve", "Serve a model over an OpenAI-compatible HTTP API."),
+    "doctor": ("sxpm.cli.run", "doctor", "Show the accelerator and what the runner can use."),
 }
 
 

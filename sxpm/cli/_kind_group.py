@@ -1,0 +1,215 @@
+"""``list|install|remove|info`` for one kind of artifact, shared by ``sxpm model`` and
+``sxpm expert``: the commands are the same, only a few details differ per kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sxpm.cli._common import (
+    emit_json,
+    home,
+    human_size,
+    json_option,
+    reporter,
+    skip_verify_option,
+    table,
+    transfer_options,
+    transport,
+    warn_skip_verify,
+)
+from sxpm.errors import InputError
+
+
+def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group:
+    """The command group of ``kind`` ("model" or "expert")."""
+    plural = f"{kind}s"
+
+    @click.group(name=kind, help=f"""Install, list, inspect and remove {plural}.
+
+    \b
+    Example:
+      sxpm {kind} install {example_ref}
+      sxpm {kind} list
+    """)
+    def group() -> None:
+        pass
+
+    @group.command(name="list", help=f"""List installed {plural}.
+
+    \b
+    Example:
+      sxpm {kind} list --json
+    """)
+    @click.option("--root", type=click.Path(path_type=Path), help="Install root (default: home).")
+    @json_option
+    def list_cmd(root: Path | None, as_json: bool) -> None:
+        from sxpm.install import list_installed
+
+        items = list_installed(root or home().root, kind)
+        rows = [{"name": i.name, "version": i.version, "variant": i.record.get("variant"),
+                 "digest": i.record.get("digest"), "ref": i.record.get("ref"),
+                 "path": str(i.path)} for i in items]
+        if as_json:
+            emit_json(rows)
+            return
+        if not rows:
+            click.echo(f"no {plural} installed (sxpm {kind} install REF)")
+            return
+        table([[str(r["name"]), str(r["version"]), str(r["variant"] or "-"), str(r["path"])]
+               for r in rows], ["NAME", "VERSION", "VARIANT", "PATH"])
+
+    for_option = click.option(
+        "--for", "for_model", metavar="MODEL",
+        help="Install the variant built for this base model (experts with several).")
+
+    @group.command(name="install", help=f"""Install the {kind} REF (pulling what is missing)
+    as hard links into the store.
+
+    \b
+    Example:
+      sxpm {kind} install {example_ref}{' --for tiny-llama' if kind == 'expert' else
+                                        ' --variant F16'}
+    """)
+    @click.argument("ref_text", metavar="REF")
+    @click.option("--variant", help="Variant to install (default: the first).")
+    @click.option("--root", type=click.Path(path_type=Path),
+                  help="Install root (default: home).")
+    @transfer_options
+    @skip_verify_option
+    @json_option
+    def install_cmd(ref_text: str, variant: str | None, root: Path | None, quiet: bool,
+                    insecure: bool, jobs: int, insecure_skip_verify: bool, as_json: bool,
+                    **extra: Any) -> None:
+        from sxpm.install import install
+
+        h = home()
+        if insecure_skip_verify:
+            warn_skip_verify(h.parse_ref(ref_text))
+        kw: dict[str, Any] = {"root": root, "options": transport(insecure, jobs),
+                              "reporter": reporter(quiet or as_json),
+                              "insecure_skip_verify": insecure_skip_verify}
+        for_model = extra.get("for_model")
+        if for_model and variant:
+            raise click.UsageError("--for and --variant choose the same thing; give one")
+        if for_model:
+            from sxpm.runner.resolve import install_expert
+
+            installed = install_expert(h, h.parse_ref(ref_text), for_model, **kw)
+        else:
+            installed = install(h, h.parse_ref(ref_text), variant=variant, **kw)
+        if installed.kind != kind:
+            raise InputError(f"{ref_text} is {installed.kind!r}, not {_a(kind)} (installed "
+                             f"anyway at {installed.path})",
+                             hint=f"use `sxpm {installed.kind}` commands")
+        if as_json:
+            emit_json({"name": installed.name, "version": installed.version,
+                       "path": str(installed.path), **installed.record})
+            return
+        click.echo(f"installed {kind} {installed.name} {installed.version} at {installed.path}")
+
+    if kind == "expert":
+        install_cmd = for_option(install_cmd)
+
+    @group.command(name="remove", help=f"""Remove an installed {kind} (the store keeps its
+    blobs until `sxpm gc`).
+
+    \b
+    Example:
+      sxpm {kind} remove {example_name}
+    """)
+    @click.argument("spec", metavar="NAME[@VERSION]")
+    @click.option("--root", type=click.Path(path_type=Path), help="Install root (default: home).")
+    def remove_cmd(spec: str, root: Path | None) -> None:
+        from sxpm.install import remove_installed
+
+        name, _, version = spec.partition("@")
+        for item in remove_installed(root or home().root, kind, name, version or None):
+            click.echo(f"removed {kind} {item.name} {item.version}")
+
+    @group.command(name="info", help=f"""Describe {_a(kind)}: {_INFO_WHAT[kind]}.
+
+    \b
+    Example:
+      sxpm {kind} info {example_name.split('@')[0]}
+    """)
+    @click.argument("spec", metavar="NAME[@VERSION]|REF")
+    @click.option("--variant", help="Variant to describe (default: the installed or first).")
+    @json_option
+    def info_cmd(spec: str, variant: str | None, as_json: bool) -> None:
+        info_command(kind, spec, variant, as_json)
+
+    return group
+
+
+_INFO_WHAT = {
+    "model": "architecture, quantization, parameters, files, variants",
+    "expert": "base models, adapter, prompt template, files, variants",
+}
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
+def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> None:
+    from sxpm.distribution import resolve_local
+    from sxpm.install import describe, find_installed
+    from sxpm.oci import ANN_BASE_MODEL, ANN_VARIANT, ImageIndex
+
+    h = home()
+    name, _, version = spec.partition("@")
+    found = find_installed(h.root, kind, name, version or None) if "/" not in spec and \
+        ":" not in spec else []
+    if found:
+        ref = h.parse_ref(found[-1].record["ref"])
+        variant = variant or found[-1].record.get("variant")
+    else:
+        ref = h.parse_ref(spec)
+    top = resolve_local(h, ref)
+    info = describe(h.store, top, variant)
+    if info.kind != kind:
+        raise InputError(f"{spec} is {info.kind!r}, not {_a(kind)}")
+    variants: list[str] = []
+    if top.is_index:
+        index = h.store.load_manifest(top)
+        assert isinstance(index, ImageIndex)
+        variants = [d.annotations.get(ANN_VARIANT, "") for d in index.manifests]
+    data: dict[str, Any] = {
+        "name": info.name, "version": info.version, "ref": str(ref),
+        "digest": str(top.digest), "variant": info.variant, "variants": variants,
+        "size": info.size,
+        "files": [{"path": layer.title, "mediaType": layer.media_type, "size": layer.size,
+                   "digest": str(layer.digest)} for layer in info.manifest.layers],
+        "installed": [str(i.path) for i in found]}
+    if kind == "model":
+        cfg = info.config.get("config", {})
+        data.update({"architecture": cfg.get("architecture"), "format": cfg.get("format"),
+                     "quantization": cfg.get("quantization"),
+                     "paramSize": cfg.get("paramSize")})
+        keys = ["name", "version", "ref", "digest", "architecture", "quantization", "paramSize"]
+    else:
+        from sxpm.runner.resolve import base_model_names
+
+        data.update({
+            "base_models": list(base_model_names(info.config)),
+            "base_model": info.manifest.annotations.get(ANN_BASE_MODEL),
+            "adapter_architecture": info.manifest.annotations.get(
+                "org.simplex.adapter.architecture"),
+            "description": info.config.get("description"),
+            "license": info.config.get("license"),
+        })
+        keys = ["name", "version", "ref", "digest", "base_model", "adapter_architecture",
+                "license", "description"]
+    if as_json:
+        emit_json(data)
+        return
+    for key in keys:
+        click.echo(f"{key:13} {data[key]}")
+    click.echo(f"{'size':13} {human_size(info.size)}")
+    if variants:
+        click.echo(f"{'variants':13} {', '.join(variants)} (showing {info.variant})")
+    for f in data["files"]:
+        click.echo(f"  {f['path']}  {human_size(f['size'])}  {f['digest'][:19]}")

@@ -1,0 +1,441 @@
+"""From what the user typed to files on disk: the model GGUF, the adapter, the template.
+
+A MODEL is looked up, in order, as
+
+1. ``NAME[@VERSION]`` of an installed model (the newest version when none is given);
+2. a full reference (``oci:DIR/name:tag``, ``host/repo:tag``, ``...@sha256:...``)
+   already in the store, run straight from its content-addressed blobs;
+3. otherwise it is not installed: :class:`~sxpm.errors.ModelNotInstalledError` names
+   the install command, or, with ``install=True``, sxpm installs it first.
+
+Lookup through the project's lock (``simplex.lock``: a name pinned to a digest)
+arrives with the lockfile; it will sit in front of step 1.
+
+Experts are found the same way. An expert is checked against its model *before*
+anything is loaded: the base model names of its manifest must include the model's
+name, and its adapter GGUF must be a LoRA adapter of the model's architecture.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sxpm import oci
+from sxpm.errors import (
+    IncompatibleExpertError,
+    InputError,
+    ManifestError,
+    ModelNotInstalledError,
+    NotFoundError,
+    StoreError,
+)
+from sxpm.home import Home
+from sxpm.oci import Descriptor, ImageIndex, Manifest
+from sxpm.reference import Digest, Reference
+from sxpm.runner.gguf_header import GGUFHeader, read_header
+from sxpm.runner.templates import PromptTemplate
+
+ANN_GGUF_MAIN = "org.simplex.gguf.main"
+ANN_SIZE = "org.simplex.size"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    name: str
+    version: str
+    variant: str | None
+    path: Path  # the GGUF to load
+    origin: str  # "installed" or "store"
+    ref: str | None
+    header: GGUFHeader
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "variant": self.variant,
+                "path": str(self.path), "origin": self.origin, "ref": self.ref,
+                "architecture": self.header.architecture}
+
+
+@dataclass(frozen=True)
+class ExpertFiles:
+    name: str
+    version: str
+    base_models: tuple[str, ...]  # every base model the expert's manifest names
+    variant_base: str | None  # the base model of the variant at hand
+    adapter: Path | None
+    adapter_header: GGUFHeader | None
+    template: PromptTemplate | None
+    origin: str
+    ref: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "base_models": list(self.base_models),
+                "adapter": str(self.adapter) if self.adapter else None,
+                "template": self.template.text if self.template else None,
+                "origin": self.origin, "ref": self.ref}
+
+
+def is_reference(spec: str) -> bool:
+    """A full reference has a path, a host or a digest; a name has none of them."""
+    return "/" in spec or ":" in spec
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    name, _, version = spec.partition("@")
+    if not name:
+        raise InputError(f"Invalid model or expert {spec!r}", hint="write NAME[@VERSION] or REF")
+    return name, version or None
+
+
+def _newest(items: list[Any]) -> Any:
+    if len(items) == 1:
+        return items[0]  # the usual case: no need to import the version library
+    from sxpm.versions import parse_version
+
+    def key(item: Any) -> tuple[int, Any]:
+        try:
+            return (1, parse_version(item.version))
+        except InputError:
+            return (0, item.version)
+
+    return max(items, key=key)
+
+
+def store_refs_named(home: Home, name: str) -> list[tuple[Reference, Descriptor]]:
+    """Refs in the store whose repository is called ``name``, newest tag last."""
+    out: list[tuple[Reference, Descriptor]] = []
+    if not home.store.exists():
+        return out
+    for text, desc in home.store.refs().items():
+        try:
+            ref = Reference.parse(text)
+        except InputError:
+            continue
+        if ref.name == name:
+            out.append((ref, desc))
+    return sorted(out, key=lambda item: _tag_key(item[0].tag))
+
+
+def _tag_key(tag: str | None) -> tuple[int, Any]:
+    from sxpm.versions import parse_version
+
+    try:
+        return (1, parse_version(tag or ""))
+    except InputError:
+        return (0, tag or "")
+
+
+def suggest_ref(home: Home, name: str, version: str | None) -> str:
+    """Where to install ``name`` from: a matching store ref, else the default registry."""
+    for ref, _desc in reversed(store_refs_named(home, name)):
+        if version is None or ref.tag == version:
+            return str(ref)
+    return str(home.parse_ref(f"{name}:{version}" if version else name))
+
+
+# --- manifests from the store -------------------------------------------------------
+
+
+def _manifest_by_digest(home: Home, digest_text: str) -> Manifest:
+    digest = Digest.parse(digest_text)
+    store = home.store
+    if not store.has_blob(digest):
+        raise StoreError(f"The manifest {digest} of an installed artifact is not in the store",
+                         hint="reinstall it (`sxpm gc` may have removed it)")
+    obj = store.load_manifest(Descriptor(oci.OCI_MANIFEST, digest, store.blob_size(digest)))
+    if not isinstance(obj, Manifest):
+        raise ManifestError(str(digest), "expected a manifest, found an image index")
+    return obj
+
+
+def _config(home: Home, manifest: Manifest) -> dict[str, Any]:
+    try:
+        data = json.loads(home.store.read_blob(manifest.config))
+    except ValueError:
+        raise ManifestError(str(manifest.config.digest), "config blob is not JSON") from None
+    if not isinstance(data, dict):
+        raise ManifestError(str(manifest.config.digest), "config must be a JSON object")
+    return data
+
+
+def _title(layer: Descriptor) -> str:
+    return layer.annotations.get(oci.ANN_FILEPATH) or layer.annotations.get(oci.ANN_TITLE) or ""
+
+
+# --- models -------------------------------------------------------------------------
+
+
+def _main_gguf_installed(path: Path, record: dict[str, Any]) -> Path:
+    names = [str(n) for n in record.get("files", {}) if str(n).lower().endswith(".gguf")]
+    files: list[Path] = [path / n for n in names if (path / n).is_file()] or sorted(
+        path.rglob("*.gguf"))
+    if not files:
+        raise NotFoundError(f"The installed model at {path} holds no .gguf file",
+                            hint="reinstall it with `sxpm model install REF`")
+    # The largest GGUF is the model, as `sxpm pack` decided when it packed it.
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+Budget = Callable[[], "int | None"]
+
+
+def find_model(home: Home, spec: str, *, variant: str | None = None,
+               memory_budget: Budget | None = None, install: bool = False,
+               **install_kw: Any) -> ModelFiles:
+    """The model ``spec`` names (see the module docstring for the order of lookup).
+
+    ``memory_budget`` (called only when there is a choice) gives the bytes a model may
+    take; among the variants of an artifact the largest that fits is chosen when
+    ``variant`` is None.
+    """
+    if is_reference(spec):
+        ref = home.parse_ref(spec)
+        return _model_from_store(home, ref, variant, memory_budget, install, **install_kw)
+    from sxpm.install import find_installed
+    from sxpm.install import install as do_install
+
+    name, version = split_spec(spec)
+    found = find_installed(home.root, "model", name, version)
+    if variant is not None:
+        found = [i for i in found if i.record.get("variant") == variant]
+    if not found:
+        ref_text = suggest_ref(home, name, version)
+        if not install:
+            raise ModelNotInstalledError("model", spec, ref_text)
+        ref = home.parse_ref(ref_text)
+        chosen = variant or _choose_variant_in_store(home, ref, memory_budget)
+        item = do_install(home, ref, variant=chosen, **install_kw)
+    else:
+        item = _newest(found)
+    path = _main_gguf_installed(item.path, item.record)
+    header = read_header(path)
+    return ModelFiles(item.name, item.version, item.record.get("variant"), path, "installed",
+                      item.record.get("ref"), header)
+
+
+def _variant_options(home: Home, index: ImageIndex) -> list[Any]:
+    from sxpm.runner.plan import VariantOption
+
+    def num(text: str | None) -> int | None:
+        return int(text) if text and text.isdigit() else None
+
+    return [VariantOption(d.annotations.get(oci.ANN_VARIANT, str(d.digest)),
+                          num(d.annotations.get(oci.ANN_MEMORY)),
+                          num(d.annotations.get(ANN_SIZE))) for d in index.manifests]
+
+
+def _choose_variant_in_store(home: Home, ref: Reference, budget: Budget | None
+                             ) -> str | None:
+    from sxpm.distribution import resolve_local
+    from sxpm.runner.plan import choose_variant
+
+    try:
+        top = resolve_local(home, ref)
+    except NotFoundError:
+        return None  # not local yet: the install pulls its first variant
+    if not top.is_index:
+        return None
+    index = home.store.load_manifest(top)
+    assert isinstance(index, ImageIndex)
+    options = _variant_options(home, index)
+    if len(options) < 2:
+        return None
+    return choose_variant(options, budget() if budget else None).name
+
+
+def _model_from_store(home: Home, ref: Reference, variant: str | None, budget: Budget | None,
+                      install: bool, **install_kw: Any) -> ModelFiles:
+    from sxpm.distribution import resolve_local
+    from sxpm.install import describe
+    from sxpm.install import install as do_install
+
+    try:
+        top = resolve_local(home, ref)
+    except NotFoundError:
+        if not install:
+            raise ModelNotInstalledError("model", str(ref), str(ref)) from None
+        item = do_install(home, ref, variant=variant, **install_kw)
+        return find_model(home, f"{item.name}@{item.version}", install=False)
+    if variant is None and top.is_index:
+        variant = _choose_variant_in_store(home, ref, budget)
+    info = describe(home.store, top, variant)
+    if info.kind != "model":
+        raise InputError(f"{ref} is {info.kind!r}, not a model",
+                         hint="run a model; pass an expert with --expert")
+    weights = [layer for layer in info.manifest.layers if layer.media_type == oci.MODEL_WEIGHT]
+    main = info.manifest.annotations.get(ANN_GGUF_MAIN)
+    layer = next((w for w in weights if _title(w) == main), None) or max(
+        weights, key=lambda w: w.size, default=None)
+    if layer is None:
+        raise NotFoundError(f"{ref} holds no GGUF weights")
+    if not home.store.has_blob(layer.digest):
+        if not install:
+            hint_variant = f" --variant {info.variant}" if info.variant else ""
+            raise ModelNotInstalledError("model", f"{ref} ({info.variant or 'default'} variant, "
+                                         "not pulled)", f"{ref}{hint_variant}")
+        do_install(home, ref, variant=info.variant, **install_kw)
+    path = home.store.blob_path(layer.digest)
+    return ModelFiles(info.name, info.version, info.variant, path, "store", str(ref),
+                      read_header(path))
+
+
+# --- experts ------------------------------------------------------------------------
+
+
+def base_model_names(config: dict[str, Any]) -> tuple[str, ...]:
+    """Every base model an expert manifest (schema v1 or v2) names."""
+    if isinstance(config.get("base_models"), list):
+        return tuple(str(b.get("name")) for b in config["base_models"] if isinstance(b, dict))
+    base = config.get("base_model")
+    if isinstance(base, dict):
+        return (str(base.get("name")),)
+    return (str(base),) if base else ()
+
+
+def _expert_files(home: Home, manifest: Manifest, config: dict[str, Any], name: str,
+                  version: str, locate: Callable[[Descriptor], Path], origin: str,
+                  ref: str | None) -> ExpertFiles:
+    adapter: Path | None = None
+    template: PromptTemplate | None = None
+    for layer in manifest.layers:
+        title = _title(layer)
+        if layer.media_type == oci.EXPERT_ADAPTER and adapter is None:
+            adapter = locate(layer)
+        elif layer.media_type == oci.EXPERT_TEMPLATE and template is None:
+            path = locate(layer)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise ManifestError(str(path), "the prompt template is not UTF-8 text") from None
+            template = PromptTemplate.parse(text, f"{title or path} of expert {name!r}")
+    return ExpertFiles(name, version, base_model_names(config),
+                       manifest.annotations.get(oci.ANN_BASE_MODEL), adapter,
+                       read_header(adapter) if adapter else None, template, origin, ref)
+
+
+def find_expert(home: Home, spec: str, model_name: str, *, install: bool = False,
+                **install_kw: Any) -> ExpertFiles:
+    """The expert ``spec`` names, in the variant built for ``model_name``."""
+    from sxpm.install import find_installed
+
+    if is_reference(spec):
+        return _expert_from_store(home, home.parse_ref(spec), model_name, install, **install_kw)
+    name, version = split_spec(spec)
+    found = find_installed(home.root, "expert", name, version)
+    if not found:
+        ref_text = suggest_ref(home, name, version)
+        if not install:
+            raise ModelNotInstalledError("expert", spec, f"{ref_text} --for {model_name}")
+        install_expert(home, home.parse_ref(ref_text), model_name, **install_kw)
+        found = find_installed(home.root, "expert", name, version)
+    item = _newest(found)
+    manifest = _manifest_by_digest(home, item.record["digest"])
+    config = _config(home, manifest)
+
+    def locate(layer: Descriptor) -> Path:
+        path = Path(item.path) / _title(layer)
+        if not path.is_file():
+            raise NotFoundError(f"{path} is missing from the installed expert",
+                                hint=f"reinstall it: sxpm expert install {item.record.get('ref')}")
+        return path
+
+    return _expert_files(home, manifest, config, item.name, item.version, locate, "installed",
+                         item.record.get("ref"))
+
+
+def variant_for_base(index: ImageIndex, model_name: str) -> str | None:
+    """The variant of a v2 expert index built for ``model_name``, if any."""
+    for desc in index.manifests:
+        if desc.annotations.get(oci.ANN_BASE_MODEL) == model_name:
+            return desc.annotations.get(oci.ANN_VARIANT, model_name)
+    return None
+
+
+def install_expert(home: Home, ref: Reference, model_name: str | None = None,
+                   **install_kw: Any) -> Any:
+    """Install an expert; for a v2 expert, the variant built for ``model_name``."""
+    from sxpm.distribution import pull, resolve_local
+    from sxpm.install import install
+
+    variant: str | None = None
+    if model_name is not None:
+        try:
+            top = resolve_local(home, ref)
+        except NotFoundError:
+            top = pull(home, ref, **{k: v for k, v in install_kw.items()
+                                     if k in ("options", "reporter",
+                                              "insecure_skip_verify")}).descriptor
+        if top.is_index:
+            index = home.store.load_manifest(top)
+            assert isinstance(index, ImageIndex)
+            variant = variant_for_base(index, model_name)
+            if variant is None:
+                bases = [d.annotations.get(oci.ANN_BASE_MODEL, "?") for d in index.manifests]
+                raise IncompatibleExpertError(
+                    ref.name, model_name, f"it has no variant for it (built for "
+                    f"{', '.join(bases)})", hint="choose one of those models")
+    return install(home, ref, variant=variant, **install_kw)
+
+
+def _expert_from_store(home: Home, ref: Reference, model_name: str, install: bool,
+                       **install_kw: Any) -> ExpertFiles:
+    from sxpm.distribution import resolve_local
+    from sxpm.install import describe
+
+    try:
+        top = resolve_local(home, ref)
+    except NotFoundError:
+        if not install:
+            raise ModelNotInstalledError("expert", str(ref), f"{ref} --for {model_name}"
+                                         ) from None
+        item = install_expert(home, ref, model_name, **install_kw)
+        return find_expert(home, f"{item.name}@{item.version}", model_name)
+    variant = None
+    if top.is_index:
+        index = home.store.load_manifest(top)
+        assert isinstance(index, ImageIndex)
+        variant = variant_for_base(index, model_name)
+        if variant is None:
+            variant = index.select(None).annotations.get(oci.ANN_VARIANT)
+    info = describe(home.store, top, variant)
+    if info.kind != "expert":
+        raise InputError(f"{ref} is {info.kind!r}, not an expert")
+
+    def locate(layer: Descriptor) -> Path:
+        if not home.store.has_blob(layer.digest):
+            raise NotFoundError(f"{ref}: {_title(layer)} is not in the store",
+                                hint=f"sxpm expert install {ref} --for {model_name}")
+        return home.store.blob_path(layer.digest)
+
+    return _expert_files(home, info.manifest, info.config, info.name, info.version, locate,
+                         "store", str(ref))
+
+
+def check_compatible(expert: ExpertFiles, model: ModelFiles) -> None:
+    """Refuse an expert that is not built for ``model``, before loading anything."""
+    if model.name not in expert.base_models:
+        bases = ", ".join(expert.base_models) or "no base model"
+        first = expert.base_models[0] if expert.base_models else "its base model"
+        raise IncompatibleExpertError(
+            expert.name, model.name, f"its manifest names {bases} as base model",
+            hint=f"run it on {first}: sxpm run {first} --expert {expert.name}")
+    if expert.variant_base and expert.variant_base != model.name:
+        raise IncompatibleExpertError(
+            expert.name, model.name, f"the installed variant is built for "
+            f"{expert.variant_base}", hint=f"install the right one: sxpm expert install "
+            f"{expert.ref or expert.name} --for {model.name}")
+    header = expert.adapter_header
+    if header is None:
+        return
+    if header.general_type != "adapter":
+        raise IncompatibleExpertError(
+            expert.name, model.name, f"its weights {expert.adapter} are a {header.general_type}, "
+            "not a LoRA adapter", hint="the expert is malformed; report it to its publisher")
+    if header.architecture != model.header.architecture:
+        raise IncompatibleExpertError(
+            expert.name, model.name, f"its adapter is for architecture {header.architecture!r}, "
+            f"the model is {model.header.architecture!r}",
+            hint="use an expert built for this model")
