@@ -29,6 +29,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "gc": ("sxpm.cli.artifacts", "gc", "Delete blobs that nothing refers to."),
     "verify": ("sxpm.cli.artifacts", "verify", "Re-hash every blob in the store."),
     "model": ("sxpm.cli.model", "model", "Install, list, inspect and remove models."),
+    "search": ("sxpm.cli.index", "search", "Search the registry index."),
+    "info": ("sxpm.cli.index", "info", "Show a name's versions, variants and dependencies."),
+    "publish": ("sxpm.cli.index", "publish", "Push an artifact and add it to the index."),
+    "yank": ("sxpm.cli.index", "yank", "Mark a published version yanked (or not)."),
+    "index": ("sxpm.cli.index", "index_group", "Build and verify a registry index checkout."),
 }
 
 
