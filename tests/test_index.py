@@ -8,9 +8,7 @@ request and its status, so the ETag / 304 path is checked for real.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from static_server import NGINX, Nginx, serve_static
 
 from sxpm.index.format import index_path, normalize_name, version_key
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "registry-index"
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx")
-                                  else None)
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -390,92 +387,12 @@ def test_yank_changes_only_the_yanked_field(cli, sample_dir: Path, checkout: Pat
 # --- over HTTP, through a real nginx --------------------------------------------------------
 
 
-@dataclass
-class Nginx:
-    root: Path
-    port: int
-    log: Path
-
-    def url(self, sub: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{sub}/"
-
-    def requests(self, sub: str) -> list[tuple[str, int, str]]:
-        """(path, status, If-None-Match) of every request under /sub/ so far."""
-        out = []
-        for line in self.log.read_text().splitlines():
-            method, path, status, inm = line.split(" ", 3)
-            if path.startswith(f"/{sub}/"):
-                out.append((path[len(sub) + 2:], int(status), inm.strip('"')))
-        return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _nginx_conf(prefix: Path, root: Path, port: int) -> str:
-    built = subprocess.run([NGINX, "-V"], capture_output=True, text=True).stderr  # type: ignore[list-item]
-    temps = "".join(f"  {m}_temp_path {prefix / 'tmp' / m};\n"
-                    for m in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-                    if f"--without-http_{m}_module" not in built)
-    return f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {prefix / 'nginx.pid'};
-error_log {prefix / 'error.log'} warn;
-events {{ worker_connections 64; }}
-http {{
-  log_format sxpm '$request_method $uri $status "$http_if_none_match"';
-  access_log {prefix / 'access.log'} sxpm;
-{temps}  types {{ application/json json; }}
-  default_type application/octet-stream;
-  server {{
-    listen 127.0.0.1:{port};
-    root {root};
-    etag on;
-  }}
-}}
-"""
-
-
 @pytest.fixture(scope="module")
 def nginx_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
     if NGINX is None:
         pytest.skip("nginx is not installed (scripts/test installs nginx-light)")
-    prefix = tmp_path_factory.mktemp("nginx")
-    root = prefix / "www"
-    root.mkdir()
-    (prefix / "tmp").mkdir()
-    for _attempt in range(5):
-        port = _free_port()
-        conf = prefix / "nginx.conf"
-        conf.write_text(_nginx_conf(prefix, root, port))
-        proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(prefix)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        if proc.poll() is None:
-            break
-    else:
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        raise RuntimeError(f"nginx did not start: {err}")
-    try:
-        yield Nginx(root, port, prefix / "access.log")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with serve_static(tmp_path_factory.mktemp("nginx")) as server:
+        yield server
 
 
 def test_http_index_is_cached_and_revalidated_with_etags(cli, nginx_index: Nginx,  # noqa: ANN001

@@ -252,6 +252,10 @@ class IndexClient:
         raise NotFoundError(f"{name} has no version {version} in the index",
                             hint=f"versions: {', '.join(e.vers for e in found)}")
 
+    def names(self) -> list[str]:
+        """Every name with a version not yanked (from ``search.json``; one file read)."""
+        return [row[0] for row in self.catalog_rows()]
+
     def search_catalog(self) -> list[CatalogRow]:
         """The rows of ``search.json``, one per name (empty when the file is absent)."""
         return [CatalogRow(r[0], r[1], r[2], r[3], r[4], tuple(r[5]), r[6])
