@@ -42,6 +42,12 @@ def make_checkout(path: Path, registry: Path, *, extra: dict | None = None) -> P
     return path
 
 
+def merge(checkout: Path, branch: str) -> None:
+    """What merging the pull request does."""
+    git(checkout, "checkout", "-q", "main")
+    git(checkout, "merge", "-q", "--ff-only", branch)
+
+
 def copy_sample(dest: Path) -> Path:
     shutil.copytree(SAMPLE, dest, ignore=shutil.ignore_patterns(".github"))
     return dest
@@ -304,6 +310,8 @@ def test_publish_model_variants_and_package(cli, sample_dir: Path, checkout: Pat
     assert f32["size"] > f16["size"] > 0 and f32["memory"] > f16["memory"] > 0
     assert entry["size"] == f32["size"] and entry["kind"] == "model"
     assert entry["description"] == "Tiny test model" and entry["tags"] == ["llama"]
+    r = cli.fail("publish", sample_dir / "simplex-hello", "--index", checkout, code=2)
+    assert "git checkout main" in r.stderr
     git(checkout, "checkout", "-q", "main")
     pkg = cli("publish", sample_dir / "simplex-hello", "--index", checkout, "--json",
               "-q").json["entry"]
@@ -363,6 +371,9 @@ def test_publish_refuses_a_different_uncommitted_line_and_bad_checkouts(
 
 def test_yank_changes_only_the_yanked_field(cli, sample_dir: Path, checkout: Path) -> None:  # noqa: ANN001
     cli("publish", sample_dir / "sql-expert", "--index", checkout, "-q")
+    r = cli.fail("yank", "sql-expert@2.1.0", "--index", checkout, code=2)
+    assert "another publish or yank branch" in r.stderr
+    merge(checkout, "publish/sql-expert-2.1.0")
     before = (checkout / index_path("sql-expert")).read_text()
     out = cli("yank", "sql-expert@2.1.0", "--index", checkout, "--json").json
     assert out["yanked"] is True and out["branch"] == "yank/sql-expert-2.1.0"
@@ -377,6 +388,7 @@ def test_yank_changes_only_the_yanked_field(cli, sample_dir: Path, checkout: Pat
     assert cli("search", "sql", "--index", checkout, "--json").json == []
     git(checkout, "add", "search.json")
     git(checkout, "commit", "-q", "-m", "catalogue")
+    merge(checkout, "yank/sql-expert-2.1.0")
     out = cli("yank", "sql-expert@2.1.0", "--undo", "--index", checkout, "--json").json
     assert out["yanked"] is False and out["branch"] == "unyank/sql-expert-2.1.0"
     assert (checkout / index_path("sql-expert")).read_text() == before

@@ -47,6 +47,8 @@ from sxpm.progress import SILENT, Reporter
 from sxpm.reference import LAYOUT_SCHEME, Reference
 from sxpm.transport import TransportOptions
 
+WORK_BRANCHES = ("publish/", "yank/", "unyank/")
+
 # --- git ---------------------------------------------------------------------------
 
 
@@ -120,6 +122,18 @@ class Checkout:
 
     def has_branch(self, name: str) -> bool:
         return bool(self.git("branch", "--list", name).strip())
+
+    def base_branch(self, branch: str) -> str:
+        """The branch a new ``branch`` starts from: the current one, unless it is itself
+        a publish or yank branch (whose commits do not belong in another pull request)."""
+        current = self.branch()
+        if current == branch:
+            return "main"
+        if current.startswith(WORK_BRANCHES):
+            raise CheckoutError(
+                f"The index checkout {self.top} is on {current}, another publish or yank "
+                "branch", hint="switch back to the main branch first (git checkout main)")
+        return current
 
     def switch(self, branch: str) -> None:
         """Move to ``branch``, creating it at HEAD when new (working changes move along)."""
@@ -332,6 +346,8 @@ def publish(home: Home, paths: list[Path], *, index_dir: Path, registry: str | N
     rel = index_path(name)
     # Fail before packing or pushing if the checkout cannot take a commit.
     checkout.require_clean(allowed=checkout.rel_to_top(rel))
+    branch = f"publish/{normalize_name(name)}-{version}"
+    base = checkout.base_branch(branch)
 
     ref = _registry_ref(registry, normalize_name(name), version)
     result = None
@@ -366,10 +382,6 @@ def publish(home: Home, paths: list[Path], *, index_dir: Path, registry: str | N
     # TODO(signing): sign result.descriptor here once sxpm.sign exists.
     pushed = push(home, result.ref, options=options, reporter=reporter)
 
-    base = checkout.branch()
-    branch = f"publish/{normalize_name(entry.name)}-{entry.vers}"
-    if base == branch or base.startswith("publish/"):
-        base = "main"
     checkout.switch(branch)
     if written is None:
         file.parent.mkdir(parents=True, exist_ok=True)
@@ -417,6 +429,7 @@ def yank(index_dir: Path, name: str, version: str, *, undo: bool = False) -> Yan
         lines[number - 1] = dump_line(obj)
         verb = "unyank" if undo else "yank"
         branch = f"{verb}/{normalize_name(entry.name)}-{entry.vers}"
+        checkout.base_branch(branch)
         checkout.switch(branch)
         file.write_text("\n".join(lines) + "\n", encoding="utf-8")
         commit = checkout.commit(rel, f"{verb.capitalize()} {entry.name} {entry.vers}")
