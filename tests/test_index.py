@@ -457,3 +457,19 @@ def test_http_index_refuses_bad_lines_and_plain_http(cli, nginx_index: Nginx,  #
     assert f"{nginx_index.url(sub)}packages/2/qa:2" in r.stderr and "not valid JSON" in r.stderr
     r = cli.fail("search", "x", "--index", "http://index.example.org/", code=2)
     assert "plain HTTP" in r.stderr
+
+
+@pytest.mark.parametrize("query", ["sql", "SQL_expert", "llama test", "model", "", "zzz",
+                                   "a", "expert tiny"])
+def test_search_on_text_ranks_as_on_parsed_rows(query: str) -> None:
+    from sxpm.index.search import load_catalog_rows, search, search_text
+
+    text = (SAMPLE / "search.json").read_text()
+    expected = search(load_catalog_rows(text, "s"), query, limit=None)
+    assert search_text(text, query, limit=None) == expected
+    # Any other layout of the same JSON (e.g. pretty-printed) gives the same answer.
+    pretty = json.dumps(json.loads(text), indent=1)
+    assert search_text(pretty, query, limit=None) == expected
+    for kind in ("model", "expert"):
+        assert search_text(text, query, kind=kind, limit=None) == search(
+            load_catalog_rows(text, "s"), query, kind=kind, limit=None)

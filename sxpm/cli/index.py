@@ -72,17 +72,17 @@ def search(query: tuple[str, ...], kind: str | None, limit: int, index: str | No
       sxpm search sql
       sxpm search llama --kind model --json
     """
+    from sxpm.index.format import CATALOG_FILE
     from sxpm.index.search import human_size
-    from sxpm.index.search import search as rank
 
     client = _client(index, offline, insecure)
-    hits = rank(client.catalog_rows(), " ".join(query), kind=kind, limit=limit)
+    hits = client.search(" ".join(query), kind=kind, limit=limit)
     if as_json:
         _echo_json([h.to_dict() for h in hits])
         return
     if not hits:
         click.echo("no match" + (" (the index has no search.json; run `sxpm index build`)"
-                                 if not client.catalog_rows() else ""))
+                                 if client.read_text(CATALOG_FILE) is None else ""))
         return
     rows = [[h.name, h.kind, h.vers, human_size(h.size), h.description] for h in hits]
     header = ["NAME", "KIND", "VERSION", "SIZE", "DESCRIPTION"]

@@ -263,14 +263,18 @@ class IndexClient:
 
     def catalog_rows(self) -> list[Any]:
         """``search.json`` rows as raw arrays (fields in ``CATALOG_FIELDS`` order)."""
-        obj = self._json(CATALOG_FILE)
-        if obj is None:
+        from sxpm.index.search import load_catalog_rows
+
+        text = self.read_text(CATALOG_FILE)
+        return [] if text is None else load_catalog_rows(text, self.source(CATALOG_FILE))
+
+    def search(self, query: str, *, kind: str | None = None, limit: int | None = 20
+               ) -> list[Any]:
+        """Ranked :class:`~sxpm.index.search.Hit` objects for ``query`` (one file read)."""
+        from sxpm.index.search import search_text
+
+        text = self.read_text(CATALOG_FILE)
+        if text is None:
             return []
-        if not isinstance(obj, dict) or obj.get("format") != CATALOG_FORMAT:
-            raise IndexFormatError(self.source(CATALOG_FILE), None,
-                                   f"not a search catalogue of format {CATALOG_FORMAT}",
-                                   hint="regenerate it with `sxpm index build`")
-        rows = obj.get("packages")
-        if not isinstance(rows, list):
-            raise IndexFormatError(self.source(CATALOG_FILE), None, "'packages' is not a list")
-        return rows
+        return search_text(text, query, kind=kind, limit=limit,
+                           source=self.source(CATALOG_FILE))
