@@ -278,8 +278,9 @@ def _declared(kind: str, path: Path) -> tuple[str | None, str | None]:
 
 
 def _registry_ref(registry: str, name: str, version: str) -> Reference:
+    # OCI tags cannot hold '+': build metadata is written with '_' (as Helm does).
     base = registry.rstrip("/")
-    return Reference.parse(f"{base}/{name}:{version}")
+    return Reference.parse(f"{base}/{name}:{version.replace('+', '_')}")
 
 
 def _line_state(text: str, entry: IndexEntry, source: str) -> IndexEntry | None:
