@@ -269,3 +269,61 @@ class MissingExtraError(SxpmError):
         )
         self.module = module
         self.extra = extra
+
+
+# --- the registry index -------------------------------------------------------
+
+
+class IndexFormatError(ManifestError):
+    """A file of the index is malformed: names the file and the line."""
+
+    def __init__(self, source: str, line: int | None, message: str, *, path: str = "",
+                 hint: str | None = None) -> None:
+        where = f"{source}:{line}" if line else source
+        super().__init__(where, message, path=path,
+                         hint="fix the line; `sxpm index verify` checks the whole index"
+                         if hint is None else hint)
+        self.file = source
+        self.line = line
+        self.reason = message + (f" at {path}" if path else "")
+
+
+class IndexLocationError(InputError):
+    """No index is configured, or the location given is not one."""
+
+    default_hint = ("pass --index URL_OR_PATH, set SXPM_INDEX, `[registries] index` in "
+                    "simplex.toml, or \"index\" in $SIMPLEX_HOME/config.json")
+
+
+class IndexUnavailableError(SxpmError):
+    """The index could not be read (network, HTTP status, missing offline cache)."""
+
+    def __init__(self, message: str, *, url: str = "", status: int | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.url = url
+        self.status = status
+
+
+class VersionExistsError(InputError):
+    """A version is already in the index: versions are immutable."""
+
+    def __init__(self, name: str, version: str, digest: str, *, hint: str | None = None):
+        super().__init__(
+            f"{name} {version} is already published (digest {digest})",
+            hint=hint or "versions are immutable: publish a new version, or yank this one")
+        self.name = name
+        self.version = version
+        self.digest = digest
+
+
+class GitError(SxpmError):
+    """A git operation on an index checkout failed."""
+
+    def __init__(self, message: str, *, command: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.command = command
+
+
+class CheckoutError(InputError):
+    """The index checkout is not usable: not a git repository, or dirty."""

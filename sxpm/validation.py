@@ -26,17 +26,25 @@ def json_path(parts: Any) -> str:
     return out
 
 
-def validate(instance: Any, schema: str, source: str) -> None:
-    """Raise :class:`ManifestError` naming ``source`` and the path of the first bad field."""
+def first_error(instance: Any, schema: str) -> tuple[str, str] | None:
+    """(message, JSON path) of the first problem of ``instance``, or None when valid."""
     errors = sorted(_validator(schema).iter_errors(instance),
                     key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
-    if errors:
-        err = errors[0]
-        message = err.message
-        if isinstance(err.schema, dict) and "x-message" in err.schema:
-            message = f"{err.instance!r} {err.schema['x-message']}"
-        elif err.schema is False:
-            message = "this field is not allowed here"
-        if len(message) > 200:
-            message = message[:200] + "..."
-        raise ManifestError(source, message, path=json_path(err.absolute_path))
+    if not errors:
+        return None
+    err = errors[0]
+    message = err.message
+    if isinstance(err.schema, dict) and "x-message" in err.schema:
+        message = f"{err.instance!r} {err.schema['x-message']}"
+    elif err.schema is False:
+        message = "this field is not allowed here"
+    if len(message) > 200:
+        message = message[:200] + "..."
+    return message, json_path(err.absolute_path)
+
+
+def validate(instance: Any, schema: str, source: str) -> None:
+    """Raise :class:`ManifestError` naming ``source`` and the path of the first bad field."""
+    found = first_error(instance, schema)
+    if found is not None:
+        raise ManifestError(source, found[0], path=found[1])

@@ -47,6 +47,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("sxpm.cli.run", "run", "Run an installed model (plus expert): a prompt or a chat."),
     "serve": ("sxpm.cli.run", "serve", "Serve a model over an OpenAI-compatible HTTP API."),
     "doctor": ("sxpm.cli.run", "doctor", "Show the accelerator and what the runner can use."),
+    "search": ("sxpm.cli.index", "search", "Search the registry index."),
+    "info": ("sxpm.cli.index", "info", "Show a name's versions, variants and dependencies."),
+    "publish": ("sxpm.cli.index", "publish", "Push an artifact and add it to the index."),
+    "yank": ("sxpm.cli.index", "yank", "Mark a published version yanked (or not)."),
+    "index": ("sxpm.cli.index", "index_group", "Build and verify a registry index checkout."),
 }
 
 
