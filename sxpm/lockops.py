@@ -198,6 +198,8 @@ def lock(project: Project, home: Home, provider: Provider, *, index_source: str 
                                     hint="`sxpm tree` lists what is locked")
     resolution = resolve(project.requirements(), provider, preferred=preferred,
                          memory_budget=memory_budget)
+    # An index provider knows the lines it read: the state this lock was resolved on.
+    index_state = index_state or str(getattr(provider, "state", ""))
     manifests = ManifestSource(home, options or TransportOptions(), offline)
     pinned = [_pin(manifests, r.candidate, r.variant, r.deps)
               for r in resolution.artifacts.values()]

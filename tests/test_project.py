@@ -240,3 +240,43 @@ def test_offline_install_uses_the_store(cli, project: Path, published: Path) -> 
     shutil.rmtree(published)  # the registry is gone
     p("install", "--frozen", "--offline")
     assert (project / ".simplex" / "models" / "tiny-llama" / "1.0.0" / "model.gguf").exists()
+
+
+def test_lock_against_the_index(cli, sample_dir: Path, tmp_path: Path,  # noqa: ANN001
+                                registry_dir: Path) -> None:
+    from test_index import git, make_checkout, merge
+
+    idx = make_checkout(tmp_path / "index", registry_dir)
+    for extra in (["--version", "1.0.0"], ["--version", "1.1.0"]):
+        out = cli("publish", sample_dir / "tiny-llama", sample_dir / "tiny-llama-f16",
+                  "--variant", "F32", "--variant", "F16", "--name", "tiny-llama", *extra,
+                  "--index", idx, "--json", "-q").json
+        merge(idx, out["branch"])
+    out = cli("publish", sample_dir / "sql-expert", "--index", idx, "--json", "-q").json
+    merge(idx, out["branch"])
+    out = cli("yank", "tiny-llama@1.1.0", "--index", idx, "--json").json
+    merge(idx, out["branch"])
+    cli("index", "build", idx)
+    git(idx, "add", "-A")
+    git(idx, "commit", "-q", "-m", "Build search.json")
+
+    proj = tmp_path / "proj"
+    cli("init", proj, "--index", str(idx))
+    p = run_in(cli, proj)
+    p("add", "tiny-llama@^1", "--model")
+    p("add", "sql-expert@^2", "--expert")
+    locked = p("lock", "--json").json
+    assert locked["artifacts"] == {"tiny-llama": "1.0.0", "sql-expert": "2.1.0"}  # 1.1.0 yanked
+    import tomllib
+
+    data = tomllib.loads((proj / "simplex.lock").read_text())
+    assert data["index"]["source"] == str(idx)
+    assert data["index"]["state"].startswith("sha256:")
+    tiny = next(a for a in data["artifact"] if a["name"] == "tiny-llama")
+    assert tiny["variant"] == "F32"  # no variant asked: the largest that fits this machine
+    p("install", "--frozen")
+    assert (proj / ".simplex" / "models" / "tiny-llama" / "1.0.0" / "model.gguf").exists()
+    (proj / "simplex.toml").write_text((proj / "simplex.toml").read_text().replace(
+        "tiny-llama", "tiny-lama"))
+    r = cli.fail("lock", "--manifest-path", str(proj / "simplex.toml"), code=2)
+    assert "did you mean tiny-llama" in r.stderr

@@ -43,15 +43,18 @@ def _load(manifest: Path | None) -> Project:
 def _provider(project: Project, h: Home, index: str | None, offline: bool,
               options: TransportOptions) -> tuple[Provider, str, str]:
     """The index when one is configured, else the default registry's tag lists."""
+    from sxpm.errors import IndexLocationError
+    from sxpm.index.location import find_index
+    from sxpm.index.provider import IndexProvider
     from sxpm.lockops import ManifestSource, RegistryProvider
 
-    location = index or os.environ.get("SXPM_INDEX") or project.registries.get("index") \
-        or h.config().get("index")
-    if location:
-        raise InputError("Resolving against an index is not available in this build",
-                         hint="remove --index / [registries] index to use the registry's tags")
-    registry = project.registries.get("default") or h.default_registry
-    return RegistryProvider(registry, ManifestSource(h, options, offline)), "", ""
+    try:
+        location = find_index(index, cwd=project.root)
+    except IndexLocationError:
+        registry = project.registries.get("default") or h.default_registry
+        return RegistryProvider(registry, ManifestSource(h, options, offline)), "", ""
+    return IndexProvider.open(location, offline=offline, insecure=options.insecure), \
+        location, ""
 
 
 def _memory_budget() -> int | None:
@@ -131,7 +134,7 @@ def _do_lock(manifest: Path | None, index: str | None, offline: bool, insecure: 
     h = home()
     options = transport(insecure, jobs)
     provider, source, state = _provider(project, h, index, offline, options)
-    return project, do_lock(project, h, provider, index_source=source, index_state=state,
+    return project, do_lock(project, h, provider, index_source=source,
                             update=update, memory_budget=_memory_budget(), options=options,
                             offline=offline)
 

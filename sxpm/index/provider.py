@@ -1,0 +1,44 @@
+"""The resolver's provider over a registry index: one index file read per name."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+
+from sxpm.index.client import IndexClient
+from sxpm.resolver.lines import candidate_from_line
+from sxpm.resolver.model import Candidate
+
+
+class IndexProvider:
+    """Candidates from an :class:`IndexClient`; records what it read as the index state."""
+
+    def __init__(self, client: IndexClient) -> None:
+        self.client = client
+        self._seen: dict[str, list[str]] = {}
+
+    @classmethod
+    def open(cls, location: str, *, offline: bool = False, insecure: bool = False
+             ) -> IndexProvider:
+        return cls(IndexClient(location, offline=offline, insecure=insecure))
+
+    @property
+    def source(self) -> str:
+        return str(self.client.location)
+
+    @property
+    def state(self) -> str:
+        """A digest of every index line the resolution read: the state it saw."""
+        h = hashlib.sha256()
+        for name in sorted(self._seen):
+            for line in self._seen[name]:
+                h.update(line.encode() + b"\n")
+        return "sha256:" + h.hexdigest()
+
+    def candidates(self, name: str) -> Sequence[Candidate]:
+        entries = self.client.entries(name)
+        self._seen[name] = [e.to_line() for e in entries]
+        return [candidate_from_line(e.to_dict(), self.client.source(name)) for e in entries]
+
+    def known_names(self) -> Iterable[str]:
+        return self.client.names()
