@@ -27,10 +27,8 @@ from sxpm.oci import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELPACK_SCHEMA = json.loads(
-    (ROOT.parent / "shared" / "interop" / "modelpack" / "config-schema.json").read_text()
-) if (ROOT.parent / "shared").is_dir() else json.loads(
-    (ROOT / "schemas" / "modelpack-config.schema.json").read_text())
+# The unchanged upstream schema, copied into schemas/ with its attribution.
+MODELPACK_SCHEMA = json.loads((ROOT / "schemas" / "modelpack-config.schema.json").read_text())
 
 
 def blob(home: Path, digest: str) -> bytes:

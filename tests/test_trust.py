@@ -26,9 +26,8 @@ from sxpm.transport.layout import LayoutRepository
 from sxpm.trust import keys
 from sxpm.trust.envelope import SIGSTORE_BUNDLE_MEDIA_TYPE, signature_manifest
 
-SIGSTORE_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sigstore"
-if not SIGSTORE_DIR.is_dir():
-    SIGSTORE_DIR = Path("/work/shared/fixtures/sigstore")
+# A copy of ../shared/fixtures/sigstore (public test data of sigstore-python, Apache-2.0).
+SIGSTORE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "sigstore"
 FIXTURE_IDENTITY = ("https://github.com/trailofbits/rfc8785.py/.github/workflows/"
                     "release.yml@refs/tags/v0.1.2")
 FIXTURE_ISSUER = "https://token.actions.githubusercontent.com"
