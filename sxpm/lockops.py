@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sxpm import oci
@@ -143,6 +143,37 @@ class RegistryProvider:
         return []
 
 
+# --- trust ----------------------------------------------------------------------
+
+
+def check_trust(home: Home, manifests: ManifestSource, source: str, digest: str,
+                cwd: Path | None, skip: bool = False) -> str | None:
+    """The verified signer of ``source@digest`` when a trust policy covers it.
+
+    Signatures the store keeps are checked first (offline); otherwise the registry's
+    referrers. Raises :class:`~sxpm.errors.SignatureError` when a policy covers the
+    artifact and no trusted signature is valid. None when nothing covers it.
+    """
+    if skip:
+        return None
+    from sxpm.errors import SignatureError
+    from sxpm.trust.enforce import check_local, check_pull, remote_manifests
+    from sxpm.trust.policy import load_policy
+
+    if not load_policy(home, cwd).covers_anything():
+        return None
+    ref = Reference.parse(source).with_digest(Digest.parse(digest))
+    top, _ = manifests.get(source, digest)
+    try:
+        signer = check_local(home, ref, top, cwd=cwd)
+    except SignatureError:
+        if manifests.offline:
+            raise
+        repo = manifests.repo(source)
+        signer = check_pull(home, ref, repo, remote_manifests(repo, ref), cwd=cwd)
+    return str(signer) if signer else None
+
+
 # --- lock -----------------------------------------------------------------------
 
 
@@ -179,7 +210,7 @@ def _pin(manifests: ManifestSource, cand: Candidate, variant: Variant | None,
 def lock(project: Project, home: Home, provider: Provider, *, index_source: str = "",
          index_state: str = "", update: Sequence[str] | None = None,
          memory_budget: int | None = None, options: TransportOptions | None = None,
-         offline: bool = False) -> LockResult:
+         offline: bool = False, insecure_skip_verify: bool = False) -> LockResult:
     """Resolve and pin; keeps versions the existing lock has unless ``update`` names them.
 
     ``update=None`` keeps every locked version it can; ``update=[]`` moves everything
@@ -201,12 +232,12 @@ def lock(project: Project, home: Home, provider: Provider, *, index_source: str 
     # An index provider knows the lines it read: the state this lock was resolved on.
     index_state = index_state or str(getattr(provider, "state", ""))
     manifests = ManifestSource(home, options or TransportOptions(), offline)
-    pinned = [_pin(manifests, r.candidate, r.variant, r.deps)
-              for r in resolution.artifacts.values()]
-    if old is not None:
-        # Keep what a previous verification recorded for an unchanged artifact.
-        signers = {(a.name, a.manifest): a.signer for a in old.artifacts}
-        pinned = [_with_signer(a, signers.get((a.name, a.manifest))) for a in pinned]
+    pinned = []
+    for r in resolution.artifacts.values():
+        art = _pin(manifests, r.candidate, r.variant, r.deps)
+        signer = check_trust(home, manifests, art.source, art.digest, project.root,
+                             insecure_skip_verify)
+        pinned.append(replace(art, signer=signer) if signer else art)
     new = Lock(project.requirements_hash(), project.requirement_records(), pinned,
                index_source, index_state)
     updates = _diff_versions(old, new)
@@ -214,14 +245,6 @@ def lock(project: Project, home: Home, provider: Provider, *, index_source: str 
     if changed:
         new.write(project.lock_path)
     return LockResult(new, changed, resolution, updates)
-
-
-def _with_signer(art: LockedArtifact, signer: str | None) -> LockedArtifact:
-    if not signer:
-        return art
-    from dataclasses import replace
-
-    return replace(art, signer=signer)
 
 
 def _diff_versions(old: Lock | None, new: Lock) -> list[str]:
@@ -269,9 +292,14 @@ def _is_installed(root: Path, art: LockedArtifact) -> bool:
 
 
 def install_lock(home: Home, lock_: Lock, root: Path, *, offline: bool = False,
-                 options: TransportOptions | None = None, reporter: Reporter = SILENT
+                 options: TransportOptions | None = None, reporter: Reporter = SILENT,
+                 insecure_skip_verify: bool = False, cwd: Path | None = None
                  ) -> InstallReport:
-    """Install exactly what ``lock_`` pins under ``root``; nothing is re-resolved."""
+    """Install exactly what ``lock_`` pins under ``root``; nothing is re-resolved.
+
+    A trust policy is enforced again (it may have changed since the lock was
+    written) before any layer is fetched.
+    """
     from sxpm.distribution import fetch_blobs
 
     report = InstallReport()
@@ -284,6 +312,7 @@ def install_lock(home: Home, lock_: Lock, root: Path, *, offline: bool = False,
         infos: list[tuple[LockedArtifact, ArtifactInfo]] = []
         wanted: list[tuple[str, Descriptor]] = []
         for art in todo:
+            check_trust(home, manifests, art.source, art.digest, cwd, insecure_skip_verify)
             desc, obj = manifests.get(art.source, art.manifest)
             if not isinstance(obj, Manifest):
                 raise ManifestError(f"{art.source}@{art.manifest}", "expected a manifest")

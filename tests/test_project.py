@@ -280,3 +280,34 @@ def test_lock_against_the_index(cli, sample_dir: Path, tmp_path: Path,  # noqa: 
         "tiny-llama", "tiny-lama"))
     r = cli.fail("lock", "--manifest-path", str(proj / "simplex.toml"), code=2)
     assert "did you mean tiny-llama" in r.stderr
+
+
+def test_trust_policy_in_simplex_toml_is_enforced_and_recorded(cli, project: Path,  # noqa: ANN001
+                                                               published: Path,
+                                                               tmp_path: Path) -> None:
+    key = tmp_path / "keys" / "publisher.pem"
+    kid = cli("keygen", "--out", key, "--json").json["key_id"]
+    toml = project / "simplex.toml"
+    toml.write_text(toml.read_text() + f'\n[trust]\nkeys = ["{kid}"]\n')
+    p = run_in(cli, project)
+    # Nothing is signed yet: the policy refuses the lock, and nothing is written.
+    r = cli.fail("install", "--manifest-path", str(toml), code=1)
+    assert "signature" in r.stderr.lower()
+    assert not (project / "simplex.lock").exists() and not (project / ".simplex").exists()
+    for ref in (f"oci:{published}/tiny-llama:1.0.0", f"oci:{published}/sql-expert:2.1.0"):
+        cli("sign", ref, "--key", key)
+    p("install")
+    import tomllib
+
+    data = tomllib.loads((project / "simplex.lock").read_text())
+    assert {a["name"]: a.get("signer") for a in data["artifact"]} == {
+        "tiny-llama": f"key {kid}", "sql-expert": f"key {kid}"}
+    # --insecure-skip-verify is the only way past, with a warning.
+    other = tmp_path / "other-keys" / "k.pem"
+    other_kid = cli("keygen", "--out", other, "--json").json["key_id"]
+    toml.write_text(toml.read_text().replace(kid, other_kid))
+    shutil.rmtree(project / ".simplex")  # installed trees were checked when installed
+    cli.fail("install", "--frozen", "--manifest-path", str(toml), code=1)
+    assert not (project / ".simplex" / "models").exists()
+    ok = cli("install", "--frozen", "--insecure-skip-verify", "--manifest-path", str(toml))
+    assert "warning: --insecure-skip-verify" in ok.stderr

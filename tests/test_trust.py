@@ -441,3 +441,23 @@ def test_publish_signs_with_the_configured_key(cli, sample_dir: Path,  # noqa: A
     assert result is not None and result.signer == kid and not result.pushed
     assert cli("sign", str(ref), "--json").json["signer"] == kid  # same key, same referrer
     assert len(stored_referrers(home, ref, result.payload.digest)) == 1
+
+
+def test_sxpm_publish_signs_and_a_policy_accepts_it(cli, cli2, sample_dir: Path,  # noqa: ANN001
+                                                    tmp_path: Path, registry_dir: Path) -> None:
+    from test_index import make_checkout
+
+    kid = cli("keygen", "--set-default", "--json").json["key_id"]
+    idx = make_checkout(tmp_path / "index", registry_dir)
+    out = cli("publish", sample_dir / "sql-expert", "--index", idx, "--json", "-q").json
+    assert out["signer"] == kid
+    entry = out["entry"]
+    (cli2.home / "config.json").write_text(json.dumps({"trust": {"keys": [kid]}}))
+    pulled = cli2("pull", f"{entry['ref']}@{entry['digest']}", "--json", "-q").json
+    assert pulled["digest"] == entry["digest"]
+    # The same policy refuses an unsigned artifact from the same registry.
+    cli("pack", "model", sample_dir / "tiny-llama", "--ref",
+        f"oci:{registry_dir}/tiny-llama:1.0.0")
+    cli("push", f"oci:{registry_dir}/tiny-llama:1.0.0")
+    r = cli2.fail("pull", f"oci:{registry_dir}/tiny-llama:1.0.0", code=1)
+    assert "tiny-llama" in r.stderr

@@ -186,10 +186,11 @@ def publish(paths: tuple[Path, ...], index: Path, registry: str | None, kind: st
         _echo_json({"entry": result.entry.to_dict(), "file": str(result.file),
                     "branch": result.branch, "commit": result.commit,
                     "pushed_blobs": result.pushed_blobs, "resumed": result.resumed,
-                    "pr_command": result.pr_command})
+                    "signer": result.signer, "pr_command": result.pr_command})
         return
     e = result.entry
-    click.echo(f"published {e.kind} {e.name} {e.vers} to {e.reference}")
+    click.echo(f"published {e.kind} {e.name} {e.vers} to {e.reference}"
+               + (f", signed by {result.signer}" if result.signer else ""))
     click.echo(f"index line committed on branch {result.branch} ({result.commit[:12]})"
                + (" (finished an interrupted publish)" if result.resumed else ""))
     click.echo("open the pull request with:")

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from sxpm.cli._common import emit_json, home, json_option, reporter, transfer_options, transport
+from sxpm.cli._common import (
+    emit_json,
+    home,
+    json_option,
+    reporter,
+    skip_verify_option,
+    transfer_options,
+    transport,
+)
 from sxpm.errors import InputError, NotFoundError
 
 if TYPE_CHECKING:
@@ -127,7 +135,8 @@ def remove(name: str, manifest: Path | None) -> None:
 
 
 def _do_lock(manifest: Path | None, index: str | None, offline: bool, insecure: bool,
-             jobs: int, update: list[str] | None) -> tuple[Project, LockResult]:
+             jobs: int, update: list[str] | None, skip_verify: bool = False
+             ) -> tuple[Project, LockResult]:
     from sxpm.lockops import lock as do_lock
 
     project = _load(manifest)
@@ -136,7 +145,7 @@ def _do_lock(manifest: Path | None, index: str | None, offline: bool, insecure: 
     provider, source, state = _provider(project, h, index, offline, options)
     return project, do_lock(project, h, provider, index_source=source,
                             update=update, memory_budget=_memory_budget(), options=options,
-                            offline=offline)
+                            offline=offline, insecure_skip_verify=skip_verify)
 
 
 @click.command(name="lock")
@@ -196,9 +205,11 @@ def update(names: tuple[str, ...], manifest: Path | None, index: str | None, off
                                              "resolving.")
 @click.option("--offline", is_flag=True, help="Never touch the network; use the store.")
 @transfer_options
+@skip_verify_option
 @json_option
 def install(manifest: Path | None, index: str | None, locked: bool, frozen: bool,
-            offline: bool, quiet: bool, insecure: bool, jobs: int, as_json: bool) -> None:
+            offline: bool, quiet: bool, insecure: bool, jobs: int, insecure_skip_verify: bool,
+            as_json: bool) -> None:
     """Install the project's artifacts, exactly as simplex.lock pins them, into .simplex/.
 
     Writes or updates the lock first unless --frozen (or --locked, which fails instead).
@@ -213,6 +224,9 @@ def install(manifest: Path | None, index: str | None, locked: bool, frozen: bool
     project = _load(manifest)
     h = home()
     options = transport(insecure, jobs)
+    if insecure_skip_verify:
+        click.echo("warning: --insecure-skip-verify: signatures are not checked against the "
+                   "trust policy", err=True)
     if frozen or locked:
         if not project.lock_path.exists():
             raise NotFoundError(f"{project.lock_path} does not exist",
@@ -221,10 +235,12 @@ def install(manifest: Path | None, index: str | None, locked: bool, frozen: bool
         if locked:
             check_fresh(project, current)
     else:
-        _, result = _do_lock(manifest, index, offline, insecure, jobs, None)
+        _, result = _do_lock(manifest, index, offline, insecure, jobs, None,
+                             insecure_skip_verify)
         current = result.lock
     report = install_lock(h, current, project.install_root, offline=offline, options=options,
-                          reporter=reporter(quiet or as_json))
+                          reporter=reporter(quiet or as_json),
+                          insecure_skip_verify=insecure_skip_verify, cwd=project.root)
     if as_json:
         emit_json({"installed": [a.name for a in report.installed],
                    "unchanged": [a.name for a in report.unchanged],

@@ -237,6 +237,7 @@ class PublishResult:
     pushed_blobs: int
     pushed_bytes: int
     resumed: bool  # an interrupted run had already written the line
+    signer: str | None = None  # key id or identity, when a signing key is configured
 
     @property
     def pr_command(self) -> str:
@@ -380,8 +381,12 @@ def publish(home: Home, paths: list[Path], *, index_dir: Path, registry: str | N
         raise CheckoutError(f"{file} has uncommitted changes",
                             hint="commit or discard them first (git checkout -- FILE)")
 
-    # TODO(signing): sign result.descriptor here once sxpm.sign exists.
     pushed = push(home, result.ref, options=options, reporter=reporter)
+    # Sign after the push (the signature is a referrer of the pushed manifest) and
+    # before the index line, so a published line always has its signature.
+    from sxpm.trust.sign import sign_if_configured
+
+    signed = sign_if_configured(home, result.ref, options=options)
 
     checkout.switch(branch)
     if written is None:
@@ -390,7 +395,8 @@ def publish(home: Home, paths: list[Path], *, index_dir: Path, registry: str | N
                         encoding="utf-8")
     commit = checkout.commit(rel, f"Publish {entry.name} {entry.vers}")
     return PublishResult(entry, file, branch, base, commit, pushed.blobs_transferred,
-                         pushed.bytes_transferred, resumed=written is not None)
+                         pushed.bytes_transferred, resumed=written is not None,
+                         signer=signed.signer if signed else None)
 
 
 # --- yank -----------------------------------------------------------------------------

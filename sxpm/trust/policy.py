@@ -111,6 +111,10 @@ class TrustPolicy:
     def covers(self, name: str) -> bool:
         return self.trusted_for(name) is not None
 
+    def covers_anything(self) -> bool:
+        """Whether any rule exists at all: without one, no signature is looked for."""
+        return any(s.rules or s.default is not None for s in self.sources)
+
     def requirement(self, names: Iterable[str]) -> Requirement | None:
         """Signers trusted for *every* covered name; None when no name is covered.
 
