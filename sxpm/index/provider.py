@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 
 from sxpm.index.client import IndexClient
+from sxpm.index.format import index_path
 from sxpm.resolver.lines import candidate_from_line
 from sxpm.resolver.model import Candidate
 
@@ -15,7 +16,7 @@ class IndexProvider:
 
     def __init__(self, client: IndexClient) -> None:
         self.client = client
-        self._seen: dict[str, list[str]] = {}
+        self._seen: list[str] = []
 
     @classmethod
     def open(cls, location: str, *, offline: bool = False, insecure: bool = False
@@ -28,16 +29,15 @@ class IndexProvider:
 
     @property
     def state(self) -> str:
-        """A digest of every index line the resolution read: the state it saw."""
+        """A digest of every index file the resolution read: the state it saw."""
         h = hashlib.sha256()
-        for name in sorted(self._seen):
-            for line in self._seen[name]:
-                h.update(line.encode() + b"\n")
+        for name in sorted(set(self._seen)):
+            h.update(f"{name}\n{self.client.read_text(index_path(name)) or ''}".encode())
         return "sha256:" + h.hexdigest()
 
     def candidates(self, name: str) -> Sequence[Candidate]:
-        entries = self.client.entries(name)
-        self._seen[name] = [e.to_line() for e in entries]
+        entries = self.client.entries(name)  # the client keeps the file's text
+        self._seen.append(name)
         return [candidate_from_line(e.to_dict(), self.client.source(name)) for e in entries]
 
     def known_names(self) -> Iterable[str]:
