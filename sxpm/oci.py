@@ -140,6 +140,29 @@ class Descriptor:
         return self.media_type in INDEX_TYPES
 
 
+def _with_optional(out: dict[str, Any], artifact_type: str | None, subject: Descriptor | None,
+                   annotations: Mapping[str, str]) -> dict[str, Any]:
+    """Add the fields a manifest and an index both may carry, when set."""
+    if artifact_type:
+        out["artifactType"] = artifact_type
+    if subject:
+        out["subject"] = subject.to_dict()
+    if annotations:
+        out["annotations"] = dict(annotations)
+    return out
+
+
+def _optional_fields(obj: Mapping[str, Any], source: str) -> tuple[str | None, Descriptor | None]:
+    """``artifactType`` and ``subject`` of a manifest or index, checked."""
+    subject = None
+    if obj.get("subject") is not None:
+        subject = Descriptor.from_dict(obj["subject"], source=source, path="$.subject")
+    artifact_type = obj.get("artifactType")
+    if artifact_type is not None and not isinstance(artifact_type, str):
+        raise ManifestError(source, "artifactType must be a string", path="$.artifactType")
+    return artifact_type, subject
+
+
 @dataclass(frozen=True)
 class Manifest:
     config: Descriptor
@@ -163,13 +186,7 @@ class Manifest:
             "config": self.config.to_dict(),
             "layers": [layer.to_dict() for layer in self.layers],
         }
-        if self.artifact_type:
-            out["artifactType"] = self.artifact_type
-        if self.subject:
-            out["subject"] = self.subject.to_dict()
-        if self.annotations:
-            out["annotations"] = dict(self.annotations)
-        return out
+        return _with_optional(out, self.artifact_type, self.subject, self.annotations)
 
     def to_bytes(self) -> bytes:
         return canonical_json(self.to_dict())
@@ -198,12 +215,7 @@ class Manifest:
             Descriptor.from_dict(layer, source=source, path=f"$.layers[{i}]")
             for i, layer in enumerate(layers_obj)
         )
-        subject = None
-        if obj.get("subject") is not None:
-            subject = Descriptor.from_dict(obj["subject"], source=source, path="$.subject")
-        artifact_type = obj.get("artifactType")
-        if artifact_type is not None and not isinstance(artifact_type, str):
-            raise ManifestError(source, "artifactType must be a string", path="$.artifactType")
+        artifact_type, subject = _optional_fields(obj, source)
         return cls(config, layers, artifact_type, _annotations(obj, source, "$"), subject,
                    media_type)
 
@@ -222,13 +234,7 @@ class ImageIndex:
             "mediaType": self.media_type,
             "manifests": [m.to_dict() for m in self.manifests],
         }
-        if self.artifact_type:
-            out["artifactType"] = self.artifact_type
-        if self.subject:
-            out["subject"] = self.subject.to_dict()
-        if self.annotations:
-            out["annotations"] = dict(self.annotations)
-        return out
+        return _with_optional(out, self.artifact_type, self.subject, self.annotations)
 
     def to_bytes(self) -> bytes:
         return canonical_json(self.to_dict())
@@ -273,12 +279,7 @@ class ImageIndex:
             Descriptor.from_dict(m, source=source, path=f"$.manifests[{i}]")
             for i, m in enumerate(items)
         )
-        subject = None
-        if obj.get("subject") is not None:
-            subject = Descriptor.from_dict(obj["subject"], source=source, path="$.subject")
-        artifact_type = obj.get("artifactType")
-        if artifact_type is not None and not isinstance(artifact_type, str):
-            raise ManifestError(source, "artifactType must be a string", path="$.artifactType")
+        artifact_type, subject = _optional_fields(obj, source)
         return cls(manifests, artifact_type, _annotations(obj, source, "$"), subject, media_type)
 
 

@@ -11,7 +11,6 @@ import click
 from sxpm.cli._common import (
     emit_json,
     home,
-    human_size,
     json_option,
     reporter,
     skip_verify_option,
@@ -21,6 +20,7 @@ from sxpm.cli._common import (
     warn_skip_verify,
 )
 from sxpm.errors import InputError
+from sxpm.humanize import human_size
 
 
 def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group:

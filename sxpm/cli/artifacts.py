@@ -12,7 +12,6 @@ import click
 from sxpm.cli._common import (
     emit_json,
     home,
-    human_size,
     json_option,
     reporter,
     skip_verify_option,
@@ -22,6 +21,7 @@ from sxpm.cli._common import (
     warn_skip_verify,
 )
 from sxpm.errors import CorruptBlobError, NotFoundError, StoreError
+from sxpm.humanize import human_size
 
 _REFERRERS_TAG = re.compile(r":sha(256|512)-[0-9a-f]{64,128}$")
 

@@ -72,8 +72,8 @@ def search(query: tuple[str, ...], kind: str | None, limit: int, index: str | No
       sxpm search sql
       sxpm search llama --kind model --json
     """
+    from sxpm.humanize import human_size
     from sxpm.index.format import CATALOG_FILE
-    from sxpm.index.search import human_size
 
     client = _client(index, offline, insecure)
     hits = client.search(" ".join(query), kind=kind, limit=limit)
@@ -105,7 +105,7 @@ def info(spec: str, index: str | None, offline: bool, insecure: bool, as_json: b
       sxpm info sql-expert
       sxpm info tiny-llama@1.0.0 --json
     """
-    from sxpm.index.search import human_size
+    from sxpm.humanize import human_size
 
     name, _, version = spec.partition("@")
     client = _client(index, offline, insecure)

@@ -186,7 +186,8 @@ def doctor(as_json: bool) -> None:
     Example:
       sxpm doctor --json
     """
-    from sxpm.cli._common import emit_json, human_size
+    from sxpm.cli._common import emit_json
+    from sxpm.humanize import human_size
     from sxpm.runner.detect import detect
 
     report = detect()

@@ -86,15 +86,6 @@ def search(rows: Sequence[Sequence[Any]], query: str, *, kind: str | None = None
     return [Hit(r[0], r[1], r[2], r[3], r[4], tuple(r[5]), -s) for s, _, _, r in scored]
 
 
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
 def _rows_of_lines(text: str) -> tuple[list[str], int] | None:
     """Lines of a ``search.json`` written one row per line, and the first row's index.
 

@@ -75,6 +75,12 @@ def _fetch_candidate(home: Home, repo: Repository, desc: Descriptor) -> Candidat
         return Candidate(desc, placeholder, None, f"unreadable ({exc.one_line()})")
 
 
+def _plain(ref: Reference, obj: Manifest | ImageIndex) -> Manifest:
+    if not isinstance(obj, Manifest):
+        raise StoreError(f"{ref}: nested image indexes are not supported")
+    return obj
+
+
 def check_pull(home: Home, ref: Reference, repo: Repository,
                manifests: list[tuple[Descriptor, bytes]], *, skip: bool = False,
                requirement: Requirement | None = None, keep: bool = True,
@@ -94,10 +100,7 @@ def check_pull(home: Home, ref: Reference, repo: Repository,
         raw = children.get(d.digest)
         if raw is None:
             raw = repo.get_manifest(str(d.digest))[1]
-        obj = parse_manifest_bytes(raw, f"{ref}@{d.digest}")
-        if not isinstance(obj, Manifest):
-            raise StoreError(f"{ref}: nested image indexes are not supported")
-        return obj
+        return _plain(ref, parse_manifest_bytes(raw, f"{ref}@{d.digest}"))
 
     expected = _expected(ref, top, data, child)
     req = requirement or _requirement(home, ref, expected, cwd)
@@ -123,10 +126,7 @@ def check_local(home: Home, ref: Reference, top: Descriptor, *, skip: bool = Fal
     data = store.read_blob(top)
 
     def child(d: Descriptor) -> Manifest:
-        obj = store.load_manifest(d)
-        if not isinstance(obj, Manifest):
-            raise StoreError(f"{ref}: nested image indexes are not supported")
-        return obj
+        return _plain(ref, store.load_manifest(d))
 
     expected = _expected(ref, top, data, child)
     req = requirement or _requirement(home, ref, expected, cwd)
