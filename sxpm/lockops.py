@@ -272,12 +272,27 @@ def install_lock(home: Home, lock_: Lock, root: Path, *, offline: bool = False,
                  options: TransportOptions | None = None, reporter: Reporter = SILENT
                  ) -> InstallReport:
     """Install exactly what ``lock_`` pins under ``root``; nothing is re-resolved."""
-    from sxpm.distribution import fetch_blobs
-
     report = InstallReport()
     todo: list[LockedArtifact] = []
     for art in lock_.artifacts:
         (report.unchanged if _is_installed(root, art) else todo).append(art)
+    if todo:
+        with home.store.in_use():  # gc waits until the refs name what was fetched
+            _install_todo(home, todo, root, report, offline=offline, options=options,
+                          reporter=reporter)
+    locked = {(a.kind, a.name, a.version) for a in lock_.artifacts}
+    for item in list_installed(root):
+        if (item.kind, item.name, item.version) not in locked:
+            remove_installed(root, item.kind, item.name, item.version)
+            report.removed.append(f"{item.name} {item.version}")
+    return report
+
+
+def _install_todo(home: Home, todo: list[LockedArtifact], root: Path, report: InstallReport,
+                  *, offline: bool, options: TransportOptions | None, reporter: Reporter
+                  ) -> None:
+    from sxpm.distribution import fetch_blobs
+
     if todo:
         options = options or TransportOptions()
         manifests = ManifestSource(home, options, offline)
@@ -308,9 +323,3 @@ def install_lock(home: Home, lock_: Lock, root: Path, *, offline: bool = False,
             name = f"{art.source}@{art.manifest}"
             home.store.set_ref(name, info.descriptor)
             report.installed.append(art)
-    locked = {(a.kind, a.name, a.version) for a in lock_.artifacts}
-    for item in list_installed(root):
-        if (item.kind, item.name, item.version) not in locked:
-            remove_installed(root, item.kind, item.name, item.version)
-            report.removed.append(f"{item.name} {item.version}")
-    return report
