@@ -35,6 +35,8 @@ class Rule:
     stall_s: float = 0.0
     """Send nothing for this long: before the answer, or at ``stall_at`` bytes of the body."""
     stall_at: int | None = None
+    drop: bool = False
+    """Read the request, then close the connection without an answer."""
     used: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -123,6 +125,13 @@ class FaultProxy:
                              rule.status if rule and rule.status else 0))
         if rule is not None and rule.stall_s and rule.stall_at is None:
             time.sleep(rule.stall_s)  # nothing at all: not even the status line
+        if rule is not None and rule.drop:
+            import socket
+
+            self._drain(req, length)
+            req.close_connection = True
+            req.connection.shutdown(socket.SHUT_RDWR)
+            return
         if rule is not None and rule.status is not None:
             self._drain(req, length)
             body = rule.body or b""
