@@ -65,6 +65,8 @@ class ArtifactInfo:
         except ValueError:
             raise ManifestError(str(self.descriptor.digest), "bad dependencies annotation"
                                 ) from None
+        if not isinstance(deps, list):
+            raise ManifestError(str(self.descriptor.digest), "bad dependencies annotation")
         return [d for d in deps if isinstance(d, dict)]
 
 
@@ -84,10 +86,14 @@ def describe(store: OCILayout, top: Descriptor, variant: str | None = None) -> A
     if kind is None:
         raise ManifestError(str(desc.digest), f"not an sxpm artifact (artifactType "
                             f"{obj.artifact_type or obj.config.media_type!r})")
+    raw = store.read_blob(obj.config)  # its own error for a blob over the size limit
     try:
-        config = json.loads(store.read_blob(obj.config))
+        config = json.loads(raw)
     except ValueError:
         raise ManifestError(str(obj.config.digest), "config blob is not JSON") from None
+    if not isinstance(config, dict) or not isinstance(config.get("descriptor", {}), dict):
+        raise ManifestError(str(obj.config.digest), "config blob is not a JSON object of "
+                            "the artifact's kind")
     if kind == "model":
         name = config.get("descriptor", {}).get("name")
         version = config.get("descriptor", {}).get("version")

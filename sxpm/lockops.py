@@ -133,9 +133,14 @@ class RegistryProvider:
         kind = "package"
         for m in manifests:
             kind = m.kind or kind
-            for d in json.loads(m.annotations.get(oci.ANN_DEPENDENCIES, "[]")):
-                deps[d["name"]] = Dep(d["name"], VersionReq.parse(d.get("req", "*")),
-                                      d.get("kind", "package"))
+            try:
+                listed = json.loads(m.annotations.get(oci.ANN_DEPENDENCIES, "[]"))
+                for d in listed:
+                    deps[d["name"]] = Dep(d["name"], VersionReq.parse(d.get("req", "*")),
+                                          d.get("kind", "package"))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                raise ManifestError(f"{source}:{version}", "bad dependencies annotation",
+                                    hint="the registry serves a malformed artifact") from None
         return Candidate(name, kind, version, str(desc.digest), source,
                          tuple(deps.values()), tuple(variants))
 
@@ -307,8 +312,13 @@ def _install_todo(home: Home, todo: list[LockedArtifact], root: Path, report: In
             if pinned != actual:
                 raise CorruptBlobError(art.manifest, "a manifest whose layers differ from "
                                        "the lock", where=art.source)
-            config = json.loads(home.store.read_blob(obj.config)) if home.store.has_blob(
-                obj.config.digest) else {}
+            try:
+                config = json.loads(home.store.read_blob(obj.config)) if home.store.has_blob(
+                    obj.config.digest) else {}
+            except ValueError as exc:
+                if isinstance(exc, ManifestError):
+                    raise
+                raise ManifestError(str(obj.config.digest), "config blob is not JSON") from None
             infos.append((art, ArtifactInfo(art.kind, art.name, art.version, desc, obj,
                                             art.variant, config)))
             wanted += [(art.source, b) for b in obj.blobs()]
