@@ -105,8 +105,8 @@ def test_kill_9_during_pull(point: object, big: str, fault_proxy, tmp_path: Path
 # --- install: a package whose unpacking takes a moment, killed at each phase -------------
 
 N_FILES = 1500
-INSTALL_POINTS = [256 * 1024, "tree being built", "tree being built+0.05",
-                  "tree being built+0.15", "record written", "tree renamed in",
+INSTALL_POINTS = [256 * 1024, "tree being built", "tree being built+0.02",
+                  "tree being built+0.08", "record written", "tree renamed in",
                   "first partial file"]
 
 
