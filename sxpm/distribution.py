@@ -132,25 +132,28 @@ def pull(home: Home, ref: Reference, *, variant: str | None = None,
 
     signer = check_pull(home, ref, repo, plan.manifests, skip=insecure_skip_verify)
     result = TransferResult(ref, top, variants=plan.variants, signer=signer)
-    missing = [b for b in plan.blobs.values() if not home.store.has_blob(b.digest)]
-    result.blobs_skipped = len(plan.blobs) - len(missing)
-    total = sum(b.size for b in missing)
-    bar = reporter.start(f"pull {ref.name}", total)
-    try:
-        _parallel(options.jobs, missing, lambda b: _fetch_one(repo, home.store, b, bar, ref))
-    finally:
-        bar.close()
-    result.blobs_transferred = len(missing)
-    result.bytes_transferred = total
-    for mdesc, mdata in plan.manifests:
-        with home.store.writer(mdesc, where=str(ref)) as w:
-            if w.offset:
-                w.restart()
-            w.write(mdata)
-            w.commit()
-    name = store_name(ref)
-    with home.store.ref_lock(name):
-        home.store.set_ref(name, top)
+    # From "which blobs are present" to "the ref names them", gc must keep its hands off.
+    with home.store.in_use():
+        missing = [b for b in plan.blobs.values() if not home.store.has_blob(b.digest)]
+        result.blobs_skipped = len(plan.blobs) - len(missing)
+        total = sum(b.size for b in missing)
+        bar = reporter.start(f"pull {ref.name}", total)
+        try:
+            _parallel(options.jobs, missing,
+                      lambda b: _fetch_one(repo, home.store, b, bar, ref))
+        finally:
+            bar.close()
+        result.blobs_transferred = len(missing)
+        result.bytes_transferred = total
+        for mdesc, mdata in plan.manifests:
+            with home.store.writer(mdesc, where=str(ref)) as w:
+                if w.offset:
+                    w.restart()
+                w.write(mdata)
+                w.commit()
+        name = store_name(ref)
+        with home.store.ref_lock(name):
+            home.store.set_ref(name, top)
     return result
 
 

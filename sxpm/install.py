@@ -10,8 +10,10 @@ its final place and renamed in, so a crash never leaves half an install.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -28,7 +30,7 @@ from sxpm.errors import (
     StoreError,
 )
 from sxpm.home import KINDS, Home
-from sxpm.layout import OCILayout
+from sxpm.layout import CHUNK, OCILayout
 from sxpm.oci import Descriptor, ImageIndex, Manifest
 from sxpm.reference import Reference
 
@@ -63,6 +65,8 @@ class ArtifactInfo:
         except ValueError:
             raise ManifestError(str(self.descriptor.digest), "bad dependencies annotation"
                                 ) from None
+        if not isinstance(deps, list):
+            raise ManifestError(str(self.descriptor.digest), "bad dependencies annotation")
         return [d for d in deps if isinstance(d, dict)]
 
 
@@ -82,10 +86,14 @@ def describe(store: OCILayout, top: Descriptor, variant: str | None = None) -> A
     if kind is None:
         raise ManifestError(str(desc.digest), f"not an sxpm artifact (artifactType "
                             f"{obj.artifact_type or obj.config.media_type!r})")
+    raw = store.read_blob(obj.config)  # its own error for a blob over the size limit
     try:
-        config = json.loads(store.read_blob(obj.config))
+        config = json.loads(raw)
     except ValueError:
         raise ManifestError(str(obj.config.digest), "config blob is not JSON") from None
+    if not isinstance(config, dict) or not isinstance(config.get("descriptor", {}), dict):
+        raise ManifestError(str(obj.config.digest), "config blob is not a JSON object of "
+                            "the artifact's kind")
     if kind == "model":
         name = config.get("descriptor", {}).get("name")
         version = config.get("descriptor", {}).get("version")
@@ -122,10 +130,50 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def _safe_relpath(title: str, where: str) -> str:
     path = PurePosixPath(title)
-    if not title or path.is_absolute() or ".." in path.parts or "\\" in title or "\x00" in title:
+    if not title or path.is_absolute() or ".." in path.parts or "\\" in title \
+            or "\x00" in title or not path.parts or path.parts == (".",):
         raise ArtifactInputError(f"{where}: unsafe file name {title!r} in the artifact",
                                  hint="the artifact is malformed or hostile; do not install it")
     return str(path)
+
+
+_SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}$")
+
+
+def _check_segment(value: str, what: str, where: str) -> str:
+    """A name or version that becomes a directory name: no separators, no dot-dot."""
+    if not _SAFE_SEGMENT.match(value):
+        raise ArtifactInputError(f"{where}: unsafe {what} {value!r} in the artifact",
+                                 hint="the artifact is malformed or hostile; do not install it")
+    return value
+
+
+class _Bounded(io.RawIOBase):
+    """The decompressed stream, cut off once it passes ``limit`` bytes.
+
+    Member sizes are checked against the budget as they come, but tar headers (a pax
+    header can claim gigabytes that tarfile reads into memory) are not members: the
+    whole stream is bounded too.
+    """
+
+    def __init__(self, inner: Any, limit: int, what: str) -> None:
+        self._inner = inner
+        self._left = limit
+        self._limit = limit
+        self._what = what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer)
+        data = self._inner.read(min(len(view), self._left + 1))
+        if len(data) > self._left:
+            raise ArtifactInputError(f"{self._what} unpacks to over {self._limit} bytes",
+                                     hint="refused as a decompression bomb")
+        self._left -= len(data)
+        view[:len(data)] = data
+        return len(data)
 
 
 def extract_package(store: OCILayout, layer: Descriptor, dest: Path) -> None:
@@ -134,7 +182,10 @@ def extract_package(store: OCILayout, layer: Descriptor, dest: Path) -> None:
 
     budget = min(MAX_PACKAGE_BYTES, max(layer.size, 1) * MAX_RATIO)
     with store.open_blob(layer.digest) as raw:
-        reader = zstandard.ZstdDecompressor().stream_reader(raw)
+        # Headers and padding: 512 bytes or so per member, on top of the files' bytes.
+        reader = io.BufferedReader(_Bounded(
+            zstandard.ZstdDecompressor().stream_reader(raw),
+            budget + 1024 * MAX_PACKAGE_MEMBERS, f"package {layer.digest}"), CHUNK)
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tf:
                 total = 0
@@ -170,12 +221,15 @@ def extract_package(store: OCILayout, layer: Descriptor, dest: Path) -> None:
 def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
                 signer: dict[str, str] | None = None) -> Installed:
     """Build the installed tree of ``info`` under ``root``; replaces an older one."""
+    _check_segment(info.name, "name", ref)
+    _check_segment(info.version, "version", ref)
     dest = install_dir(root, info.kind, info.name, info.version)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     missing = [layer for layer in info.manifest.layers if not store.has_blob(layer.digest)]
     if missing:
         raise NotFoundError(f"{ref}: blob {missing[0].digest} is not in the store",
                             hint="pull the artifact again")
+    created_parent = not dest.parent.exists()
+    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{info.version}.", dir=dest.parent))
     try:
         for layer in info.manifest.layers:
@@ -214,6 +268,9 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
             os.replace(tmp, dest)
     except BaseException:
         _rmtree(tmp)
+        if created_parent:  # a refused first install leaves no trace
+            with contextlib.suppress(OSError):
+                dest.parent.rmdir()
         raise
     return Installed(info.kind, info.name, info.version, dest, record)
 
@@ -232,6 +289,8 @@ def list_installed(root: Path, kind: str | None = None) -> list[Installed]:
     for k in KINDS if kind is None else (kind,):
         base = root / f"{k}s"
         for record_path in sorted(base.glob(f"*/*/{INSTALL_RECORD}")):
+            if record_path.parent.name.startswith("."):
+                continue  # a tree being built, or one a killed install left behind
             try:
                 record = json.loads(record_path.read_text())
             except (OSError, ValueError):
@@ -271,6 +330,13 @@ def install(home: Home, ref: Reference, *, variant: str | None = None,
     trusted signer (checked by the pull, or against the signatures the store keeps)
     before anything is installed; the signer goes into the install record.
     """
+    with home.store.in_use():  # gc waits: what this install links must stay in the store
+        return _install(home, ref, variant=variant, root=root, pull_missing=pull_missing,
+                        insecure_skip_verify=insecure_skip_verify, **pull_kw)
+
+
+def _install(home: Home, ref: Reference, *, variant: str | None, root: Path | None,
+             pull_missing: bool, insecure_skip_verify: bool, **pull_kw: Any) -> Installed:
     from sxpm.distribution import pull, resolve_local
     from sxpm.trust.enforce import check_local
 

@@ -10,16 +10,23 @@ match. A write for a known digest keeps its bytes in ``blobs/.partial/`` when
 interrupted, so the next attempt resumes instead of starting over. Locks (the
 ``filelock`` package) serialise writers of one blob and updates of ``index.json``
 across processes.
+
+Processes that add content (pull, install, pack) hold a shared *use* lease on the
+store for as long as they need blobs that no ref names yet; ``gc`` takes the lease
+exclusively, so it runs only while no such process is between "blob written" and
+"ref set" (docs/store.md, "gc and concurrent writers").
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +48,21 @@ from sxpm.reference import Digest
 
 CHUNK = 1024 * 1024
 LOCK_TIMEOUT_S = 900.0
+USE_LOCK = "use.lock"
+# Errors of the file system itself, not of one path: the store is left as it was.
+_FS_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+              errno.EROFS: "the file system is read-only", errno.EFBIG: "file too large",
+              errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+
+
+def store_write_error(root: Path, exc: OSError) -> StoreError | None:
+    """A one-line :class:`StoreError` for a write that failed on the file system."""
+    reason = _FS_ERRORS.get(exc.errno or 0)
+    if reason is None:
+        return None
+    return StoreError(f"Cannot write to the store at {root}: {reason}",
+                      hint="nothing was stored; free space or fix the permissions, then "
+                           "run the command again")
 _LAYOUT_MARKER = {"imageLayoutVersion": "1.0.0"}
 
 
@@ -200,6 +222,41 @@ class OCILayout:
             raise StoreError(f"Timed out waiting for the lock {name!r} in {self.root}",
                              hint="another sxpm process holds it; retry when it ends") from None
 
+    @contextlib.contextmanager
+    def _use_lock(self, exclusive: bool) -> Iterator[None]:
+        """``flock`` on ``locks/use.lock``: shared for writers, exclusive for gc."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lease; gc must not run beside a pull there
+            yield
+            return
+        try:
+            self.lock_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_dir / USE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise store_write_error(self.root, exc) or exc from None
+        try:
+            mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+            deadline = time.monotonic() + LOCK_TIMEOUT_S
+            while True:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StoreError(
+                            f"Timed out waiting for the store {self.root} to be free",
+                            hint="another sxpm process is pulling, installing or collecting "
+                                 "garbage; retry when it ends") from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def in_use(self) -> contextlib.AbstractContextManager[None]:
+        """A shared lease: ``gc`` waits until every holder is done (see module doc)."""
+        return self._use_lock(exclusive=False)
+
     def blob_lock(self, digest: Digest) -> contextlib.AbstractContextManager[None]:
         return self._lock(f"blob-{digest.hex}")
 
@@ -245,9 +302,19 @@ class OCILayout:
         """
         lock = self.blob_lock(expected.digest) if expected else contextlib.nullcontext()
         with lock:
-            w = BlobWriter(self, expected, where)
+            try:
+                w = BlobWriter(self, expected, where)
+            except OSError as exc:
+                raise store_write_error(self.root, exc) or exc from None
             try:
                 yield w
+            except OSError as exc:
+                failed = store_write_error(self.root, exc)
+                # A full or read-only disk: drop the partial bytes so the store is as it was.
+                w.abort(keep_partial=failed is None)
+                if failed is None:
+                    raise
+                raise failed from None
             except BaseException:
                 w.abort(keep_partial=True)
                 raise
@@ -386,8 +453,12 @@ class OCILayout:
 
     def gc(self, extra_roots: list[Descriptor] | None = None, dry_run: bool = False
            ) -> tuple[int, int]:
-        """Remove unreachable blobs and stale temporary files; (blobs, bytes) freed."""
-        with self._lock("gc"):
+        """Remove unreachable blobs and stale temporary files; (blobs, bytes) freed.
+
+        Waits for every :meth:`in_use` lease to end and holds new ones off meanwhile,
+        so a blob a running pull has written but not yet named by a ref survives.
+        """
+        with self._lock("gc"), self._use_lock(exclusive=True):
             keep = self.reachable(list(self.refs().values()) + list(extra_roots or []))
             count = freed = 0
             for digest in list(self.iter_blobs()):

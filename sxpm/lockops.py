@@ -133,9 +133,14 @@ class RegistryProvider:
         kind = "package"
         for m in manifests:
             kind = m.kind or kind
-            for d in json.loads(m.annotations.get(oci.ANN_DEPENDENCIES, "[]")):
-                deps[d["name"]] = Dep(d["name"], VersionReq.parse(d.get("req", "*")),
-                                      d.get("kind", "package"))
+            try:
+                listed = json.loads(m.annotations.get(oci.ANN_DEPENDENCIES, "[]"))
+                for d in listed:
+                    deps[d["name"]] = Dep(d["name"], VersionReq.parse(d.get("req", "*")),
+                                          d.get("kind", "package"))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                raise ManifestError(f"{source}:{version}", "bad dependencies annotation",
+                                    hint="the registry serves a malformed artifact") from None
         return Candidate(name, kind, version, str(desc.digest), source,
                          tuple(deps.values()), tuple(variants))
 
@@ -300,12 +305,28 @@ def install_lock(home: Home, lock_: Lock, root: Path, *, offline: bool = False,
     A trust policy is enforced again (it may have changed since the lock was
     written) before any layer is fetched.
     """
-    from sxpm.distribution import fetch_blobs
-
     report = InstallReport()
     todo: list[LockedArtifact] = []
     for art in lock_.artifacts:
         (report.unchanged if _is_installed(root, art) else todo).append(art)
+    if todo:
+        with home.store.in_use():  # gc waits until the refs name what was fetched
+            _install_todo(home, todo, root, report, offline=offline, options=options,
+                          reporter=reporter, insecure_skip_verify=insecure_skip_verify,
+                          cwd=cwd)
+    locked = {(a.kind, a.name, a.version) for a in lock_.artifacts}
+    for item in list_installed(root):
+        if (item.kind, item.name, item.version) not in locked:
+            remove_installed(root, item.kind, item.name, item.version)
+            report.removed.append(f"{item.name} {item.version}")
+    return report
+
+
+def _install_todo(home: Home, todo: list[LockedArtifact], root: Path, report: InstallReport,
+                  *, offline: bool, options: TransportOptions | None, reporter: Reporter,
+                  insecure_skip_verify: bool, cwd: Path | None) -> None:
+    from sxpm.distribution import fetch_blobs
+
     if todo:
         options = options or TransportOptions()
         manifests = ManifestSource(home, options, offline)
@@ -321,8 +342,13 @@ def install_lock(home: Home, lock_: Lock, root: Path, *, offline: bool = False,
             if pinned != actual:
                 raise CorruptBlobError(art.manifest, "a manifest whose layers differ from "
                                        "the lock", where=art.source)
-            config = json.loads(home.store.read_blob(obj.config)) if home.store.has_blob(
-                obj.config.digest) else {}
+            try:
+                config = json.loads(home.store.read_blob(obj.config)) if home.store.has_blob(
+                    obj.config.digest) else {}
+            except ValueError as exc:
+                if isinstance(exc, ManifestError):
+                    raise
+                raise ManifestError(str(obj.config.digest), "config blob is not JSON") from None
             infos.append((art, ArtifactInfo(art.kind, art.name, art.version, desc, obj,
                                             art.variant, config)))
             wanted += [(art.source, b) for b in obj.blobs()]
@@ -337,9 +363,3 @@ def install_lock(home: Home, lock_: Lock, root: Path, *, offline: bool = False,
             name = f"{art.source}@{art.manifest}"
             home.store.set_ref(name, info.descriptor)
             report.installed.append(art)
-    locked = {(a.kind, a.name, a.version) for a in lock_.artifacts}
-    for item in list_installed(root):
-        if (item.kind, item.name, item.version) not in locked:
-            remove_installed(root, item.kind, item.name, item.version)
-            report.removed.append(f"{item.name} {item.version}")
-    return report

@@ -60,6 +60,12 @@ def pack(home: Home, kind: str, path: Path, ref: Reference, *, variant: str | No
     path = Path(path)
     if not path.exists():
         raise ArtifactInputError(f"{path} does not exist", hint="give the artifact's directory")
+    with home.store.in_use():  # gc waits until the ref names the new blobs
+        return _pack(home, kind, path, ref, variant, version)
+
+
+def _pack(home: Home, kind: str, path: Path, ref: Reference, variant: str | None,
+          version: str | None) -> PackResult:
     if kind == "model":
         return _pack_model(home, path, ref, variant, version)
     if kind == "expert":

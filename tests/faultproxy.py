@@ -2,9 +2,11 @@
 
 It forwards every request to the registry and streams the answer back, except where
 a rule says otherwise: answer with a status (429/503 with ``Retry-After``), cut the
-connection after N bytes of a body, flip a byte, serve other bytes, or slow the
-stream down. It counts the body bytes it sends per request so tests can assert how
-much a pull really transferred.
+connection after N bytes of a body, flip a byte, serve other bytes, stall (send
+nothing for a while, before the headers or in the middle of a body), or slow the
+stream down. It counts the body bytes it sends per request path, and every GET that
+got a body per path, so tests can assert how much a pull really transferred and that
+each blob was fetched once.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ class Rule:
     body: bytes | None = None
     cut_after: int | None = None
     flip_at: int | None = None
+    stall_s: float = 0.0
+    """Send nothing for this long: before the answer, or at ``stall_at`` bytes of the body."""
+    stall_at: int | None = None
+    drop: bool = False
+    """Read the request, then close the connection without an answer."""
     used: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -43,6 +50,7 @@ class FaultProxy:
         self.rules: list[Rule] = []
         self.log: list[tuple[str, str, dict[str, str], int]] = []  # method, path, hdrs, status
         self.sent: dict[str, int] = {}
+        self.gets: dict[str, int] = {}  # GETs forwarded with a body, per path
         self.rate: float | None = None  # bytes per second, all bodies
         self.lock = threading.Lock()
         proxy = self
@@ -78,11 +86,22 @@ class FaultProxy:
             self.rules.clear()
             self.log.clear()
             self.sent.clear()
+            self.gets.clear()
             self.rate = None
 
     def bytes_sent(self, pattern: str = "") -> int:
         with self.lock:
             return sum(n for path, n in self.sent.items() if re.search(pattern, path))
+
+    def blob_gets(self) -> dict[str, int]:
+        """How many times each blob was served (GET, body forwarded), by digest."""
+        with self.lock:
+            out: dict[str, int] = {}
+            for path, n in self.gets.items():
+                m = re.search(r"/blobs/(sha256:[0-9a-f]{64})", path)
+                if m:
+                    out[m.group(1)] = out.get(m.group(1), 0) + n
+            return out
 
     def close(self) -> None:
         self.server.shutdown()
@@ -104,6 +123,15 @@ class FaultProxy:
         with self.lock:
             self.log.append((method, path, dict(req.headers.items()),
                              rule.status if rule and rule.status else 0))
+        if rule is not None and rule.stall_s and rule.stall_at is None:
+            time.sleep(rule.stall_s)  # nothing at all: not even the status line
+        if rule is not None and rule.drop:
+            import socket
+
+            self._drain(req, length)
+            req.close_connection = True
+            req.connection.shutdown(socket.SHUT_RDWR)
+            return
         if rule is not None and rule.status is not None:
             self._drain(req, length)
             body = rule.body or b""
@@ -146,6 +174,9 @@ class FaultProxy:
         if method == "HEAD":
             conn.close()
             return
+        if method == "GET" and 200 <= resp.status < 300:
+            with self.lock:
+                self.gets[path] = self.gets.get(path, 0) + 1
         if data is not None:
             req.wfile.write(data)
             self._count(path, len(data))
@@ -161,6 +192,15 @@ class FaultProxy:
                 buf = bytearray(chunk)
                 buf[rule.flip_at - offset] ^= 0xFF
                 chunk = bytes(buf)
+            if rule is not None and rule.stall_at is not None and \
+                    offset <= rule.stall_at < offset + len(chunk):
+                head = chunk[:rule.stall_at - offset]
+                req.wfile.write(head)
+                req.wfile.flush()
+                self._count(path, len(head))
+                time.sleep(rule.stall_s)  # the connection stays open, silent
+                chunk = chunk[len(head):]
+                offset += len(head)
             if rule is not None and rule.cut_after is not None and \
                     offset + len(chunk) >= rule.cut_after:
                 part = chunk[:rule.cut_after - offset]

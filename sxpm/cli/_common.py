@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import click
@@ -41,10 +42,18 @@ def transfer_options(f: F) -> F:
 def transport(insecure: bool, jobs: int) -> TransportOptions:
     import os
 
+    options = TransportOptions(insecure=insecure, jobs=jobs)
     retries = os.environ.get("SXPM_RETRIES", "")
     if retries.isdigit():
-        return TransportOptions(insecure=insecure, jobs=jobs, retries=int(retries))
-    return TransportOptions(insecure=insecure, jobs=jobs)
+        options = replace(options, retries=int(retries))
+    # Seconds without a byte before a read gives up (and is retried, resuming).
+    timeout = os.environ.get("SXPM_TIMEOUT", "")
+    try:
+        if float(timeout) > 0:
+            options = replace(options, timeout_s=float(timeout))
+    except ValueError:
+        pass
+    return options
 
 
 def reporter(quiet: bool) -> Reporter:
