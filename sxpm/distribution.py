@@ -136,8 +136,10 @@ def pull(home: Home, ref: Reference, *, variant: str | None = None,
     result.blobs_skipped = len(plan.blobs) - len(missing)
     total = sum(b.size for b in missing)
     bar = reporter.start(f"pull {ref.name}", total)
+    streams = range_streams(options, missing)
     try:
-        _parallel(options.jobs, missing, lambda b: _fetch_one(repo, home.store, b, bar, ref))
+        _parallel(options.jobs, missing,
+                  lambda b: _fetch_one(repo, home.store, b, bar, ref, streams))
     finally:
         bar.close()
     result.blobs_transferred = len(missing)
@@ -154,13 +156,37 @@ def pull(home: Home, ref: Reference, *, variant: str | None = None,
     return result
 
 
+def range_streams(options: TransportOptions, blobs: Iterable[Descriptor]) -> int:
+    """Streams for each large blob: the ``jobs`` shared among the large blobs fetched.
+
+    Eight large layers with ``-j 8`` take one stream each; one large blob takes all
+    eight, as ranges.
+    """
+    large = sum(1 for b in blobs if b.size >= options.range_min_bytes)
+    return max(1, options.jobs // max(1, min(options.jobs, large)))
+
+
 def _fetch_one(repo: Repository, store: OCILayout, desc: Descriptor, bar: Progress,
-               ref: Reference) -> None:
+               ref: Reference, streams: int = 1) -> None:
     with store.writer(desc, where=str(ref)) as w:
         if store.has_blob(desc.digest):  # another process fetched it while we waited
             w.abort(keep_partial=True)
             return
-        repo.fetch_blob(desc, w, bar)
+        resumed = w.offset > 0 or w.ranges_path.exists()
+        try:
+            repo.fetch_blob(desc, w, bar, streams)
+            w.commit()
+            return
+        except CorruptBlobError:
+            # Bytes kept from an earlier attempt (a crash, a power loss) may be what is
+            # wrong: fetch the whole blob once more. A fresh fetch that fails is final.
+            if not resumed:
+                raise
+        bar.update(-desc.size)  # the failed attempt counted every byte
+    with store.writer(desc, where=str(ref)) as w:
+        if w.offset or w.ranges_path.exists():
+            w.restart()
+        repo.fetch_blob(desc, w, bar, streams)
         w.commit()
 
 
@@ -336,10 +362,11 @@ def fetch_blobs(home: Home, wanted: Iterable[tuple[str, Descriptor]], *,
     total = sum(d.size for _, d in unique.values())
     bar = reporter.start("install", total)
     by_digest = {str(d.digest): s for s, d in unique.values()}
+    streams = range_streams(options, [d for _, d in unique.values()])
 
     def one(desc: Descriptor) -> None:
         source = by_digest[str(desc.digest)]
-        _fetch_one(repos[source], home.store, desc, bar, Reference.parse(source))
+        _fetch_one(repos[source], home.store, desc, bar, Reference.parse(source), streams)
 
     try:
         _parallel(options.jobs, [d for _, d in unique.values()], one)
