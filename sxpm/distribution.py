@@ -7,6 +7,7 @@ names content that is not fully present and checked.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -139,7 +140,8 @@ def pull(home: Home, ref: Reference, *, variant: str | None = None,
     streams = range_streams(options, missing)
     try:
         _parallel(options.jobs, missing,
-                  lambda b: _fetch_one(repo, home.store, b, bar, ref, streams))
+                  lambda b: _fetch_one(repo, home.store, b, bar, ref, streams),
+                  interrupt=home.store.interrupted)
     finally:
         bar.close()
     result.blobs_transferred = len(missing)
@@ -190,18 +192,35 @@ def _fetch_one(repo: Repository, store: OCILayout, desc: Descriptor, bar: Progre
         w.commit()
 
 
-def _parallel(jobs: int, items: Iterable[Descriptor], fn: Callable[[Descriptor], None]) -> None:
+def _parallel(jobs: int, items: Iterable[Descriptor], fn: Callable[[Descriptor], None],
+              interrupt: threading.Event | None = None) -> None:
+    """Run ``fn`` on every item, ``jobs`` at a time; the first error is raised.
+
+    On Ctrl-C, ``interrupt`` is set so running transfers stop at their next write
+    (their bytes stay on disk for the next attempt) instead of running to the end.
+    """
     todo = list(items)
     if not todo:
         return
     with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
         futures = [pool.submit(fn, item) for item in todo]
         errors: list[BaseException] = []
-        for future in futures:
-            try:
-                future.result()
-            except BaseException as exc:  # report the first, after all have stopped
-                errors.append(exc)
+        try:
+            for future in futures:
+                try:
+                    future.result()
+                except Exception as exc:  # report the first, after all have stopped
+                    errors.append(exc)
+        except KeyboardInterrupt:
+            for future in futures:
+                future.cancel()
+            if interrupt is not None:
+                interrupt.set()
+                try:
+                    pool.shutdown(wait=True)
+                finally:
+                    interrupt.clear()
+            raise
         if errors:
             raise errors[0]
 
@@ -369,7 +388,8 @@ def fetch_blobs(home: Home, wanted: Iterable[tuple[str, Descriptor]], *,
         _fetch_one(repos[source], home.store, desc, bar, Reference.parse(source), streams)
 
     try:
-        _parallel(options.jobs, [d for _, d in unique.values()], one)
+        _parallel(options.jobs, [d for _, d in unique.values()], one,
+                  interrupt=home.store.interrupted)
     finally:
         bar.close()
     return len(unique), total

@@ -188,15 +188,16 @@ def test_ranged_pull_fetches_parallel_ranges(cli, cli2, oci_registry,  # noqa: A
 
 
 @pytest.mark.registry
-def test_kill_9_mid_ranged_pull_fetches_only_the_missing_ranges(  # noqa: ANN001
-        cli, cli2, oci_registry, fault_proxy) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_interrupted_ranged_pull_fetches_only_the_missing_ranges(  # noqa: ANN001
+        sig: int, cli, cli2, oci_registry, fault_proxy) -> None:  # noqa: ANN001
     size = 48 * MiB
-    data, digest = _publish(cli, oci_registry, "r2/big", size)
-    fault_proxy.rate = 4 * MiB  # per stream
-    ref = f"{fault_proxy.host}/r2/big:1"
+    data, digest = _publish(cli, oci_registry, f"r2/big-{sig}", size)
+    fault_proxy.rate = 2 * MiB  # per stream: about 6 s for the whole blob
+    ref = f"{fault_proxy.host}/r2/big-{sig}:1"
     proc = subprocess.Popen([sys.executable, "-m", "sxpm", "pull", ref, "-q"],
                             env={**cli2.env, **RANGED_ENV}, cwd=cli2.cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     record = cli2.home / "store" / "blobs" / ".partial" / (digest.replace(":", "-") + ".ranges")
     deadline = time.monotonic() + 60
     done: list[list[int]] = []
@@ -208,11 +209,16 @@ def test_kill_9_mid_ranged_pull_fetches_only_the_missing_ranges(  # noqa: ANN001
         if sum(b - a for a, b in done) >= 8 * MiB:
             break
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = json.loads(record.read_text())["done"]  # what the killed process recorded
+    os.kill(proc.pid, sig)
+    sent = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:  # Ctrl-C stops the streams at once, and says the bytes are kept
+        assert time.monotonic() - sent < 3 and proc.returncode == 130
+        assert "interrupted" in err and "Traceback" not in err
+    done = json.loads(record.read_text())["done"]  # what the stopped process recorded
     kept = sum(b - a for a, b in done)
     assert 8 * MiB <= kept < size
+    assert not (cli2.home / "store" / "blobs" / "sha256" / digest.split(":")[1]).exists()
     time.sleep(1)  # let the proxy notice the dead client before counting afresh
     fault_proxy.clear()
     out = cli2("pull", ref, "--json", env=RANGED_ENV).json
