@@ -246,6 +246,28 @@ def test_flipped_byte_in_one_range_stores_nothing(cli, cli2, oci_registry,  # no
 
 
 @pytest.mark.registry
+@pytest.mark.parametrize("delta", [7, -7], ids=["larger", "smaller"])
+def test_ranged_pull_of_a_wrong_size_stores_nothing(delta: int, cli, cli2,  # noqa: ANN001
+                                                    oci_registry, fault_proxy) -> None:  # noqa: ANN001
+    from sxpm.home import Home
+    from sxpm.reference import Digest
+
+    repo = f"r5/size{delta}"
+    data, digest = _publish(cli, oci_registry, repo, 16 * MiB)
+    top = Home(cli.home).store.resolve(f"{oci_registry.host}/{repo}:1")
+    assert top is not None
+    manifest = json.loads(Home(cli.home).store.blob_path(Digest.parse(str(top.digest)))
+                          .read_bytes())
+    manifest["layers"][0]["size"] += delta
+    fault_proxy.add(f"/{repo}/manifests/1", body=json.dumps(manifest).encode(),
+                    headers={"Docker-Content-Digest": ""})
+    r = cli2.fail("pull", f"{fault_proxy.host}/{repo}:1", code=1, env=RANGED_ENV)
+    assert "size mismatch" in r.stderr.lower() and digest in r.stderr
+    assert not (cli2.home / "store" / "blobs" / "sha256" / digest.split(":")[1]).exists()
+    assert _partials(cli2.home) == []
+
+
+@pytest.mark.registry
 def test_registry_without_ranges_falls_back_to_one_stream(cli, cli2, oci_registry,  # noqa: ANN001
                                                           fault_proxy) -> None:  # noqa: ANN001
     size = 16 * MiB

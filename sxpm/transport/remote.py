@@ -554,7 +554,9 @@ class RemoteRepository(Repository):
                 self._fetch_ranged(desc, writer, progress, max(1, streams))
                 return
             except _NoRangesError:
+                counted = writer.written
                 writer.restart()  # the registry ignores Range: one stream, from the start
+                progress.update(-counted)
         self._fetch_sequential(desc, writer, progress)
 
     def _fetch_sequential(self, desc: Descriptor, writer: BlobWriter,
@@ -672,8 +674,10 @@ class RemoteRepository(Repository):
                                        headers={"Range": f"bytes={pos}-{b - 1}"},
                                        expect=(200, 206, 416))
             with resp:
-                if resp.status_code == 416:
-                    raise SizeMismatchError(str(desc.digest), desc.size, -1, where=what)
+                if resp.status_code == 416:  # the blob ends before the range starts
+                    ends = resp.headers.get("Content-Range", "").rpartition("/")[2]
+                    raise SizeMismatchError(str(desc.digest), desc.size,
+                                            int(ends) if ends.isdigit() else pos, where=what)
                 got = _content_range(resp.headers.get("Content-Range", ""))
                 if resp.status_code == 200 or got is None:
                     if pos == 0 and b == desc.size and resp.status_code == 200:
