@@ -7,6 +7,7 @@ names content that is not fully present and checked.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -161,11 +162,14 @@ def pull(home: Home, ref: Reference, *, variant: str | None = None,
 def range_streams(options: TransportOptions, blobs: Iterable[Descriptor]) -> int:
     """Streams for each large blob: the ``jobs`` shared among the large blobs fetched.
 
-    Eight large layers with ``-j 8`` take one stream each; one large blob takes all
-    eight, as ranges.
+    Eight large layers with ``-j 8`` take one stream each (read and hashed in order);
+    one large blob takes all eight, as ranges, but no more than the CPUs (at least 2).
     """
     large = sum(1 for b in blobs if b.size >= options.range_min_bytes)
-    return max(1, options.jobs // max(1, min(options.jobs, large)))
+    streams = options.jobs // max(1, min(options.jobs, large))
+    # Each stream costs a core or so on a fast link (receive, and the hashing thread
+    # reading back): more streams than cores only contend.
+    return max(1, min(streams, max(2, os.cpu_count() or 1)))
 
 
 def _fetch_one(repo: Repository, store: OCILayout, desc: Descriptor, bar: Progress,

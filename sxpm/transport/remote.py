@@ -549,7 +549,10 @@ class RemoteRepository(Repository):
 
     def fetch_blob(self, desc: Descriptor, writer: BlobWriter, progress: Progress,
                    streams: int = 1) -> None:
-        if desc.size >= self.options.range_min_bytes and desc.size > 0:
+        # One stream hashes as it reads (no read-back); a range record left by an
+        # earlier ranged attempt is resumed by ranges whatever the streams.
+        if desc.size >= self.options.range_min_bytes and desc.size > 0 and (
+                streams > 1 or writer.ranges_path.exists()):
             try:
                 self._fetch_ranged(desc, writer, progress, max(1, streams))
                 return
