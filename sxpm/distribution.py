@@ -190,6 +190,9 @@ def _fetch_one(repo: Repository, store: OCILayout, desc: Descriptor, bar: Progre
                 raise
         bar.update(-desc.size)  # the failed attempt counted every byte
     with store.writer(desc, where=str(ref)) as w:
+        if store.has_blob(desc.digest):
+            w.abort(keep_partial=True)
+            return
         if w.offset or w.ranges_path.exists():
             w.restart()
         repo.fetch_blob(desc, w, bar, streams)

@@ -280,6 +280,28 @@ def test_registry_without_ranges_falls_back_to_one_stream(cli, cli2, oci_registr
     assert None in _blob_gets(fault_proxy, digest)  # the whole blob, in one request
 
 
+@pytest.mark.registry
+@pytest.mark.parametrize("ranged", [False, True], ids=["sequential", "ranged"])
+def test_bad_bytes_kept_from_a_crash_are_fetched_again(ranged: bool, cli, cli2,  # noqa: ANN001
+                                                       oci_registry, fault_proxy) -> None:  # noqa: ANN001
+    """A partial file whose kept bytes are wrong (a power loss, a disk error) fails its
+    digest once; the blob is then fetched whole, and only the right bytes are stored."""
+    size = 12 * MiB
+    data, digest = _publish(cli, oci_registry, f"r6/crash-{int(ranged)}", size)
+    partial = cli2.home / "store" / "blobs" / ".partial" / digest.replace(":", "-")
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(os.urandom(2 * MiB))  # not the blob's first bytes
+    if ranged:
+        partial.with_name(partial.name + ".ranges").write_text(
+            json.dumps({"size": size, "done": [[0, 2 * MiB]]}))
+    env = RANGED_ENV if ranged else {}
+    out = cli2("pull", f"{fault_proxy.host}/r6/crash-{int(ranged)}:1", "--json", env=env).json
+    assert out["blobs_transferred"] == 2
+    blob = cli2.home / "store" / "blobs" / "sha256" / digest.split(":")[1]
+    assert blob.read_bytes() == data and _partials(cli2.home) == []
+    assert fault_proxy.bytes_sent(f"/blobs/{digest}") == (size - 2 * MiB) + size
+
+
 # --- progress bars ---------------------------------------------------------------------------
 
 
