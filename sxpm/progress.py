@@ -44,7 +44,25 @@ class TqdmReporter(Reporter):
 
         bar: Any = tqdm(total=total, desc=label, unit="B", unit_scale=True,
                         unit_divisor=1024, leave=True, file=sys.stderr)
-        return bar  # type: ignore[no-any-return]
+        return _Locked(bar)
+
+
+class _Locked:
+    """A bar that several transfer threads update at once (tqdm's counter is not)."""
+
+    def __init__(self, bar: Any) -> None:
+        import threading
+
+        self._bar = bar
+        self._lock = threading.Lock()
+
+    def update(self, n: int) -> None:
+        with self._lock:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        with self._lock:
+            self._bar.close()
 
 
 def _isatty(stream: Any) -> bool:
