@@ -7,6 +7,8 @@ names content that is not fully present and checked.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -138,9 +140,11 @@ def pull(home: Home, ref: Reference, *, variant: str | None = None,
         result.blobs_skipped = len(plan.blobs) - len(missing)
         total = sum(b.size for b in missing)
         bar = reporter.start(f"pull {ref.name}", total)
+        streams = range_streams(options, missing)
         try:
             _parallel(options.jobs, missing,
-                      lambda b: _fetch_one(repo, home.store, b, bar, ref))
+                      lambda b: _fetch_one(repo, home.store, b, bar, ref, streams),
+                      interrupt=home.store.interrupted)
         finally:
             bar.close()
         result.blobs_transferred = len(missing)
@@ -157,28 +161,75 @@ def pull(home: Home, ref: Reference, *, variant: str | None = None,
     return result
 
 
+def range_streams(options: TransportOptions, blobs: Iterable[Descriptor]) -> int:
+    """Streams for each large blob: the ``jobs`` shared among the large blobs fetched.
+
+    Eight large layers with ``-j 8`` take one stream each (read and hashed in order);
+    one large blob takes all eight, as ranges, but no more than the CPUs (at least 2).
+    """
+    large = sum(1 for b in blobs if b.size >= options.range_min_bytes)
+    streams = options.jobs // max(1, min(options.jobs, large))
+    # Each stream costs a core or so on a fast link (receive, and the hashing thread
+    # reading back): more streams than cores only contend.
+    return max(1, min(streams, max(2, os.cpu_count() or 1)))
+
+
 def _fetch_one(repo: Repository, store: OCILayout, desc: Descriptor, bar: Progress,
-               ref: Reference) -> None:
+               ref: Reference, streams: int = 1) -> None:
     with store.writer(desc, where=str(ref)) as w:
         if store.has_blob(desc.digest):  # another process fetched it while we waited
             w.abort(keep_partial=True)
             return
-        repo.fetch_blob(desc, w, bar)
+        resumed = w.offset > 0 or w.ranges_path.exists()
+        try:
+            repo.fetch_blob(desc, w, bar, streams)
+            w.commit()
+            return
+        except CorruptBlobError:
+            # Bytes kept from an earlier attempt (a crash, a power loss) may be what is
+            # wrong: fetch the whole blob once more. A fresh fetch that fails is final.
+            if not resumed:
+                raise
+        bar.update(-desc.size)  # the failed attempt counted every byte
+    with store.writer(desc, where=str(ref)) as w:
+        if store.has_blob(desc.digest):
+            w.abort(keep_partial=True)
+            return
+        if w.offset or w.ranges_path.exists():
+            w.restart()
+        repo.fetch_blob(desc, w, bar, streams)
         w.commit()
 
 
-def _parallel(jobs: int, items: Iterable[Descriptor], fn: Callable[[Descriptor], None]) -> None:
+def _parallel(jobs: int, items: Iterable[Descriptor], fn: Callable[[Descriptor], None],
+              interrupt: threading.Event | None = None) -> None:
+    """Run ``fn`` on every item, ``jobs`` at a time; the first error is raised.
+
+    On Ctrl-C, ``interrupt`` is set so running transfers stop at their next write
+    (their bytes stay on disk for the next attempt) instead of running to the end.
+    """
     todo = list(items)
     if not todo:
         return
     with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
         futures = [pool.submit(fn, item) for item in todo]
         errors: list[BaseException] = []
-        for future in futures:
-            try:
-                future.result()
-            except BaseException as exc:  # report the first, after all have stopped
-                errors.append(exc)
+        try:
+            for future in futures:
+                try:
+                    future.result()
+                except Exception as exc:  # report the first, after all have stopped
+                    errors.append(exc)
+        except KeyboardInterrupt:
+            for future in futures:
+                future.cancel()
+            if interrupt is not None:
+                interrupt.set()
+                try:
+                    pool.shutdown(wait=True)
+                finally:
+                    interrupt.clear()
+            raise
         if errors:
             raise errors[0]
 
@@ -339,13 +390,15 @@ def fetch_blobs(home: Home, wanted: Iterable[tuple[str, Descriptor]], *,
     total = sum(d.size for _, d in unique.values())
     bar = reporter.start("install", total)
     by_digest = {str(d.digest): s for s, d in unique.values()}
+    streams = range_streams(options, [d for _, d in unique.values()])
 
     def one(desc: Descriptor) -> None:
         source = by_digest[str(desc.digest)]
-        _fetch_one(repos[source], home.store, desc, bar, Reference.parse(source))
+        _fetch_one(repos[source], home.store, desc, bar, Reference.parse(source), streams)
 
     try:
-        _parallel(options.jobs, [d for _, d in unique.values()], one)
+        _parallel(options.jobs, [d for _, d in unique.values()], one,
+                  interrupt=home.store.interrupted)
     finally:
         bar.close()
     return len(unique), total

@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -92,8 +93,73 @@ def write_atomic(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+_WRITEBACK = 16 * CHUNK
+
+
+def _start_writeback(fd: int, start: int, length: int) -> None:
+    """Start writing ``length`` bytes at ``start`` to disk without waiting for it.
+
+    The bytes are hashed already; the fsync before the blob enters the store then
+    finds little left to write, instead of the whole blob at the end.
+    """
+    with contextlib.suppress(AttributeError, OSError):
+        os.posix_fadvise(fd, start, length, os.POSIX_FADV_DONTNEED)
+
+
+RANGES_SUFFIX = ".ranges"
+"""A ranged download records its completed byte ranges in ``<partial>.ranges``."""
+
+
+def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(i for i in intervals if i[1] > i[0]):
+        if out and start <= out[-1][1]:
+            if end > out[-1][1]:
+                out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
+
+
+def _read_ranges(path: Path, size: int) -> list[tuple[int, int]] | None:
+    """Completed ranges recorded beside a partial file; None when there is no record.
+
+    A record that cannot be read or does not make sense trusts nothing (``[]``).
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return []
+    try:
+        obj = json.loads(raw)
+        if not isinstance(obj, dict) or obj.get("size") != size:
+            return []
+        items = [(int(a), int(b)) for a, b in obj.get("done", [])]
+    except (ValueError, TypeError):
+        return []
+    return _merge([(max(0, a), min(size, b)) for a, b in items])
+
+
 class BlobWriter:
-    """A file being written into the layout; see :meth:`OCILayout.writer`."""
+    """A file being written into the layout; see :meth:`OCILayout.writer`.
+
+    Two ways to fill it:
+
+    * sequentially, :meth:`write` appends and hashes as it goes (resume: the bytes
+      already in the partial file are a prefix, re-hashed when the writer opens);
+    * by ranges (a known blob, fetched by several streams): :meth:`open_ranges` says
+      which byte ranges are still missing, :meth:`write_at` puts bytes at their offset
+      (from any thread), :meth:`complete` records a range as written, and the hash
+      follows the contiguous prefix of completed bytes (:meth:`hash_upto`, or a
+      background thread started by :meth:`follow`), reading it back from the page
+      cache. Completed ranges are kept in ``<partial>.ranges`` (replaced atomically,
+      and always a subset of the bytes written), so a pull killed at any point resumes
+      with only the missing ranges; bytes not recorded there are never trusted.
+
+    Either way :meth:`commit` checks size and digest before the blob enters the store.
+    """
 
     def __init__(self, layout: OCILayout, expected: Descriptor | None, where: str) -> None:
         self.layout = layout
@@ -101,53 +167,250 @@ class BlobWriter:
         self.where = where
         self._hash = hashlib.sha256() if expected is None else hashlib.new(
             expected.digest.algorithm)
+        self._ranged = False
+        self._fd = -1
+        self._tail = False  # bytes past ``offset`` on disk that a sequential write drops
+        self._extra: list[tuple[int, int]] = []  # recorded ranges past the prefix
         layout.ensure()
         if expected is not None:
             # Named after the digest so an interrupted download resumes from its bytes.
             self.path = layout.partial_dir / f"{expected.digest.algorithm}-{expected.digest.hex}"
+            self.ranges_path = self.path.with_name(self.path.name + RANGES_SUFFIX)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh: IO[bytes] = open(self.path, "ab+")  # noqa: SIM115 - closed in commit/abort
-            self._fh.seek(0)
-            for chunk in iter(lambda: self._fh.read(CHUNK), b""):
-                self._hash.update(chunk)
-            self.offset = self._fh.tell()
-            if self.offset > expected.size:
+            on_disk = os.fstat(self._fh.fileno()).st_size
+            recorded = _read_ranges(self.ranges_path, expected.size)
+            if recorded is None:  # written in order: the bytes on disk are a prefix
+                prefix = on_disk
+            else:  # written by ranges: trust only what the record says is complete
+                recorded = _merge([(a, min(b, on_disk)) for a, b in recorded])
+                prefix = recorded[0][1] if recorded and recorded[0][0] == 0 else 0
+                self._extra = [r for r in recorded if r[0] > 0]
+                self._tail = on_disk > prefix or self.ranges_path.exists()
+            if prefix > expected.size:
                 self._fh.truncate(0)
-                self._hash = hashlib.new(expected.digest.algorithm)
-                self.offset = 0
+                prefix = 0
+            self._fh.seek(0)
+            left = prefix
+            while left:
+                chunk = self._fh.read(min(CHUNK, left))
+                if not chunk:
+                    break
+                self._hash.update(chunk)
+                left -= len(chunk)
+            self.offset = prefix - left
         else:
             layout.tmp_dir.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(dir=layout.tmp_dir, prefix="blob-")
             self.path = Path(name)
+            self.ranges_path = self.path.with_name(self.path.name + RANGES_SUFFIX)
             self._fh = os.fdopen(fd, "wb")
             self.offset = 0
-        self.written = self.offset
+        self.written = self._flushed = self.offset
 
-    def write(self, data: bytes) -> None:
+    # --- sequential --------------------------------------------------------------------
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._ranged:
+            raise StoreError("BlobWriter.write after open_ranges(); use write_at")
+        if self.layout.interrupted.is_set():
+            raise KeyboardInterrupt
         if self.expected is not None and self.written + len(data) > self.expected.size:
             self.abort(keep_partial=False)
             raise SizeMismatchError(str(self.expected.digest), self.expected.size,
                                     self.written + len(data), where=self.where)
+        if self._tail:
+            self._drop_tail()
         self._fh.write(data)
         self._hash.update(data)
         self.written += len(data)
+        if self.written - self._flushed >= _WRITEBACK:
+            self._fh.flush()
+            _start_writeback(self._fh.fileno(), self._flushed, self.written - self._flushed)
+            self._flushed = self.written
+
+    def _drop_tail(self) -> None:
+        """Make the file the trusted prefix alone, before appending to it."""
+        self._fh.flush()
+        self._fh.truncate(self.written)
+        with contextlib.suppress(FileNotFoundError):
+            self.ranges_path.unlink()
+        self._extra = []
+        self._tail = False
 
     def restart(self) -> None:
         """Drop the bytes written so far (the source could not resume)."""
+        assert self.expected is not None
+        self._stop_follower()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._ranged = False
         self._fh.seek(0)
         self._fh.truncate(0)
-        assert self.expected is not None
+        with contextlib.suppress(FileNotFoundError):
+            self.ranges_path.unlink()
+        self._extra = []
+        self._tail = False
         self._hash = hashlib.new(self.expected.digest.algorithm)
-        self.offset = self.written = 0
+        self.offset = self.written = self._flushed = 0
 
-    def commit(self, media_type: str = "application/octet-stream") -> Descriptor:
+    # --- by ranges ---------------------------------------------------------------------
+    def open_ranges(self) -> list[tuple[int, int]]:
+        """Switch to ranged writing; the ``[start, end)`` ranges still to be written."""
+        assert self.expected is not None, "ranged writes need the expected descriptor"
+        if self._ranged:
+            return self.missing()
+        size = self.expected.size
         self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
+        self._done = _merge([(0, self.offset), *self._extra])
+        self._hashed = self.offset
+        self._cond = threading.Condition()
+        self._follower: threading.Thread | None = None
+        self._follow_error: BaseException | None = None
+        self._stop = False
+        self._saved_at = 0.0
+        # Record first: a file with holes is never mistaken for a sequential prefix.
+        self.save_ranges()
+        self._fd = os.open(self.path, os.O_RDWR)
+        if os.fstat(self._fd).st_size > size:
+            os.ftruncate(self._fd, size)
+        self._ranged = True
+        self._tail = False
+        self.written = sum(b - a for a, b in self._done)
+        return self.missing()
+
+    def missing(self) -> list[tuple[int, int]]:
+        assert self.expected is not None
+        out: list[tuple[int, int]] = []
+        pos = 0
+        with self._cond:
+            done = list(self._done)
+        for start, end in done:
+            if start > pos:
+                out.append((pos, start))
+            pos = max(pos, end)
+        if pos < self.expected.size:
+            out.append((pos, self.expected.size))
+        return out
+
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Put ``data`` at ``offset`` (thread-safe); record it with :meth:`complete`."""
+        assert self.expected is not None and self._ranged
+        if self.layout.interrupted.is_set():
+            raise KeyboardInterrupt
+        if offset < 0 or offset + len(data) > self.expected.size:
+            raise SizeMismatchError(str(self.expected.digest), self.expected.size,
+                                    offset + len(data), where=self.where)
+        view = memoryview(data)
+        while len(view):
+            n = os.pwrite(self._fd, view, offset)
+            view = view[n:]
+            offset += n
+
+    def complete(self, start: int, end: int) -> None:
+        """Record ``[start, end)`` as written; the hash may now read it."""
+        with self._cond:
+            self._done = _merge([*self._done, (start, end)])
+            self.written = sum(b - a for a, b in self._done)
+            self._cond.notify_all()
+        now = time.monotonic()
+        if now - self._saved_at >= 0.25:
+            self.save_ranges()
+
+    def save_ranges(self) -> None:
+        """Write the record of completed ranges (atomically replaced)."""
+        assert self.expected is not None
+        with self._cond:
+            done = list(self._done)
+            self._saved_at = time.monotonic()
+        data = json.dumps({"size": self.expected.size, "done": done}).encode()
+        tmp = self.ranges_path.with_name(f".{self.ranges_path.name}.{threading.get_ident()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, self.ranges_path)
+
+    def frontier(self) -> int:
+        """End of the completed prefix: every byte before it is written and recorded."""
+        with self._cond:
+            return self._done[0][1] if self._done and self._done[0][0] == 0 else 0
+
+    def hash_upto(self, n: int) -> None:
+        """Hash the completed bytes up to ``n`` (at most :meth:`frontier`)."""
+        if n > self.frontier():
+            raise StoreError(f"cannot hash to {n}: bytes before it are not complete")
+        buf = bytearray(min(4 * CHUNK, max(n - self._hashed, 1)))
+        view = memoryview(buf)
+        while self._hashed < n:
+            got = os.preadv(self._fd, [view[:min(len(buf), n - self._hashed)]], self._hashed)
+            if got <= 0:
+                raise StoreError(f"{self.path} is shorter than its recorded ranges")
+            self._hash.update(view[:got])
+            _start_writeback(self._fd, self._hashed, got)
+            self._hashed += got
+
+    def follow(self) -> None:
+        """Hash in a background thread, following the completed prefix as it grows."""
+        if self._follower is not None:
+            return
+
+        def run() -> None:
+            assert self.expected is not None
+            try:
+                while True:
+                    with self._cond:
+                        while not self._stop and self._frontier_locked() <= self._hashed:
+                            self._cond.wait()
+                        if self._stop and self._frontier_locked() <= self._hashed:
+                            return
+                        target = self._frontier_locked()
+                    self.hash_upto(target)
+                    if self._hashed >= self.expected.size:
+                        return
+            except BaseException as exc:  # reported by commit
+                self._follow_error = exc
+
+        self._follower = threading.Thread(target=run, name="sxpm-hash", daemon=True)
+        self._follower.start()
+
+    def _frontier_locked(self) -> int:
+        return self._done[0][1] if self._done and self._done[0][0] == 0 else 0
+
+    def _stop_follower(self) -> None:
+        if not self._ranged or self._follower is None:
+            return
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._follower.join()
+        self._follower = None
+        if self._follow_error is not None:
+            error, self._follow_error = self._follow_error, None
+            raise error
+
+    # --- the end ---------------------------------------------------------------------------
+    def commit(self, media_type: str = "application/octet-stream") -> Descriptor:
+        if self._ranged:
+            try:
+                self._stop_follower()  # it has hashed all it could
+                self.hash_upto(self.frontier())
+            except BaseException:
+                self.abort(keep_partial=True)
+                raise
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            self._fh.close()
+        else:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
         algorithm = self.expected.digest.algorithm if self.expected else "sha256"
         actual = Digest(algorithm, self._hash.hexdigest())
         if self.expected is not None:
             if self.written != self.expected.size:
+                if self._ranged and self.written < self.expected.size:
+                    self.save_ranges()  # incomplete: keep what is there for a resume
+                    raise SizeMismatchError(str(self.expected.digest), self.expected.size,
+                                            self.written, where=self.where)
                 self._discard()
                 raise SizeMismatchError(str(self.expected.digest), self.expected.size,
                                         self.written, where=self.where)
@@ -155,18 +418,30 @@ class BlobWriter:
                 self._discard()
                 raise CorruptBlobError(str(self.expected.digest), str(actual), where=self.where)
             media_type = self.expected.media_type
+            # Verified whole: without its record the file reads as a complete prefix.
+            with contextlib.suppress(FileNotFoundError):
+                self.ranges_path.unlink()
         self.layout._place(self.path, actual)
         return Descriptor(media_type, actual, self.written)
 
     def abort(self, keep_partial: bool = True) -> None:
+        if self._ranged:
+            with contextlib.suppress(BaseException):
+                self._stop_follower()
+            if self._fd >= 0:
+                with contextlib.suppress(OSError):
+                    self.save_ranges()
+                os.close(self._fd)
+                self._fd = -1
         with contextlib.suppress(OSError, ValueError):
             self._fh.close()
         if not keep_partial or self.expected is None:
             self._discard()
 
     def _discard(self) -> None:
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        for path in (self.path, self.ranges_path):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 @dataclass
@@ -185,6 +460,8 @@ class OCILayout:
         self.partial_dir = self.blobs_dir / ".partial"
         self.tmp_dir = self.blobs_dir / ".tmp"
         self.index_path = self.root / "index.json"
+        self.interrupted = threading.Event()
+        """Set (on Ctrl-C) to make every writer of this layout stop at its next write."""
 
     # --- structure ------------------------------------------------------------
     def exists(self) -> bool:

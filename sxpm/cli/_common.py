@@ -39,13 +39,17 @@ def transfer_options(f: F) -> F:
     return f
 
 
+_TRANSPORT_ENV = {"SXPM_RETRIES": "retries", "SXPM_RANGE_MIN": "range_min_bytes",
+                  "SXPM_RANGE_PIECE": "range_piece_bytes", "SXPM_CHUNK": "chunk_bytes"}
+
+
 def transport(insecure: bool, jobs: int) -> TransportOptions:
+    """Options from the command line, and tuning from ``SXPM_*`` variables (integers)."""
     import os
 
-    options = TransportOptions(insecure=insecure, jobs=jobs)
-    retries = os.environ.get("SXPM_RETRIES", "")
-    if retries.isdigit():
-        options = replace(options, retries=int(retries))
+    tuning = {field: int(value) for name, field in _TRANSPORT_ENV.items()
+              if (value := os.environ.get(name, "")).isdigit() and int(value) > 0}
+    options = TransportOptions(insecure=insecure, jobs=jobs, **tuning)
     # Seconds without a byte before a read gives up (and is retried, resuming).
     timeout = os.environ.get("SXPM_TIMEOUT", "")
     try:

@@ -99,8 +99,12 @@ def main(argv: list[str] | None = None) -> Any:
             traceback.print_exc()
         click.echo(f"error: {exc.one_line()}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("error: aborted", err=True)
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+            click.echo("error: interrupted; partial downloads are kept and resume next time",
+                       err=True)
+        else:
+            click.echo("error: aborted", err=True)
         sys.exit(130)
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx else "sxpm"

@@ -35,6 +35,10 @@ class TransportOptions:
     """Seconds without a byte from the registry before a read gives up."""
     chunk_bytes: int = 64 * 1024 * 1024
     """Uploads larger than this go in PATCH chunks of this size."""
+    range_min_bytes: int = 64 * 1024 * 1024
+    """Blobs of at least this size are pulled by several streams of HTTP ranges."""
+    range_piece_bytes: int = 16 * 1024 * 1024
+    """The size of one ranged request (the streams take pieces in order)."""
 
 
 class Repository(ABC):
@@ -58,10 +62,12 @@ class Repository(ABC):
     def has_blob(self, digest: Digest) -> bool: ...
 
     @abstractmethod
-    def fetch_blob(self, desc: Descriptor, writer: BlobWriter, progress: Progress) -> None:
+    def fetch_blob(self, desc: Descriptor, writer: BlobWriter, progress: Progress,
+                   streams: int = 1) -> None:
         """Stream a blob into ``writer``, starting at ``writer.offset`` (resume).
 
-        The writer hashes and checks; this only moves bytes.
+        The writer hashes and checks; this only moves bytes. ``streams`` > 1 lets a
+        large blob come in that many parallel ranged streams, where the source can.
         """
 
     @abstractmethod

@@ -54,7 +54,8 @@ class LayoutRepository(Repository):
     def has_blob(self, digest: Digest) -> bool:
         return self.layout.has_blob(digest)
 
-    def fetch_blob(self, desc: Descriptor, writer: BlobWriter, progress: Progress) -> None:
+    def fetch_blob(self, desc: Descriptor, writer: BlobWriter, progress: Progress,
+                   streams: int = 1) -> None:
         with self.layout.open_blob(desc.digest) as fh:
             fh.seek(writer.offset)
             progress.update(writer.offset)

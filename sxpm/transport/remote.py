@@ -21,6 +21,7 @@ error message, a log line or a ``repr``.
 
 from __future__ import annotations
 
+import collections
 import email.utils
 import functools
 import hashlib
@@ -102,6 +103,52 @@ def _reason(exc: BaseException) -> str:
 
 def _same(value: Any) -> Any:
     return value
+
+
+_READ = 1024 * 1024
+"""Bytes read from a blob stream at a time, into one reusable buffer per stream."""
+
+
+class _NoRangesError(Exception):
+    """The registry answered a range request with something else."""
+
+
+_CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
+
+
+def _content_range(value: str) -> tuple[int, int, int | None] | None:
+    match = _CONTENT_RANGE_RE.match(value)
+    if not match:
+        return None
+    total = None if match.group(3) == "*" else int(match.group(3))
+    return int(match.group(1)), int(match.group(2)), total
+
+
+@functools.lru_cache(maxsize=1)
+def _network_errors() -> tuple[type[BaseException], ...]:
+    import http.client
+
+    import requests
+    import urllib3.exceptions
+
+    return (requests.RequestException, urllib3.exceptions.HTTPError,
+            http.client.HTTPException, ConnectionError, TimeoutError)
+
+
+def _reader(resp: requests.Response) -> Callable[[memoryview], int]:
+    """``readinto`` for a streamed body: straight from the socket when possible."""
+    raw = resp.raw
+    fp = getattr(raw, "_fp", None)
+    if fp is not None and callable(getattr(fp, "readinto", None)) \
+            and not resp.headers.get("Content-Encoding"):
+        return fp.readinto  # type: ignore[no-any-return]
+
+    def readinto(view: memoryview) -> int:
+        data = raw.read(len(view), decode_content=False)
+        view[:len(data)] = data
+        return len(data)
+
+    return readinto
 
 
 class _Body:
@@ -500,13 +547,27 @@ class RemoteRepository(Repository):
         resp.close()
         return resp.status_code == 200
 
-    def fetch_blob(self, desc: Descriptor, writer: BlobWriter, progress: Progress) -> None:
-        import requests
-        import urllib3.exceptions
+    def fetch_blob(self, desc: Descriptor, writer: BlobWriter, progress: Progress,
+                   streams: int = 1) -> None:
+        # One stream hashes as it reads (no read-back); a range record left by an
+        # earlier ranged attempt is resumed by ranges whatever the streams.
+        if desc.size >= self.options.range_min_bytes and desc.size > 0 and (
+                streams > 1 or writer.ranges_path.exists()):
+            try:
+                self._fetch_ranged(desc, writer, progress, max(1, streams))
+                return
+            except _NoRangesError:
+                counted = writer.written
+                writer.restart()  # the registry ignores Range: one stream, from the start
+                progress.update(-counted)
+        self._fetch_sequential(desc, writer, progress)
 
+    def _fetch_sequential(self, desc: Descriptor, writer: BlobWriter,
+                          progress: Progress) -> None:
         what = self._what(desc.digest)
         progress.update(writer.offset)
         drops = 0
+        buf = memoryview(bytearray(_READ))
         while True:
             start = writer.written
             if start >= desc.size:
@@ -527,18 +588,129 @@ class RemoteRepository(Repository):
                     writer.abort(keep_partial=False)
                     raise SizeMismatchError(str(desc.digest), desc.size, start + int(length),
                                             where=what)
+                readinto = _reader(resp)
                 try:
-                    read = resp.raw.read
                     while True:
-                        chunk = read(CHUNK, decode_content=False)
-                        if not chunk:
+                        n = readinto(buf)
+                        if not n:
                             break
-                        writer.write(chunk)
-                        progress.update(len(chunk))
+                        writer.write(buf[:n])
+                        progress.update(n)
+                    if writer.written < desc.size:
+                        raise ConnectionError("the registry ended the blob early")
                     return
-                except (requests.RequestException, urllib3.exceptions.HTTPError,
-                        ConnectionError, TimeoutError) as exc:
+                except _network_errors() as exc:
                     drops += 1
+                    if drops > self.options.retries:
+                        raise RegistryError(
+                            f"The connection to {self.ref.registry} dropped while fetching "
+                            f"{what} ({_reason(exc)}); {writer.written} of {desc.size} bytes "
+                            "are kept", url=self.client.url(self._path("blobs", desc.digest)),
+                            hint="run the same command again to resume") from None
+                    time.sleep(self.client.backoff(drops - 1))
+
+    def _fetch_ranged(self, desc: Descriptor, writer: BlobWriter, progress: Progress,
+                      streams: int) -> None:
+        """Fetch the missing ranges of a large blob with ``streams`` parallel requests.
+
+        The missing ranges are cut into pieces taken in order, so the completed prefix
+        grows about as fast as the bytes arrive and the writer's hashing thread keeps
+        up with them. Raises :class:`_NoRangesError` (before writing a byte) when the
+        registry answers a range with the whole blob.
+        """
+        missing = writer.open_ranges()
+        progress.update(writer.written)
+        piece = max(1, self.options.range_piece_bytes)
+        if streams == 1:
+            piece = desc.size
+        pieces: collections.deque[tuple[int, int]] = collections.deque(
+            (a, min(b, a + piece)) for a, b in missing for a in range(a, b, piece))
+        writer.follow()
+        if not pieces:
+            return
+        lock = threading.Lock()
+        stop = threading.Event()
+        errors: list[BaseException] = []
+        state = {"drops": 0}
+
+        def worker() -> None:
+            buf = memoryview(bytearray(_READ))
+            try:
+                while not stop.is_set():
+                    with lock:
+                        if not pieces:
+                            return
+                        a, b = pieces.popleft()
+                    self._fetch_range(desc, writer, progress, a, b, buf, stop, lock, state)
+            except BaseException as exc:
+                with lock:
+                    errors.append(exc)
+                stop.set()
+
+        threads = [threading.Thread(target=worker, name=f"sxpm-range-{i}", daemon=True)
+                   for i in range(min(streams, len(pieces)))]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                thread.join()
+        except BaseException:  # Ctrl-C: let the streams stop at their next read
+            stop.set()
+            for thread in threads:
+                thread.join()
+            raise
+        if errors:
+            first = next((e for e in errors if not isinstance(e, _NoRangesError)), errors[0])
+            if isinstance(first, SizeMismatchError):
+                writer.abort(keep_partial=False)
+            raise first
+
+    def _fetch_range(self, desc: Descriptor, writer: BlobWriter, progress: Progress,
+                     a: int, b: int, buf: memoryview, stop: threading.Event,
+                     lock: threading.Lock, state: dict[str, int]) -> None:
+        """Fetch ``[a, b)`` into ``writer``; a dropped stream resumes where it stopped."""
+        what = self._what(desc.digest)
+        pos = a
+        while pos < b and not stop.is_set():
+            resp = self.client.request("GET", self._path("blobs", desc.digest),
+                                       scope=self._pull, what=f"blob {what}", stream=True,
+                                       headers={"Range": f"bytes={pos}-{b - 1}"},
+                                       expect=(200, 206, 416))
+            with resp:
+                if resp.status_code == 416:  # the blob ends before the range starts
+                    ends = resp.headers.get("Content-Range", "").rpartition("/")[2]
+                    raise SizeMismatchError(str(desc.digest), desc.size,
+                                            int(ends) if ends.isdigit() else pos, where=what)
+                got = _content_range(resp.headers.get("Content-Range", ""))
+                if resp.status_code == 200 or got is None:
+                    if pos == 0 and b == desc.size and resp.status_code == 200:
+                        got = (0, desc.size - 1, desc.size)  # the whole blob, as asked
+                    else:
+                        raise _NoRangesError()
+                first, last, total = got
+                if total is not None and total != desc.size:
+                    raise SizeMismatchError(str(desc.digest), desc.size, total, where=what)
+                if first != pos or last != b - 1:
+                    raise _NoRangesError()
+                readinto = _reader(resp)
+                start = pos
+                try:
+                    while pos < b:
+                        if stop.is_set():
+                            break
+                        n = readinto(buf[:min(len(buf), b - pos)])
+                        if not n:
+                            break
+                        writer.write_at(pos, buf[:n])
+                        pos += n
+                        writer.complete(start, pos)
+                        progress.update(n)
+                    if pos < b and not stop.is_set():
+                        raise ConnectionError("the registry ended the range early")
+                except _network_errors() as exc:
+                    with lock:
+                        state["drops"] += 1
+                        drops = state["drops"]
                     if drops > self.options.retries:
                         raise RegistryError(
                             f"The connection to {self.ref.registry} dropped while fetching "
