@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from sxpm.home import Home
 from sxpm.progress import Reporter, TqdmReporter
-from sxpm.reference import Reference
-from sxpm.transport import TransportOptions
+
+if TYPE_CHECKING:
+    from sxpm.reference import Reference
+    from sxpm.transport import TransportOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,6 +42,8 @@ def transfer_options(f: F) -> F:
 
 def transport(insecure: bool, jobs: int) -> TransportOptions:
     import os
+
+    from sxpm.transport import TransportOptions
 
     retries = os.environ.get("SXPM_RETRIES", "")
     if retries.isdigit():
