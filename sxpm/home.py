@@ -21,11 +21,16 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sxpm.errors import ManifestError
-from sxpm.layout import OCILayout, write_atomic
-from sxpm.reference import LAYOUT_SCHEME, Reference
+
+if TYPE_CHECKING:
+    from sxpm.layout import OCILayout
+    from sxpm.reference import Reference
+
+# The store and references load when first used: ``sxpm run NAME`` finds an installed
+# model from the home's path alone, without them.
 
 KINDS = ("model", "expert", "package")
 
@@ -45,6 +50,8 @@ class Home:
 
     @cached_property
     def store(self) -> OCILayout:
+        from sxpm.layout import OCILayout
+
         return OCILayout(self.root / "store", lock_dir=self.root / "locks")
 
     @property
@@ -64,6 +71,8 @@ class Home:
         return data
 
     def save_config(self, data: dict[str, Any]) -> None:
+        from sxpm.layout import write_atomic
+
         write_atomic(self.config_path, json.dumps(data, indent=2, sort_keys=True).encode())
 
     @property
@@ -75,9 +84,13 @@ class Home:
         configured = self.config().get("default_registry")
         if isinstance(configured, str) and configured:
             return configured
+        from sxpm.reference import LAYOUT_SCHEME
+
         return f"{LAYOUT_SCHEME}{self.root / 'registry'}"
 
     def parse_ref(self, text: str) -> Reference:
+        from sxpm.reference import Reference
+
         return Reference.parse(text, default_registry=self.default_registry)
 
     def install_root(self, kind: str) -> Path:

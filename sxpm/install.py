@@ -29,12 +29,16 @@ from sxpm.errors import (
     SignatureError,
     StoreError,
 )
-from sxpm.home import KINDS, Home
+from sxpm.home import Home
+from sxpm.installed import INSTALL_RECORD as INSTALL_RECORD  # the install API, re-exported
+from sxpm.installed import Installed as Installed
+from sxpm.installed import find_installed as find_installed
+from sxpm.installed import install_dir as install_dir
+from sxpm.installed import list_installed as list_installed
 from sxpm.layout import CHUNK, OCILayout
 from sxpm.oci import Descriptor, ImageIndex, Manifest
 from sxpm.reference import Reference
 
-INSTALL_RECORD = ".sxpm-install.json"
 MAX_PACKAGE_MEMBERS = 100_000
 MAX_PACKAGE_BYTES = 16 * 1024**3
 MAX_RATIO = 200  # unpacked bytes per packed byte before we call it a bomb
@@ -104,19 +108,6 @@ def describe(store: OCILayout, top: Descriptor, variant: str | None = None) -> A
     if not isinstance(name, str) or not isinstance(version, str):
         raise ManifestError(str(desc.digest), "artifact has no name or version")
     return ArtifactInfo(kind, name, version, desc, obj, chosen_variant, config)
-
-
-@dataclass(frozen=True)
-class Installed:
-    kind: str
-    name: str
-    version: str
-    path: Path
-    record: dict[str, Any]
-
-
-def install_dir(root: Path, kind: str, name: str, version: str) -> Path:
-    return root / f"{kind}s" / name / version
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -282,29 +273,6 @@ def _rmtree(path: Path) -> None:
             func(p)
 
     shutil.rmtree(path, onerror=onerror)
-
-
-def list_installed(root: Path, kind: str | None = None) -> list[Installed]:
-    out: list[Installed] = []
-    for k in KINDS if kind is None else (kind,):
-        base = root / f"{k}s"
-        for record_path in sorted(base.glob(f"*/*/{INSTALL_RECORD}")):
-            if record_path.parent.name.startswith("."):
-                continue  # a tree being built, or one a killed install left behind
-            try:
-                record = json.loads(record_path.read_text())
-            except (OSError, ValueError):
-                continue
-            out.append(Installed(k, record.get("name", record_path.parent.parent.name),
-                                 record.get("version", record_path.parent.name),
-                                 record_path.parent, record))
-    return out
-
-
-def find_installed(root: Path, kind: str, name: str, version: str | None = None
-                   ) -> list[Installed]:
-    return [i for i in list_installed(root, kind)
-            if i.name == name and (version is None or i.version == version)]
 
 
 def remove_installed(root: Path, kind: str, name: str, version: str | None = None

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from sxpm.errors import ManifestError, NotFoundError
-from sxpm.layout import write_atomic
 from sxpm.reference import Digest, validate_name
 
 LOCK_VERSION = 1
@@ -94,6 +93,8 @@ class Lock:
         return "".join(out)
 
     def write(self, path: Path) -> None:
+        from sxpm.layout import write_atomic
+
         write_atomic(path, self.dumps().encode())
 
     # --- reading ---------------------------------------------------------------

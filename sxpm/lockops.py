@@ -13,26 +13,24 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sxpm import oci
 from sxpm.errors import CorruptBlobError, InputError, ManifestError, NotFoundError, StoreError
-from sxpm.home import Home
-from sxpm.install import (
-    INSTALL_RECORD,
-    ArtifactInfo,
-    install_dir,
-    list_installed,
-    materialize,
-    remove_installed,
-)
+from sxpm.installed import INSTALL_RECORD, install_dir, list_installed
 from sxpm.lockfile import Lock, LockedArtifact, LockedLayer, changed_requirements
-from sxpm.oci import Descriptor, ImageIndex, Manifest, parse_manifest_bytes
 from sxpm.progress import SILENT, Reporter
-from sxpm.project import Project
-from sxpm.reference import Digest, Reference
-from sxpm.resolver import Candidate, Dep, Provider, Resolution, Variant, resolve
-from sxpm.transport import Repository, TransportOptions, open_repository
-from sxpm.versions import Version, VersionReq, parse_version
+
+if TYPE_CHECKING:
+    from sxpm.home import Home
+    from sxpm.install import ArtifactInfo
+    from sxpm.oci import Descriptor, ImageIndex, Manifest
+    from sxpm.project import Project
+    from sxpm.resolver import Candidate, Dep, Provider, Resolution, Variant
+    from sxpm.transport import Repository, TransportOptions
+    from sxpm.versions import Version
+
+# The store, transports, resolver and version library load in the functions that use
+# them: a no-op `sxpm install --frozen` only reads the lock and the install records.
 
 
 class LockMismatchError(InputError):
@@ -57,10 +55,16 @@ class ManifestSource:
 
     def repo(self, source: str) -> Repository:
         if source not in self._repos:
+            from sxpm.reference import Reference
+            from sxpm.transport import open_repository
+
             self._repos[source] = open_repository(Reference.parse(source), self.options)
         return self._repos[source]
 
     def get(self, source: str, digest: str) -> tuple[Descriptor, Manifest | ImageIndex]:
+        from sxpm.oci import Descriptor, parse_manifest_bytes
+        from sxpm.reference import Digest
+
         d = Digest.parse(digest)
         store = self.home.store
         if store.has_blob(d):
@@ -96,6 +100,9 @@ class RegistryProvider:
         return f"{self.registry}/{name}"
 
     def candidates(self, name: str) -> Sequence[Candidate]:
+        from sxpm.oci import parse_manifest_bytes
+        from sxpm.versions import parse_version
+
         source = self._source(name)
         repo = self.manifests.repo(source)
         try:
@@ -115,6 +122,11 @@ class RegistryProvider:
 
     def _candidate(self, name: str, version: Version, source: str, desc: Descriptor,
                    obj: Manifest | ImageIndex) -> Candidate:
+        from sxpm import oci
+        from sxpm.oci import ImageIndex, Manifest
+        from sxpm.resolver import Candidate, Dep, Variant
+        from sxpm.versions import VersionReq
+
         variants: list[Variant] = []
         deps: dict[str, Dep] = {}
         manifests: list[Manifest] = []
@@ -162,6 +174,7 @@ def check_trust(home: Home, manifests: ManifestSource, source: str, digest: str,
     if skip:
         return None
     from sxpm.errors import SignatureError
+    from sxpm.reference import Digest, Reference
     from sxpm.trust.enforce import check_local, check_pull, remote_manifests
     from sxpm.trust.policy import load_policy
 
@@ -192,6 +205,8 @@ class LockResult:
 
 def _pin(manifests: ManifestSource, cand: Candidate, variant: Variant | None,
          deps: Iterable[Dep]) -> LockedArtifact:
+    from sxpm.oci import ImageIndex, Manifest
+
     top_desc, top = manifests.get(cand.ref, cand.digest)
     manifest_digest = cand.digest
     if isinstance(top, ImageIndex):
@@ -221,6 +236,9 @@ def lock(project: Project, home: Home, provider: Provider, *, index_source: str 
     ``update=None`` keeps every locked version it can; ``update=[]`` moves everything
     forward; ``update=[names]`` moves only those names.
     """
+    from sxpm.resolver import resolve
+    from sxpm.transport import TransportOptions
+
     old: Lock | None = Lock.read(project.lock_path) if project.lock_path.exists() else None
     preferred: dict[str, str] = {}
     if old is not None:
@@ -317,6 +335,8 @@ def install_lock(home: Home, lock_: Lock, root: Path, *, offline: bool = False,
     locked = {(a.kind, a.name, a.version) for a in lock_.artifacts}
     for item in list_installed(root):
         if (item.kind, item.name, item.version) not in locked:
+            from sxpm.install import remove_installed
+
             remove_installed(root, item.kind, item.name, item.version)
             report.removed.append(f"{item.name} {item.version}")
     return report
@@ -326,6 +346,9 @@ def _install_todo(home: Home, todo: list[LockedArtifact], root: Path, report: In
                   *, offline: bool, options: TransportOptions | None, reporter: Reporter,
                   insecure_skip_verify: bool, cwd: Path | None) -> None:
     from sxpm.distribution import fetch_blobs
+    from sxpm.install import ArtifactInfo, materialize
+    from sxpm.oci import Manifest
+    from sxpm.transport import TransportOptions
 
     if todo:
         options = options or TransportOptions()

@@ -12,14 +12,13 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sxpm.errors import InputError, ManifestError, NotFoundError
-from sxpm.layout import write_atomic
-from sxpm.reference import validate_name
-from sxpm.resolver.model import Requirement
 from sxpm.validation import validate
-from sxpm.versions import VersionReq
+
+if TYPE_CHECKING:
+    from sxpm.resolver.model import Requirement
 
 MANIFEST = "simplex.toml"
 LOCKFILE = "simplex.lock"
@@ -80,12 +79,25 @@ class Project:
         except UnicodeDecodeError:
             raise ManifestError(str(path), "not UTF-8 text") from None
         data = parse_toml(text, str(path))
+        from sxpm.validation import ValidationCache
+
+        # The schema and every requirement are checked once per content of the file:
+        # a file that passed both before (same bytes, same sxpm) passes again.
+        checked = ValidationCache.for_home()
+        key = checked.key("simplex-toml", text) if checked else None
+        if key and checked and checked.seen(key):
+            return cls(path, data)
         validate(data, "simplex-toml", str(path))
         project = cls(path, data)
         project.requirements()  # parse every requirement now: errors name their key
+        if key and checked:
+            checked.remember(key)
         return project
 
     def requirements(self) -> list[Requirement]:
+        from sxpm.resolver.model import Requirement
+        from sxpm.versions import VersionReq
+
         out: list[Requirement] = []
         for table, kind in KIND_BY_TABLE.items():
             for name, spec in self.data.get(table, {}).items():
@@ -157,6 +169,9 @@ def init(directory: Path, name: str | None = None, *, registry: str | None = Non
     path = directory / MANIFEST
     if path.exists():
         raise InputError(f"{path} already exists", hint="edit it, or use `sxpm add`")
+    from sxpm.layout import write_atomic
+    from sxpm.reference import validate_name
+
     name = validate_name(name or _default_name(directory))
     lines = []
     if registry:
@@ -185,6 +200,8 @@ def _save(project: Project, doc: Any) -> None:
     text = tomlkit.dumps(doc)
     data = parse_toml(text, str(project.path))
     validate(data, "simplex-toml", str(project.path))
+    from sxpm.layout import write_atomic
+
     Project(project.path, data).requirements()
     write_atomic(project.path, text.encode())
 
@@ -193,6 +210,9 @@ def add(project: Project, name: str, kind: str, req: str | None, *,
         variant: str | None = None, base: str | None = None) -> str:
     """Add or change a requirement; returns the requirement text written."""
     import tomlkit
+
+    from sxpm.reference import validate_name
+    from sxpm.versions import VersionReq
 
     validate_name(name)
     text = str(VersionReq.parse(req or "*"))

@@ -9,9 +9,11 @@ newer than draft 7 besides ``$defs``, which is a plain JSON pointer to both).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from functools import cache
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from sxpm.errors import ManifestError
@@ -19,6 +21,8 @@ from sxpm.errors import ManifestError
 
 @cache
 def _schema(name: str) -> Any:
+    from importlib import resources
+
     text = resources.files("sxpm.schemas").joinpath(f"{name}.schema.json").read_text()
     return json.loads(text)
 
@@ -75,3 +79,55 @@ def validate(instance: Any, schema: str, source: str) -> None:
     found = first_error(instance, schema)
     if found is not None:
         raise ManifestError(source, found[0], path=found[1])
+
+
+class ValidationCache:
+    """Files that passed their checks before, by content: ``$SIMPLEX_HOME/cache/checked``.
+
+    jsonschema alone takes longer to import than a no-op ``sxpm install --frozen`` may
+    take, so a file whose exact bytes passed the schema (and whatever the caller
+    checks with it) under this sxpm and this schema is not checked again. Only passes
+    are remembered; a file that fails is checked, and reported, every time.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @classmethod
+    def for_home(cls) -> ValidationCache | None:
+        env = os.environ.get("SIMPLEX_HOME")
+        try:
+            root = Path(env).expanduser() if env else Path.home() / ".simplex"
+        except RuntimeError:  # no home directory to cache in
+            return None
+        return cls(root / "cache" / "checked")
+
+    def key(self, schema: str, text: str) -> str | None:
+        """A digest of the schema, sxpm's version and ``text``; None without the schema."""
+        from sxpm import __version__
+
+        try:
+            schema_bytes = (Path(__file__).parent / "schemas" /
+                            f"{schema}.schema.json").read_bytes()
+            here = Path(__file__).parent
+            stamps = ",".join(str(os.stat(here / f).st_mtime_ns) for f in
+                              ("validation.py", "project.py", "versions.py"))
+        except OSError:
+            return None
+        # The code that checks is in the key too: an upgrade or an edit checks afresh.
+        h = hashlib.sha256()
+        for part in (__version__.encode(), stamps.encode(), schema.encode(), schema_bytes,
+                     text.encode()):
+            h.update(len(part).to_bytes(8, "big"))
+            h.update(part)
+        return h.hexdigest()
+
+    def seen(self, key: str) -> bool:
+        return (self.root / key[:2] / key).is_file()
+
+    def remember(self, key: str) -> None:
+        try:
+            (self.root / key[:2]).mkdir(parents=True, exist_ok=True)
+            (self.root / key[:2] / key).touch()
+        except OSError:
+            pass  # a read-only home only loses the shortcut

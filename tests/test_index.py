@@ -447,6 +447,71 @@ def test_http_index_is_cached_and_revalidated_with_etags(cli, nginx_index: Nginx
     assert "not in the cache" in r.stderr
 
 
+WARM_SEARCH = """\
+import json, sys
+from click.testing import CliRunner
+from sxpm.cli.main import cli
+r = CliRunner().invoke(cli, ["search", "sql", "--index", sys.argv[1], "--json"])
+assert r.exit_code == 0, r.output
+print(json.dumps({"hits": json.loads(r.output),
+                  "requests": "requests" in sys.modules or "cachecontrol" in sys.modules}))
+"""
+
+
+def test_warm_http_search_revalidates_without_requests(cli, nginx_index: Nginx,  # noqa: ANN001
+                                                        request) -> None:  # noqa: ANN001
+    """A warm read revalidates CacheControl's own entry over http.client (304: the cached
+    body); anything else (a changed file, a proxy in the environment) goes through
+    requests + CacheControl, which keep the cache up to date."""
+    import sys
+
+    sub = request.node.name.replace("_", "-")[:40]
+    copy_sample(nginx_index.root / sub)
+    url = nginx_index.url(sub)
+
+    def warm(**env: str) -> dict:  # type: ignore[type-arg]
+        out = subprocess.run([sys.executable, "-c", WARM_SEARCH, url], env={**cli.env, **env},
+                             capture_output=True, text=True, timeout=60, check=True)
+        return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+    cold = cli("search", "sql", "--index", url, "--json").json  # fills the cache
+    assert nginx_index.requests(sub) == [("search.json", 200, "-")]
+    cache = cli.home / "cache" / "index"
+    entries = [p for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    assert len(entries) == 1 and entries[0].read_bytes().startswith(b"cc=4,")
+    before = entries[0].stat().st_mtime_ns
+    first = warm()
+    assert first == {"hits": cold, "requests": False}
+    log = nginx_index.requests(sub)
+    assert len(log) == 2 and log[1][:2] == ("search.json", 304) and log[1][2] != "-"
+    assert entries[0].stat().st_mtime_ns >= before  # headers refreshed, as on a 304
+    # The entry is still CacheControl's: its own reader (offline, forced) takes it.
+    from sxpm.index.client import IndexClient
+
+    client = IndexClient(url, offline=True, cache_dir=cache)
+    import sxpm.index.httpcache as fast
+
+    orig, fast.read_offline = fast.read_offline, lambda *a: (False, None)
+    try:
+        assert client.search("sql")[0].name == "sql-expert"
+    finally:
+        fast.read_offline = orig
+    # A proxy in the environment: requests' own path (which would use the proxy).
+    assert warm(no_proxy="*", NO_PROXY="*", http_proxy="http://127.0.0.1:9") == {
+        "hits": cold, "requests": True}
+    assert nginx_index.requests(sub)[-1][:2] == ("search.json", 304)
+    # A changed file: the 200 goes through CacheControl, which stores the new body ...
+    time.sleep(1.1)  # nginx's ETag includes the modification time in seconds
+    catalog = json.loads((nginx_index.root / sub / "search.json").read_text())
+    catalog["packages"] = [r for r in catalog["packages"] if r[0] != "sql-expert"]
+    (nginx_index.root / sub / "search.json").write_text(json.dumps(catalog))
+    assert warm() == {"hits": [], "requests": True}
+    assert [s for _p, s, _e in nginx_index.requests(sub)[-2:]] == [200, 200]
+    # ... and the next warm read is a 304 again, without requests, with the new body.
+    assert warm() == {"hits": [], "requests": False}
+    assert nginx_index.requests(sub)[-1][:2] == ("search.json", 304)
+
+
 def test_http_index_refuses_bad_lines_and_plain_http(cli, nginx_index: Nginx,  # noqa: ANN001
                                                       request) -> None:  # noqa: ANN001
     sub = request.node.name.replace("_", "-")[:40]
@@ -473,3 +538,35 @@ def test_search_on_text_ranks_as_on_parsed_rows(query: str) -> None:
     for kind in ("model", "expert"):
         assert search_text(text, query, kind=kind, limit=None) == search(
             load_catalog_rows(text, "s"), query, kind=kind, limit=None)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/idx/search.json",
+                                 "HTTPS://Index.Example.org/sub/packages/sq/l-/sql-expert",
+                                 "https://index.example.org:8443/config.json"])
+def test_fast_cache_key_and_path_are_cachecontrols(url: str, tmp_path: Path) -> None:
+    import requests
+    from cachecontrol.caches.file_cache import FileCache
+    from cachecontrol.controller import CacheController
+
+    from sxpm.index.httpcache import cache_key, entry_path
+
+    key = CacheController.cache_url(requests.Request("GET", url).prepare().url)
+    assert cache_key(url) == key
+    assert str(entry_path(tmp_path, key)) == FileCache(str(tmp_path))._fn(key)
+    for odd in ("http://user:pw@host/x", "http://host/a/../b", "http://host/x?q=1",
+                "http://host/%41", "ftp://host/x"):
+        assert cache_key(odd) is None  # falls back to requests + CacheControl
+
+
+def test_fast_freshness_follows_cachecontrol() -> None:
+    from email.utils import formatdate
+
+    from sxpm.index.httpcache import is_fresh
+
+    now = 1_700_000_000.0
+    date = formatdate(now - 100, usegmt=True)
+    assert is_fresh({"date": date, "cache-control": "public, max-age=600"}, now)
+    assert not is_fresh({"date": date, "cache-control": "max-age=60"}, now)
+    assert is_fresh({"date": date, "expires": formatdate(now + 10, usegmt=True)}, now)
+    assert not is_fresh({"date": date}, now)  # no lifetime: revalidate
+    assert not is_fresh({"cache-control": "max-age=600"}, now)  # no Date: revalidate

@@ -311,3 +311,44 @@ def test_trust_policy_in_simplex_toml_is_enforced_and_recorded(cli, project: Pat
     assert not (project / ".simplex" / "models").exists()
     ok = cli("install", "--frozen", "--insecure-skip-verify", "--manifest-path", str(toml))
     assert "warning: --insecure-skip-verify" in ok.stderr
+
+
+FROZEN = """\
+import sys
+from sxpm.cli.main import main
+sys.argv = ["sxpm", "install", "--frozen", "--manifest-path", sys.argv[1]]
+try:
+    main()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+heavy = sorted(n for n in sys.modules if n.split(".")[0] in (
+    "jsonschema", "semantic_version", "requests", "urllib3", "filelock", "tomlkit", "oras"))
+assert not heavy, heavy
+"""
+
+
+def test_noop_frozen_install_reads_only_the_lock(cli, project: Path) -> None:  # noqa: ANN001
+    """Once simplex.toml passed its checks, a no-op `install --frozen` loads neither
+    jsonschema nor the version library nor any transport."""
+    import subprocess
+    import sys
+
+    p = run_in(cli, project)
+    p("install")
+    manifest = str(project / "simplex.toml")
+    r = subprocess.run([sys.executable, "-c", FROZEN, manifest], env=cli.env, cwd=project,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "0 installed, 2 up to date" in r.stdout
+    # Only passes are remembered: a broken file fails every time, with the same message.
+    text = (project / "simplex.toml").read_text()
+    (project / "simplex.toml").write_text(text.replace('"^2"', '"^^2"'))
+    for _ in range(2):
+        r = cli.fail("install", "--frozen", "--manifest-path", manifest, code=2)
+        assert "$.experts.sql-expert" in r.stderr
+    (project / "simplex.toml").write_text(text.replace("[registries]", "[widgets]\nx = 1\n"
+                                                       "[registries]"))
+    r = cli.fail("install", "--frozen", "--manifest-path", manifest, code=2)
+    assert "widgets" in r.stderr
+    (project / "simplex.toml").write_text(text)
+    assert "0 installed, 2 up to date" in p("install", "--frozen").stdout

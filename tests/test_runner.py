@@ -113,6 +113,50 @@ def test_help_imports_no_heavy_module() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
 
 
+FAKE_LLAMA = """\
+def llama_supports_gpu_offload():
+    return False
+
+class Llama:
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+    def create_completion(self, prompt, stream=False, **kw):
+        return iter([{"choices": [{"text": "ok"}]}])
+
+    def close(self):
+        pass
+"""
+
+
+def test_run_by_name_imports_only_the_runner(ready: Home, tmp_path: Path) -> None:
+    """`sxpm run NAME` finds the installed model from its install record: no store, OCI,
+    schema, HTTP or version library is imported on the way to llama.cpp."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "llama_cpp.py").write_text(FAKE_LLAMA)
+    code = (
+        "import sys\n"
+        "from sxpm.cli.main import main\n"
+        "sys.argv = ['sxpm', 'run', 'tiny-llama', '-p', 'x', '--stream']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "heavy = sorted(n for n in sys.modules if n.split('.')[0] in ('jsonschema', 'requests',"
+        " 'urllib3', 'cachecontrol', 'filelock', 'gguf', 'semantic_version', 'tomlkit',"
+        " 'tarfile') or n in ('sxpm.oci', 'sxpm.layout', 'sxpm.install', 'sxpm.reference',"
+        " 'sxpm.distribution', 'sxpm.transport', 'sxpm.runner.templates'))\n"
+        "assert not heavy, heavy\n"
+    )
+    env = {**os.environ, "SIMPLEX_HOME": str(ready.root),
+           "PYTHONPATH": os.pathsep.join([str(fake), str(ROOT)])}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, timeout=60,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
+
+
 def test_cli_lists_the_runner_commands(cli) -> None:  # noqa: ANN001
     top = cli("--help").stdout
     for name in ("run", "serve", "doctor", "expert"):

@@ -6,14 +6,16 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from sxpm.home import Home
 from sxpm.progress import Reporter, TqdmReporter
-from sxpm.reference import Reference
-from sxpm.transport import TransportOptions
+
+if TYPE_CHECKING:
+    from sxpm.reference import Reference
+    from sxpm.transport import TransportOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,6 +48,8 @@ _TRANSPORT_ENV = {"SXPM_RETRIES": "retries", "SXPM_RANGE_MIN": "range_min_bytes"
 def transport(insecure: bool, jobs: int) -> TransportOptions:
     """Options from the command line, and tuning from ``SXPM_*`` variables (integers)."""
     import os
+
+    from sxpm.transport import TransportOptions
 
     tuning = {field: int(value) for name, field in _TRANSPORT_ENV.items()
               if (value := os.environ.get(name, "")).isdigit() and int(value) > 0}

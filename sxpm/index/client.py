@@ -4,7 +4,9 @@ Over HTTP every file goes through ``CacheControl`` (on ``requests``) with a
 ``FileCache`` under ``$SIMPLEX_HOME/cache/index``: a warm read is one conditional
 request (``If-None-Match``) answered ``304 Not Modified``, and ``offline`` reads the
 cached copy with no request at all. ``requests`` is imported only for HTTP indexes,
-so a search of a local checkout stays fast.
+so a search of a local checkout stays fast; and a warm read that CacheControl's
+entry answers (a 304, or a fresh entry) does not import it either: see
+:mod:`sxpm.index.httpcache`.
 """
 
 from __future__ import annotations
@@ -135,6 +137,13 @@ class IndexClient:
         url = self.base_url + rel
         if self.offline:
             return self._cached(url)
+        if self._session is None:
+            # Warm path: revalidate CacheControl's entry without importing requests.
+            from sxpm.index.httpcache import revalidate
+
+            body = revalidate(url, self.cache_dir, insecure=self.insecure)
+            if body is not None:
+                return self._decode(body, url)
         import requests
 
         try:
@@ -149,8 +158,12 @@ class IndexClient:
         if resp.status_code != 200:
             raise IndexUnavailableError(f"The index answered {resp.status_code} for {url}",
                                         url=url, status=resp.status_code)
+        return self._decode(bytes(resp.content), url)
+
+    @staticmethod
+    def _decode(body: bytes, url: str) -> str:
         try:
-            return bytes(resp.content).decode("utf-8")
+            return body.decode("utf-8")
         except UnicodeDecodeError:
             raise IndexFormatError(url, None, "not UTF-8 text") from None
 
@@ -169,6 +182,11 @@ class IndexClient:
 
     def _cached(self, url: str) -> str | None:
         """The cached body of ``url`` without any request (offline mode)."""
+        from sxpm.index.httpcache import read_offline
+
+        found, body = read_offline(url, self.cache_dir)
+        if found:
+            return None if body is None else self._decode(body, url)
         import requests
         from cachecontrol.caches.file_cache import FileCache
         from cachecontrol.controller import CacheController
@@ -184,7 +202,7 @@ class IndexClient:
                 hint="run the command once without --offline to fill the cache")
         if response.status == 404:
             return None
-        return bytes(response.read()).decode("utf-8")
+        return self._decode(bytes(response.read()), url)
 
     def _json(self, rel: str) -> Any:
         text = self.read_text(rel)

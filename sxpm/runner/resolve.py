@@ -22,9 +22,8 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sxpm import oci
 from sxpm.errors import (
     IncompatibleExpertError,
     InputError,
@@ -34,10 +33,15 @@ from sxpm.errors import (
     StoreError,
 )
 from sxpm.home import Home
-from sxpm.oci import Descriptor, ImageIndex, Manifest
-from sxpm.reference import Digest, Reference
 from sxpm.runner.gguf_header import GGUFHeader, read_header
-from sxpm.runner.templates import PromptTemplate
+
+if TYPE_CHECKING:
+    from sxpm.oci import Descriptor, ImageIndex, Manifest
+    from sxpm.reference import Reference
+    from sxpm.runner.templates import PromptTemplate
+
+# The OCI modules, the store and the install code load only on the paths that need
+# them: running an installed model by name reads its install record and GGUF header.
 
 ANN_GGUF_MAIN = "org.simplex.gguf.main"
 ANN_SIZE = "org.simplex.size"
@@ -106,6 +110,8 @@ def _newest(items: list[Any]) -> Any:
 
 def store_refs_named(home: Home, name: str) -> list[tuple[Reference, Descriptor]]:
     """Refs in the store whose repository is called ``name``, newest tag last."""
+    from sxpm.reference import Reference
+
     out: list[tuple[Reference, Descriptor]] = []
     if not home.store.exists():
         return out
@@ -140,6 +146,10 @@ def suggest_ref(home: Home, name: str, version: str | None) -> str:
 
 
 def _manifest_by_digest(home: Home, digest_text: str) -> Manifest:
+    from sxpm import oci
+    from sxpm.oci import Descriptor, Manifest
+    from sxpm.reference import Digest
+
     digest = Digest.parse(digest_text)
     store = home.store
     if not store.has_blob(digest):
@@ -162,6 +172,8 @@ def _config(home: Home, manifest: Manifest) -> dict[str, Any]:
 
 
 def _title(layer: Descriptor) -> str:
+    from sxpm import oci
+
     return layer.annotations.get(oci.ANN_FILEPATH) or layer.annotations.get(oci.ANN_TITLE) or ""
 
 
@@ -194,8 +206,7 @@ def find_model(home: Home, spec: str, *, variant: str | None = None,
     if is_reference(spec):
         ref = home.parse_ref(spec)
         return _model_from_store(home, ref, variant, memory_budget, install, **install_kw)
-    from sxpm.install import find_installed
-    from sxpm.install import install as do_install
+    from sxpm.installed import find_installed
 
     name, version = split_spec(spec)
     found = find_installed(home.root, "model", name, version)
@@ -205,6 +216,8 @@ def find_model(home: Home, spec: str, *, variant: str | None = None,
         ref_text = suggest_ref(home, name, version)
         if not install:
             raise ModelNotInstalledError("model", spec, ref_text)
+        from sxpm.install import install as do_install
+
         ref = home.parse_ref(ref_text)
         chosen = variant or _choose_variant_in_store(home, ref, memory_budget)
         item = do_install(home, ref, variant=chosen, **install_kw)
@@ -217,6 +230,7 @@ def find_model(home: Home, spec: str, *, variant: str | None = None,
 
 
 def _variant_options(home: Home, index: ImageIndex) -> list[Any]:
+    from sxpm import oci
     from sxpm.runner.plan import VariantOption
 
     def num(text: str | None) -> int | None:
@@ -230,6 +244,7 @@ def _variant_options(home: Home, index: ImageIndex) -> list[Any]:
 def _choose_variant_in_store(home: Home, ref: Reference, budget: Budget | None
                              ) -> str | None:
     from sxpm.distribution import resolve_local
+    from sxpm.oci import ImageIndex
     from sxpm.runner.plan import choose_variant
 
     try:
@@ -248,6 +263,7 @@ def _choose_variant_in_store(home: Home, ref: Reference, budget: Budget | None
 
 def _model_from_store(home: Home, ref: Reference, variant: str | None, budget: Budget | None,
                       install: bool, **install_kw: Any) -> ModelFiles:
+    from sxpm import oci
     from sxpm.distribution import resolve_local
     from sxpm.install import describe
     from sxpm.install import install as do_install
@@ -298,6 +314,9 @@ def base_model_names(config: dict[str, Any]) -> tuple[str, ...]:
 def _expert_files(home: Home, manifest: Manifest, config: dict[str, Any], name: str,
                   version: str, locate: Callable[[Descriptor], Path], origin: str,
                   ref: str | None) -> ExpertFiles:
+    from sxpm import oci
+    from sxpm.runner.templates import PromptTemplate
+
     adapter: Path | None = None
     template: PromptTemplate | None = None
     for layer in manifest.layers:
@@ -319,7 +338,7 @@ def _expert_files(home: Home, manifest: Manifest, config: dict[str, Any], name: 
 def find_expert(home: Home, spec: str, model_name: str, *, install: bool = False,
                 **install_kw: Any) -> ExpertFiles:
     """The expert ``spec`` names, in the variant built for ``model_name``."""
-    from sxpm.install import find_installed
+    from sxpm.installed import find_installed
 
     if is_reference(spec):
         return _expert_from_store(home, home.parse_ref(spec), model_name, install, **install_kw)
@@ -348,6 +367,8 @@ def find_expert(home: Home, spec: str, model_name: str, *, install: bool = False
 
 def variant_for_base(index: ImageIndex, model_name: str) -> str | None:
     """The variant of a v2 expert index built for ``model_name``, if any."""
+    from sxpm import oci
+
     for desc in index.manifests:
         if desc.annotations.get(oci.ANN_BASE_MODEL) == model_name:
             return desc.annotations.get(oci.ANN_VARIANT, model_name)
@@ -357,8 +378,10 @@ def variant_for_base(index: ImageIndex, model_name: str) -> str | None:
 def install_expert(home: Home, ref: Reference, model_name: str | None = None,
                    **install_kw: Any) -> Any:
     """Install an expert; for a v2 expert, the variant built for ``model_name``."""
+    from sxpm import oci
     from sxpm.distribution import pull, resolve_local
     from sxpm.install import install
+    from sxpm.oci import ImageIndex
 
     variant: str | None = None
     if model_name is not None:
@@ -382,8 +405,10 @@ def install_expert(home: Home, ref: Reference, model_name: str | None = None,
 
 def _expert_from_store(home: Home, ref: Reference, model_name: str, install: bool,
                        **install_kw: Any) -> ExpertFiles:
+    from sxpm import oci
     from sxpm.distribution import resolve_local
     from sxpm.install import describe
+    from sxpm.oci import ImageIndex
 
     try:
         top = resolve_local(home, ref)
