@@ -181,14 +181,9 @@ def report(results: list[dict[str, object]], runs: int) -> str:
 
 
 def write_report(text: str) -> Path:
-    path = ROOT / "docs" / "benchmarks.md"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in old and END in old:
-        new = old[:old.index(START)] + text + old[old.index(END) + len(END) + 1:]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
-    return path
+    from _doc import replace_block
+
+    return replace_block(START, END, text)
 
 
 def main() -> int:

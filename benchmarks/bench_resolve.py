@@ -213,15 +213,10 @@ def write_table(rows: list[dict], frozen: float, help_s: float, runs: int) -> st
 
 
 def update_doc(section: str, body: str) -> None:
-    doc = ROOT / "docs" / "benchmarks.md"
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
-    block = f"{start}\n{body}\n{end}"
-    if start in text:
-        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + f"\n\n{block}\n"
-    doc.write_text(text)
+    from _doc import replace_block
+
+    replace_block(f"<!-- {section}:start -->", f"<!-- {section}:end -->",
+                  f"<!-- {section}:start -->\n{body}\n<!-- {section}:end -->")
 
 
 def main() -> int:

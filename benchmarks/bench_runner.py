@@ -172,15 +172,9 @@ def write_docs(rows: list[tuple[str, str]], args: argparse.Namespace, model: str
         "runs of many interleaved samples (`--runs 41`).",
         END,
     ])
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
-    print(f"updated {path}")
+    from _doc import replace_block
+
+    print(f"updated {replace_block(START, END, section)}")
 
 
 if __name__ == "__main__":

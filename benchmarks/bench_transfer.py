@@ -268,13 +268,9 @@ def main() -> None:
     print(table)
     if args.no_write:
         return
-    doc = ROOT / "docs" / "benchmarks.md"
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[:text.index(START)] + table + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n## Transfers (push and pull)\n\n" + table + "\n"
-    doc.write_text(text)
+    from _doc import replace_block
+
+    replace_block(START, END, table)
 
 
 if __name__ == "__main__":
