@@ -352,3 +352,24 @@ def test_noop_frozen_install_reads_only_the_lock(cli, project: Path) -> None:  #
     assert "widgets" in r.stderr
     (project / "simplex.toml").write_text(text)
     assert "0 installed, 2 up to date" in p("install", "--frozen").stdout
+
+
+@pytest.mark.llama
+def test_run_finds_the_model_and_expert_the_lock_pins(cli, project: Path) -> None:  # noqa: ANN001
+    pytest.importorskip("llama_cpp")
+    from conftest import Cli
+
+    in_project = Cli(cli.home, project)
+    r = in_project.fail("run", "tiny-llama", "-p", "hi", "--max-tokens", "2", code=2)
+    assert "run `sxpm install --frozen`" in r.stderr or "No installed model" in r.stderr
+    p = run_in(cli, project)
+    p("install")
+    assert not (cli.home / "models").exists()  # only the project has it
+    out = in_project("run", "tiny-llama", "--expert", "sql-expert", "-p", "hi",
+                     "--max-tokens", "4", "--json").json
+    assert out["model"]["version"] == "1.0.0" and out["model"]["variant"] == "F16"
+    assert out["text"]
+    p("lock")
+    (project / ".simplex" / "models").rename(project / "moved")
+    r = in_project.fail("run", "tiny-llama", "-p", "hi", code=2)
+    assert "locked in this project but not installed" in r.stderr

@@ -2,14 +2,13 @@
 
 A MODEL is looked up, in order, as
 
+0. ``NAME`` locked in the project's ``simplex.lock`` (found from the current directory
+   upwards): the version the lock pins, installed in the project's ``.simplex/``;
 1. ``NAME[@VERSION]`` of an installed model (the newest version when none is given);
 2. a full reference (``oci:DIR/name:tag``, ``host/repo:tag``, ``...@sha256:...``)
    already in the store, run straight from its content-addressed blobs;
 3. otherwise it is not installed: :class:`~sxpm.errors.ModelNotInstalledError` names
    the install command, or, with ``install=True``, sxpm installs it first.
-
-Lookup through the project's lock (``simplex.lock``: a name pinned to a digest)
-arrives with the lockfile; it will sit in front of step 1.
 
 Experts are found the same way. An expert is checked against its model *before*
 anything is loaded: the base model names of its manifest must include the model's
@@ -194,6 +193,36 @@ def _main_gguf_installed(path: Path, record: dict[str, Any]) -> Path:
 Budget = Callable[[], "int | None"]
 
 
+def _from_lock(kind: str, name: str, version: str | None) -> tuple[Path, str] | None:
+    """(install root, version) when the project's lock pins ``name`` as a ``kind``."""
+    from sxpm.project import LOCKFILE, find_manifest
+
+    manifest = find_manifest()
+    if manifest is None or not (manifest.parent / LOCKFILE).is_file():
+        return None
+    from sxpm.lockfile import Lock
+
+    locked = Lock.read(manifest.parent / LOCKFILE).by_name().get(name)
+    if locked is None or locked.kind != kind or version not in (None, locked.version):
+        return None
+    return manifest.parent / ".simplex", locked.version
+
+
+def _installed(home: Home, kind: str, name: str, version: str | None) -> list[Any]:
+    """Installed items for ``name``: the project's locked one, else the home's."""
+    from sxpm.installed import find_installed
+
+    locked = _from_lock(kind, name, version)
+    if locked is None:
+        return find_installed(home.root, kind, name, version)
+    root, pinned = locked
+    found = find_installed(root, kind, name, pinned)
+    if not found:
+        raise NotFoundError(f"{kind} {name} {pinned} is locked in this project but not "
+                            "installed", hint="run `sxpm install --frozen`")
+    return found
+
+
 def find_model(home: Home, spec: str, *, variant: str | None = None,
                memory_budget: Budget | None = None, install: bool = False,
                **install_kw: Any) -> ModelFiles:
@@ -206,10 +235,8 @@ def find_model(home: Home, spec: str, *, variant: str | None = None,
     if is_reference(spec):
         ref = home.parse_ref(spec)
         return _model_from_store(home, ref, variant, memory_budget, install, **install_kw)
-    from sxpm.installed import find_installed
-
     name, version = split_spec(spec)
-    found = find_installed(home.root, "model", name, version)
+    found = _installed(home, "model", name, version)
     if variant is not None:
         found = [i for i in found if i.record.get("variant") == variant]
     if not found:
@@ -343,7 +370,7 @@ def find_expert(home: Home, spec: str, model_name: str, *, install: bool = False
     if is_reference(spec):
         return _expert_from_store(home, home.parse_ref(spec), model_name, install, **install_kw)
     name, version = split_spec(spec)
-    found = find_installed(home.root, "expert", name, version)
+    found = _installed(home, "expert", name, version)
     if not found:
         ref_text = suggest_ref(home, name, version)
         if not install:
