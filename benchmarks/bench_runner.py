@@ -10,6 +10,7 @@ wall time is measured the same way.
 
     python benchmarks/bench_runner.py --runs 15            # prints and updates docs
     python benchmarks/bench_runner.py --runs 3 --no-write  # a quick check
+    python benchmarks/bench_runner.py --runs 5 --layers 22 --embd 2048 --section runner-1b
 
 The model is the tiny fixture (worst case for sxpm's relative overhead: loading it
 takes milliseconds, so process start-up dominates); ``--layers/--embd`` make a larger
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--embd", type=int, default=64)
     ap.add_argument("--model", help="an installed model in $SIMPLEX_HOME (default: generated)")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    ap.add_argument("--section", default="runner",
+                    help="docs/benchmarks.md section to write (one per model size)")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="sxpm-bench-") as tmp:
@@ -154,7 +157,7 @@ def write_docs(rows: list[tuple[str, str]], args: argparse.Namespace, model: str
         START,
         "## Runner",
         "",
-        f"`python benchmarks/bench_runner.py --runs {args.runs}` on {platform.machine()} "
+        f"`python benchmarks/bench_runner.py {' '.join(sys.argv[1:])}` on {platform.machine()} "
         f"({os.cpu_count()} cores), Python {platform.python_version()}, llama-cpp-python "
         f"{llama_cpp.__version__}; model `{model}` ({size / 1e6:.1f} MB GGUF), {params}, "
         f"{args.max_tokens} tokens, runs interleaved, medians.",
@@ -174,7 +177,12 @@ def write_docs(rows: list[tuple[str, str]], args: argparse.Namespace, model: str
     ])
     from _doc import replace_block
 
-    print(f"updated {replace_block(START, END, section)}")
+    start, end = f"<!-- {args.section}:start -->", f"<!-- {args.section}:end -->"
+    section = section.replace(START, start).replace(END, end)
+    if args.section != "runner":
+        section = section.replace("## Runner", f"### Runner, {args.layers} layers x "
+                                                f"{args.embd} wide", 1)
+    print(f"updated {replace_block(start, end, section)}")
 
 
 if __name__ == "__main__":
