@@ -601,13 +601,18 @@ class RemoteRepository(Repository):
                     return
                 except _network_errors() as exc:
                     drops += 1
-                    if drops > self.options.retries:
-                        raise RegistryError(
-                            f"The connection to {self.ref.registry} dropped while fetching "
-                            f"{what} ({_reason(exc)}); {writer.written} of {desc.size} bytes "
-                            "are kept", url=self.client.url(self._path("blobs", desc.digest)),
-                            hint="run the same command again to resume") from None
-                    time.sleep(self.client.backoff(drops - 1))
+                    self._after_drop(drops, exc, what, desc, writer)
+
+    def _after_drop(self, drops: int, exc: BaseException, what: str, desc: Descriptor,
+                    writer: BlobWriter) -> None:
+        """Back off before resuming a dropped download, or give up past the retries."""
+        if drops > self.options.retries:
+            raise RegistryError(
+                f"The connection to {self.ref.registry} dropped while fetching "
+                f"{what} ({_reason(exc)}); {writer.written} of {desc.size} bytes "
+                "are kept", url=self.client.url(self._path("blobs", desc.digest)),
+                hint="run the same command again to resume") from None
+        time.sleep(self.client.backoff(drops - 1))
 
     def _fetch_ranged(self, desc: Descriptor, writer: BlobWriter, progress: Progress,
                       streams: int) -> None:
@@ -711,13 +716,7 @@ class RemoteRepository(Repository):
                     with lock:
                         state["drops"] += 1
                         drops = state["drops"]
-                    if drops > self.options.retries:
-                        raise RegistryError(
-                            f"The connection to {self.ref.registry} dropped while fetching "
-                            f"{what} ({_reason(exc)}); {writer.written} of {desc.size} bytes "
-                            "are kept", url=self.client.url(self._path("blobs", desc.digest)),
-                            hint="run the same command again to resume") from None
-                    time.sleep(self.client.backoff(drops - 1))
+                    self._after_drop(drops, exc, what, desc, writer)
 
     def push_blob(self, desc: Descriptor, store: OCILayout, progress: Progress,
                   mount_from: Sequence[str] = ()) -> bool:
