@@ -1,5 +1,6 @@
 """Transfer benchmark: sxpm against the oras Python client and curl, one registry.
 
+    pip install -e '.[bench]'                              # the oras client, the peer
     python benchmarks/bench_transfer.py --runs 3          # full sizes (1 GiB, 8 x 128 MiB)
     python benchmarks/bench_transfer.py --runs 3 --quick  # small sizes, to check it works
 
