@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from sxpm.errors import CorruptBlobError, ManifestError, SizeMismatchError, StoreError
 from sxpm.oci import (
@@ -46,6 +46,9 @@ from sxpm.oci import (
     parse_manifest_bytes,
 )
 from sxpm.reference import Digest
+
+if TYPE_CHECKING:
+    from sxpm.blobsink import Sink
 
 CHUNK = 1024 * 1024
 LOCK_TIMEOUT_S = 900.0
@@ -151,14 +154,16 @@ class BlobWriter:
       already in the partial file are a prefix, re-hashed when the writer opens);
     * by ranges (a known blob, fetched by several streams): :meth:`open_ranges` says
       which byte ranges are still missing, :meth:`write_at` puts bytes at their offset
-      (from any thread), :meth:`complete` records a range as written, and the hash
-      follows the contiguous prefix of completed bytes (:meth:`hash_upto`, or a
-      background thread started by :meth:`follow`), reading it back from the page
-      cache. Completed ranges are kept in ``<partial>.ranges`` (replaced atomically,
-      and always a subset of the bytes written), so a pull killed at any point resumes
-      with only the missing ranges; bytes not recorded there are never trusted.
+      (from any thread), :meth:`complete` records a range as written, and
+      :meth:`hash_upto` hashes the contiguous prefix of completed bytes, reading it
+      back from disk. Completed ranges are kept in ``<partial>.ranges`` (replaced
+      atomically, and always a subset of the bytes written), so a pull killed at any
+      point resumes with only the missing ranges; bytes not recorded there are never
+      trusted.
 
-    Either way :meth:`commit` checks size and digest before the blob enters the store.
+    Either way, received bytes take :meth:`sink` (writing and hashing on their own
+    threads, from memory); :meth:`commit` checks size and digest before the blob
+    enters the store.
     """
 
     def __init__(self, layout: OCILayout, expected: Descriptor | None, where: str) -> None:
@@ -169,6 +174,8 @@ class BlobWriter:
             expected.digest.algorithm)
         self._ranged = False
         self._fd = -1
+        self._pfd = -1  # positional writes of a sequential sink (``_fh`` appends)
+        self._dfd = -2  # direct-I/O descriptor of a sink; -2: not tried yet, -1: none
         self._tail = False  # bytes past ``offset`` on disk that a sequential write drops
         self._extra: list[tuple[int, int]] = []  # recorded ranges past the prefix
         layout.ensure()
@@ -206,7 +213,7 @@ class BlobWriter:
             self.ranges_path = self.path.with_name(self.path.name + RANGES_SUFFIX)
             self._fh = os.fdopen(fd, "wb")
             self.offset = 0
-        self.written = self._flushed = self.offset
+        self.written = self._flushed = self._hashed = self.offset
 
     # --- sequential --------------------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -240,10 +247,7 @@ class BlobWriter:
     def restart(self) -> None:
         """Drop the bytes written so far (the source could not resume)."""
         assert self.expected is not None
-        self._stop_follower()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._close_fds()
         self._ranged = False
         self._fh.seek(0)
         self._fh.truncate(0)
@@ -252,7 +256,7 @@ class BlobWriter:
         self._extra = []
         self._tail = False
         self._hash = hashlib.new(self.expected.digest.algorithm)
-        self.offset = self.written = self._flushed = 0
+        self.offset = self.written = self._flushed = self._hashed = 0
 
     # --- by ranges ---------------------------------------------------------------------
     def open_ranges(self) -> list[tuple[int, int]]:
@@ -265,9 +269,6 @@ class BlobWriter:
         self._done = _merge([(0, self.offset), *self._extra])
         self._hashed = self.offset
         self._cond = threading.Condition()
-        self._follower: threading.Thread | None = None
-        self._follow_error: BaseException | None = None
-        self._stop = False
         self._saved_at = 0.0
         # Record first: a file with holes is never mistaken for a sequential prefix.
         self.save_ranges()
@@ -347,61 +348,93 @@ class BlobWriter:
             _start_writeback(self._fd, self._hashed, got)
             self._hashed += got
 
-    def follow(self) -> None:
-        """Hash in a background thread, following the completed prefix as it grows."""
-        if self._follower is not None:
-            return
+    # --- pipelined (sxpm.blobsink) ----------------------------------------------------
+    def sink(self) -> Sink:
+        """The fast path for received bytes: submit buffers at their offsets to the
+        returned :class:`~sxpm.blobsink.Sink` (from :meth:`Sink.lane`); they are
+        written (direct I/O where the file system has it) and hashed from memory on
+        their own threads. Sequentially, submit from :attr:`written` on, in order;
+        after :meth:`open_ranges`, submit the missing ranges in any order (each is
+        recorded once written, and the hash reads an earlier attempt's ranges back
+        from disk when it reaches them). Close the sink before :meth:`commit`.
+        """
+        from sxpm.blobsink import Sink, aligned, open_direct, pwrite_all
 
-        def run() -> None:
-            assert self.expected is not None
-            try:
-                while True:
-                    with self._cond:
-                        while not self._stop and self._frontier_locked() <= self._hashed:
-                            self._cond.wait()
-                        if self._stop and self._frontier_locked() <= self._hashed:
-                            return
-                        target = self._frontier_locked()
-                    self.hash_upto(target)
-                    if self._hashed >= self.expected.size:
-                        return
-            except BaseException as exc:  # reported by commit
-                self._follow_error = exc
+        assert self.expected is not None, "a sink needs the expected descriptor"
+        size = self.expected.size
+        if self.layout.interrupted.is_set():
+            raise KeyboardInterrupt
+        readback: Callable[[int], int] | None = None
+        if self._ranged:
+            cache_fd = self._fd
 
-        self._follower = threading.Thread(target=run, name="sxpm-hash", daemon=True)
-        self._follower.start()
+            def written(offset: int, n: int) -> None:
+                self.complete(offset, offset + n)
 
-    def _frontier_locked(self) -> int:
-        return self._done[0][1] if self._done and self._done[0][0] == 0 else 0
+            with self._cond:
+                # Only ranges on disk before this sink: later ones arrive in memory.
+                before = list(self._done)
 
-    def _stop_follower(self) -> None:
-        if not self._ranged or self._follower is None:
-            return
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-        self._follower.join()
-        self._follower = None
-        if self._follow_error is not None:
-            error, self._follow_error = self._follow_error, None
-            raise error
+            def readback(offset: int) -> int:
+                for a, b in before:
+                    if a <= offset < b:
+                        self.hash_upto(b)
+                        return b
+                return offset
+        else:
+            if self._tail:
+                self._drop_tail()
+            self._fh.flush()
+            if self._pfd < 0:
+                self._pfd = os.open(self.path, os.O_WRONLY)
+            cache_fd = self._pfd
+            self._hashed = self.written  # the hash covers the prefix on disk
+
+            def written(offset: int, n: int) -> None:
+                self.written = offset + n
+        if self._dfd == -2:
+            self._dfd = open_direct(self.path)
+
+        def write(offset: int, view: memoryview) -> None:
+            if offset + len(view) > size:
+                raise SizeMismatchError(str(self.expected.digest) if self.expected else "",
+                                        size, offset + len(view), where=self.where)
+            if self._dfd >= 0 and aligned(offset, len(view)):
+                pwrite_all(self._dfd, view, offset)
+            else:
+                pwrite_all(cache_fd, view, offset)
+                _start_writeback(cache_fd, offset, len(view))
+
+        def update(view: memoryview) -> None:
+            self._hash.update(view)
+            self._hashed += len(view)
+
+        return Sink(write=write, written=written, update=update, hashed=self._hashed,
+                    readback=readback, interrupted=self.layout.interrupted)
+
+    def _close_fds(self) -> None:
+        for name in ("_fd", "_pfd", "_dfd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            setattr(self, name, -1 if name != "_dfd" else -2)
 
     # --- the end ---------------------------------------------------------------------------
     def commit(self, media_type: str = "application/octet-stream") -> Descriptor:
         if self._ranged:
-            try:
-                self._stop_follower()  # it has hashed all it could
+            try:  # the sink hashed all it could; the rest is on disk
                 self.hash_upto(self.frontier())
             except BaseException:
                 self.abort(keep_partial=True)
                 raise
             os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+            self._close_fds()
             self._fh.close()
         else:
             self._fh.flush()
             os.fsync(self._fh.fileno())
+            self._close_fds()
             self._fh.close()
         algorithm = self.expected.digest.algorithm if self.expected else "sha256"
         actual = Digest(algorithm, self._hash.hexdigest())
@@ -426,13 +459,10 @@ class BlobWriter:
 
     def abort(self, keep_partial: bool = True) -> None:
         if self._ranged:
-            with contextlib.suppress(BaseException):
-                self._stop_follower()
             if self._fd >= 0:
                 with contextlib.suppress(OSError):
                     self.save_ranges()
-                os.close(self._fd)
-                self._fd = -1
+        self._close_fds()
         with contextlib.suppress(OSError, ValueError):
             self._fh.close()
         if not keep_partial or self.expected is None:

@@ -46,7 +46,6 @@ def test_writer_by_ranges_out_of_order(tmp_path: Path) -> None:
     desc = _desc(data)
     with layout.writer(desc) as w:
         assert w.open_ranges() == [(0, len(data))]
-        w.follow()
         cuts = [(2 * MiB, len(data)), (MiB, 2 * MiB), (0, MiB)]  # last piece first
         for a, b in cuts[:2]:
             w.write_at(a, data[a:b])
@@ -131,7 +130,6 @@ def test_writer_by_ranges_refuses_a_wrong_byte(tmp_path: Path) -> None:
     bad[MiB + 5] ^= 1
     with pytest.raises(CorruptBlobError), layout.writer(desc) as w:
         w.open_ranges()
-        w.follow()
         for a, b in [(MiB, 2 * MiB), (0, MiB)]:
             w.write_at(a, bad[a:b])
             w.complete(a, b)

@@ -22,6 +22,7 @@ error message, a log line or a ``repr``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import email.utils
 import functools
 import hashlib
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlencode, urljoin
 
 from sxpm import __version__
+from sxpm.blobsink import BUFFER, Lane, Sink
 from sxpm.errors import (
     AuthenticationError,
     CorruptBlobError,
@@ -105,8 +107,36 @@ def _same(value: Any) -> Any:
     return value
 
 
-_READ = 1024 * 1024
-"""Bytes read from a blob stream at a time, into one reusable buffer per stream."""
+def _receive(readinto: Callable[[memoryview], int], sink: Sink, lane: Lane, pos: int,
+             end: int, progress: Progress, stop: threading.Event | None = None) -> int:
+    """Read ``[pos, end)`` of a blob into the sink's buffers; the offset reached.
+
+    Buffers end on :data:`~sxpm.blobsink.BUFFER` boundaries, so after a resume at an
+    odd offset the writes are aligned again. Bytes received before an error are
+    handed over too (the next attempt resumes after them).
+    """
+    while pos < end and not (stop is not None and stop.is_set()):
+        buf = lane.buffer()
+        want = min(BUFFER - pos % BUFFER, end - pos)
+        got = 0
+        try:
+            with memoryview(buf) as view:
+                while got < want:
+                    n = readinto(view[got:want])
+                    if not n:
+                        break
+                    got += n
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                sink.submit(lane, buf, pos, got)
+                progress.update(got)
+            raise
+        sink.submit(lane, buf, pos, got)
+        progress.update(got)
+        pos += got
+        if got < want:
+            break
+    return pos
 
 
 class _NoRangesError(Exception):
@@ -567,7 +597,6 @@ class RemoteRepository(Repository):
         what = self._what(desc.digest)
         progress.update(writer.offset)
         drops = 0
-        buf = memoryview(bytearray(_READ))
         while True:
             start = writer.written
             if start >= desc.size:
@@ -590,14 +619,14 @@ class RemoteRepository(Repository):
                                             where=what)
                 readinto = _reader(resp)
                 try:
-                    while True:
-                        n = readinto(buf)
-                        if not n:
-                            break
-                        writer.write(buf[:n])
-                        progress.update(n)
+                    with writer.sink() as sink:
+                        _receive(readinto, sink, sink.lane(), start, desc.size, progress)
                     if writer.written < desc.size:
                         raise ConnectionError("the registry ended the blob early")
+                    if readinto(memoryview(bytearray(1))):  # more than the descriptor says
+                        writer.abort(keep_partial=False)
+                        raise SizeMismatchError(str(desc.digest), desc.size, desc.size + 1,
+                                                where=what)
                     return
                 except _network_errors() as exc:
                     drops += 1
@@ -625,55 +654,57 @@ class RemoteRepository(Repository):
         """
         missing = writer.open_ranges()
         progress.update(writer.written)
-        piece = max(1, self.options.range_piece_bytes)
+        piece = max(BUFFER, self.options.range_piece_bytes // BUFFER * BUFFER)
         if streams == 1:
             piece = desc.size
         pieces: collections.deque[tuple[int, int]] = collections.deque(
             (a, min(b, a + piece)) for a, b in missing for a in range(a, b, piece))
-        writer.follow()
         if not pieces:
             return
         lock = threading.Lock()
         stop = threading.Event()
         errors: list[BaseException] = []
         state = {"drops": 0}
-
-        def worker() -> None:
-            buf = memoryview(bytearray(_READ))
-            try:
-                while not stop.is_set():
+        with writer.sink() as sink:
+            def worker() -> None:
+                # Room for a whole piece and one more buffer: a stream ahead of the hash
+                # receives its piece while the stream before it finishes.
+                lane = sink.lane(min(piece // BUFFER + 1, 9))
+                try:
+                    while not stop.is_set():
+                        with lock:
+                            if not pieces:
+                                return
+                            a, b = pieces.popleft()
+                        self._fetch_range(desc, writer, sink, lane, progress, a, b, stop, lock,
+                                          state)
+                except BaseException as exc:
                     with lock:
-                        if not pieces:
-                            return
-                        a, b = pieces.popleft()
-                    self._fetch_range(desc, writer, progress, a, b, buf, stop, lock, state)
-            except BaseException as exc:
-                with lock:
-                    errors.append(exc)
-                stop.set()
+                        errors.append(exc)
+                    stop.set()
 
-        threads = [threading.Thread(target=worker, name=f"sxpm-range-{i}", daemon=True)
-                   for i in range(min(streams, len(pieces)))]
-        for thread in threads:
-            thread.start()
-        try:
+            threads = [threading.Thread(target=worker, name=f"sxpm-range-{i}", daemon=True)
+                       for i in range(min(streams, len(pieces)))]
             for thread in threads:
-                thread.join()
-        except BaseException:  # Ctrl-C: let the streams stop at their next read
-            stop.set()
-            for thread in threads:
-                thread.join()
-            raise
+                thread.start()
+            try:
+                for thread in threads:
+                    thread.join()
+            except BaseException:  # Ctrl-C: let the streams stop at their next read
+                stop.set()
+                for thread in threads:
+                    thread.join()
+                raise
         if errors:
             first = next((e for e in errors if not isinstance(e, _NoRangesError)), errors[0])
             if isinstance(first, SizeMismatchError):
                 writer.abort(keep_partial=False)
             raise first
 
-    def _fetch_range(self, desc: Descriptor, writer: BlobWriter, progress: Progress,
-                     a: int, b: int, buf: memoryview, stop: threading.Event,
+    def _fetch_range(self, desc: Descriptor, writer: BlobWriter, sink: Sink, lane: Lane,
+                     progress: Progress, a: int, b: int, stop: threading.Event,
                      lock: threading.Lock, state: dict[str, int]) -> None:
-        """Fetch ``[a, b)`` into ``writer``; a dropped stream resumes where it stopped."""
+        """Fetch ``[a, b)`` into ``sink``; a dropped stream resumes where it stopped."""
         what = self._what(desc.digest)
         pos = a
         while pos < b and not stop.is_set():
@@ -697,19 +728,8 @@ class RemoteRepository(Repository):
                     raise SizeMismatchError(str(desc.digest), desc.size, total, where=what)
                 if first != pos or last != b - 1:
                     raise _NoRangesError()
-                readinto = _reader(resp)
-                start = pos
                 try:
-                    while pos < b:
-                        if stop.is_set():
-                            break
-                        n = readinto(buf[:min(len(buf), b - pos)])
-                        if not n:
-                            break
-                        writer.write_at(pos, buf[:n])
-                        pos += n
-                        writer.complete(start, pos)
-                        progress.update(n)
+                    pos = _receive(_reader(resp), sink, lane, pos, b, progress, stop)
                     if pos < b and not stop.is_set():
                         raise ConnectionError("the registry ended the range early")
                 except _network_errors() as exc:
