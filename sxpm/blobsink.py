@@ -13,8 +13,10 @@ to :data:`ALIGN` (the end of a blob, a resume at an odd offset) take an ordinary
 descriptor of the same file. ``SXPM_NO_DIRECT=1`` turns direct writes off.
 
 Several receivers (the streams of a ranged fetch) each take a :class:`Lane` of
-buffers; a lane whose bytes wait for the hash of an earlier range stops receiving
-until they are hashed, so memory stays bounded by the lanes' buffers.
+buffers. Bytes that arrive ahead of the hash wait in memory while their lane has a
+buffer left to receive with; past that they are released once written, and the
+hash reads them back from disk when it gets there. A stream therefore never waits
+for another, and memory stays bounded by the lanes' buffers.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class Lane:
 
     def __init__(self, sink: Sink, count: int) -> None:
         self.sink = sink
+        self.count = count
+        self.held = 0  # buffers waiting in the hashing thread (that thread's counter)
         self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
         for _ in range(count):
             # Anonymous mappings are page-aligned, as direct I/O needs.
@@ -94,8 +98,8 @@ class Sink:
 
     ``write(offset, view)`` puts bytes on disk; ``written(offset, n)`` records them
     (called after ``write``, on the same thread); ``update(view)`` hashes;
-    ``readback(offset)`` hashes bytes that were on disk before this sink started (an
-    earlier attempt's ranges) from ``offset`` and returns where it stopped.
+    ``readback(start, end)`` hashes ``[start, end)`` from disk: the ``on_disk``
+    ranges (an earlier attempt's) and bytes released ahead of the hash.
     Bytes are hashed only after they are written, so after :meth:`close` the hash
     never covers a byte the file does not hold. The first error of either thread
     is raised by the next :meth:`submit`, :meth:`Lane.buffer` or :meth:`close`.
@@ -103,10 +107,16 @@ class Sink:
 
     def __init__(self, *, write: Callable[[int, memoryview], None],
                  written: Callable[[int, int], None], update: Callable[[memoryview], None],
-                 hashed: int, readback: Callable[[int], int] | None = None,
+                 hashed: int, on_disk: list[tuple[int, int]] | None = None,
+                 readback: Callable[[int, int], None] | None = None,
                  interrupted: threading.Event | None = None) -> None:
         self._write, self._written, self._update = write, written, update
         self._readback = readback
+        # Ranges that start where the hash will be at some point (the hashed prefix
+        # itself is the range that ends at ``hashed``).
+        self._on_disk = {a: b for a, b in on_disk or () if a >= hashed}
+        if self._on_disk and readback is None:
+            raise ValueError("bytes on disk need a readback")
         self._interrupted = interrupted
         self.hashed = hashed
         self._error: BaseException | None = None
@@ -174,36 +184,53 @@ class Sink:
         self._to_hash.put(None)
 
     def _hasher(self) -> None:
+        # Every written byte is hashed, even after the writer failed, so the hash
+        # ends where the file does; only a failure of the hashing itself stops it.
         pending: dict[int, _Item] = {}
+        broken = False
         while (item := self._to_hash.get()) is not None:
-            pending[item[2]] = item
-            if self._error is None:
+            lane, buf, offset, n = item
+            if not broken and offset != self.hashed and lane.held >= lane.count - 1:
+                # Ahead of the hash, and the lane's last free buffer: release this one
+                # (it is on disk) and read it back when the hash gets here.
+                self._on_disk[offset] = offset + n
+                lane.release(buf)
+                continue
+            pending[offset] = item
+            lane.held += 1
+            if not broken:
                 try:
                     self._advance(pending)
                 except BaseException as exc:
                     self._fail(exc)
-            if self._error is not None:
-                for lane, buf, _, _ in pending.values():
-                    lane.release(buf)
-                pending.clear()
+                    broken = True
+            if broken:
+                self._drop(pending)
         # Left over: bytes after a gap that never filled (a failed stream). They are
         # on disk and recorded; the writer hashes them from there once the gap fills.
+        self._drop(pending)
+
+    @staticmethod
+    def _drop(pending: dict[int, _Item]) -> None:
         for lane, buf, _, _ in pending.values():
+            lane.held -= 1
             lane.release(buf)
+        pending.clear()
 
     def _advance(self, pending: dict[int, _Item]) -> None:
         while True:
             item = pending.pop(self.hashed, None)
-            if item is None:
-                if self._readback is None:
-                    return
-                moved = self._readback(self.hashed)
-                if moved == self.hashed:
-                    return
-                self.hashed = moved
+            if item is not None:
+                lane, buf, offset, n = item
+                with memoryview(buf) as view:
+                    self._update(view[:n])
+                self.hashed = offset + n
+                lane.held -= 1
+                lane.release(buf)
                 continue
-            lane, buf, offset, n = item
-            with memoryview(buf) as view:
-                self._update(view[:n])
-            self.hashed = offset + n
-            lane.release(buf)
+            end = self._on_disk.pop(self.hashed, None)
+            if end is None:
+                return
+            assert self._readback is not None
+            self._readback(self.hashed, end)
+            self.hashed = end

@@ -364,7 +364,7 @@ class BlobWriter:
         size = self.expected.size
         if self.layout.interrupted.is_set():
             raise KeyboardInterrupt
-        readback: Callable[[int], int] | None = None
+        before: list[tuple[int, int]] = []
         if self._ranged:
             cache_fd = self._fd
 
@@ -372,15 +372,9 @@ class BlobWriter:
                 self.complete(offset, offset + n)
 
             with self._cond:
-                # Only ranges on disk before this sink: later ones arrive in memory.
-                before = list(self._done)
-
-            def readback(offset: int) -> int:
-                for a, b in before:
-                    if a <= offset < b:
-                        self.hash_upto(b)
-                        return b
-                return offset
+                # Bytes on disk before this sink and not hashed yet; the sink's own
+                # arrive in memory.
+                before = [(max(a, self._hashed), b) for a, b in self._done if b > self._hashed]
         else:
             if self._tail:
                 self._drop_tail()
@@ -409,8 +403,12 @@ class BlobWriter:
             self._hash.update(view)
             self._hashed += len(view)
 
+        def readback(start: int, end: int) -> None:
+            assert start == self._hashed
+            self.hash_upto(end)
+
         return Sink(write=write, written=written, update=update, hashed=self._hashed,
-                    readback=readback, interrupted=self.layout.interrupted)
+                    on_disk=before, readback=readback, interrupted=self.layout.interrupted)
 
     def _close_fds(self) -> None:
         for name in ("_fd", "_pfd", "_dfd"):

@@ -13,6 +13,7 @@ Reference forms:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -190,3 +191,18 @@ def _parse_remote(original: str, rest: str, digest: Digest | None) -> Reference:
     if len(host) + 1 + len(repository) > 255:
         raise InvalidReferenceError(original, "longer than 255 characters")
     return Reference(host, repository, tag, digest)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1, with or without a port."""
+    name = host
+    if name.startswith("["):
+        name = name[1:name.find("]")]
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False

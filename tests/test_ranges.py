@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 MiB = 1024 * 1024
-RANGED_ENV = {"SXPM_RANGE_MIN": str(8 * MiB), "SXPM_RANGE_PIECE": str(4 * MiB)}
+RANGED_ENV = {"SXPM_RANGE_MIN": str(8 * MiB), "SXPM_RANGE_PIECE": str(4 * MiB),
+              "SXPM_RANGE_STREAMS": "2"}  # the registry is on loopback: ask for ranges
 
 
 def sha(data: bytes) -> str:

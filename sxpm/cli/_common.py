@@ -42,7 +42,8 @@ def transfer_options(f: F) -> F:
 
 
 _TRANSPORT_ENV = {"SXPM_RETRIES": "retries", "SXPM_RANGE_MIN": "range_min_bytes",
-                  "SXPM_RANGE_PIECE": "range_piece_bytes", "SXPM_CHUNK": "chunk_bytes"}
+                  "SXPM_RANGE_PIECE": "range_piece_bytes",
+                  "SXPM_RANGE_STREAMS": "range_streams", "SXPM_CHUNK": "chunk_bytes"}
 
 
 def transport(insecure: bool, jobs: int) -> TransportOptions:

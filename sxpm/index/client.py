@@ -11,7 +11,6 @@ entry answers (a 304, or a fresh entry) does not import it either: see
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from sxpm.index.format import (
     parse_lines,
     version_key,
 )
+from sxpm.reference import is_loopback
 
 CATALOG_FORMAT = 1
 # search.json rows: one array per name, fields in this order.
@@ -55,15 +55,6 @@ def default_cache_dir() -> Path:
 
 def is_url(location: str) -> bool:
     return location.startswith(("http://", "https://"))
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class IndexClient:
@@ -94,7 +85,7 @@ class IndexClient:
         if is_url(text):
             self.base_url = text if text.endswith("/") else text + "/"
             parts = urlsplit(self.base_url)
-            if parts.scheme == "http" and not insecure and not _loopback(parts.hostname or ""):
+            if parts.scheme == "http" and not insecure and not is_loopback(parts.hostname or ""):
                 raise IndexLocationError(
                     f"Index {text} is plain HTTP", hint="use https://, or pass --insecure")
             self.root: Path | None = None

@@ -26,7 +26,6 @@ import contextlib
 import email.utils
 import functools
 import hashlib
-import ipaddress
 import random
 import re
 import threading
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlencode, urljoin
 
 from sxpm import __version__
-from sxpm.blobsink import BUFFER, Lane, Sink
+from sxpm.blobsink import BUFFER, LANE_BUFFERS, Lane, Sink
 from sxpm.errors import (
     AuthenticationError,
     CorruptBlobError,
@@ -55,7 +54,7 @@ from sxpm.oci import (
     parse_manifest_bytes,
 )
 from sxpm.progress import Progress
-from sxpm.reference import Digest, Reference
+from sxpm.reference import Digest, Reference, is_loopback
 from sxpm.transport import (
     Repository,
     TransportOptions,
@@ -70,21 +69,6 @@ if TYPE_CHECKING:
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 ACCEPT_MANIFESTS = ", ".join(sorted(MANIFEST_TYPES | INDEX_TYPES))
 _CHALLENGE_RE = re.compile(r'([A-Za-z_]+)=(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost``, 127.0.0.0/8 and ::1, with or without a port."""
-    name = host
-    if name.startswith("["):
-        name = name[1:name.find("]")]
-    elif name.count(":") == 1:
-        name = name.split(":", 1)[0]
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 _PERMANENT = frozenset({"connection refused", "name or service not known",
@@ -240,7 +224,8 @@ class RegistryClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = f"sxpm/{__version__}"
-        self.scheme = "http" if is_loopback(host) else "https"
+        self.loopback = is_loopback(host)
+        self.scheme = "http" if self.loopback else "https"
         self.verify = not options.insecure
         self._credentials = credentials
         self._credentials_loaded = credentials is not None
@@ -579,8 +564,14 @@ class RemoteRepository(Repository):
 
     def fetch_blob(self, desc: Descriptor, writer: BlobWriter, progress: Progress,
                    streams: int = 1) -> None:
-        # One stream hashes as it reads (no read-back); a range record left by an
-        # earlier ranged attempt is resumed by ranges whatever the streams.
+        # Parallel ranges win where one connection is held back (latency, limits per
+        # connection); from a loopback registry nothing is, the registry shares our
+        # CPUs, and one stream is faster (docs/benchmarks.md). A range record left by
+        # an earlier ranged attempt is resumed by ranges whatever the streams.
+        if self.options.range_streams:
+            streams = self.options.range_streams
+        elif self.client.loopback:
+            streams = 1
         if desc.size >= self.options.range_min_bytes and desc.size > 0 and (
                 streams > 1 or writer.ranges_path.exists()):
             try:
@@ -667,9 +658,9 @@ class RemoteRepository(Repository):
         state = {"drops": 0}
         with writer.sink() as sink:
             def worker() -> None:
-                # Room for a whole piece and one more buffer: a stream ahead of the hash
-                # receives its piece while the stream before it finishes.
-                lane = sink.lane(min(piece // BUFFER + 1, 9))
+                # More room than one stream needs: a stream ahead of the hash keeps
+                # 16 MiB in memory before its bytes wait on disk to be read back.
+                lane = sink.lane(2 * LANE_BUFFERS)
                 try:
                     while not stop.is_set():
                         with lock:

@@ -1,0 +1,189 @@
+"""The pull's data path (sxpm.blobsink through BlobWriter.sink): bytes received into
+buffers are written (direct I/O where the file system has it) and hashed from
+memory, in order, on their own threads; ranges from several streams, an earlier
+attempt's ranges on disk, odd resume offsets, bad bytes and failed writes."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+MiB = 1024 * 1024
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def update(self, n: int) -> None:
+        self.n += n
+
+
+def _desc(data: bytes):  # noqa: ANN202
+    from sxpm.oci import Descriptor
+
+    return Descriptor.for_bytes("application/octet-stream", data)
+
+
+def _receive(sink, lane, data: bytes, start: int, end: int) -> int:  # noqa: ANN001
+    """Feed ``data[start:end]`` as a socket would, in uneven reads."""
+    from sxpm.transport.remote import _receive
+
+    stream = io.BytesIO(data[start:end])
+
+    def readinto(view: memoryview) -> int:
+        return stream.readinto(view[:300_001])
+
+    return _receive(readinto, sink, lane, start, end, Counter())
+
+
+def _direct_io_works(path: Path) -> bool:
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return False
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | flag, 0o644))
+        return True
+    except OSError:
+        return False
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_sequential_sink_stores_the_blob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         direct: bool) -> None:
+    from sxpm.layout import OCILayout
+
+    if not direct:
+        monkeypatch.setenv("SXPM_NO_DIRECT", "1")
+    layout = OCILayout(tmp_path / "store")
+    data = os.urandom(7 * MiB + 12_345)  # an unaligned tail
+    desc = _desc(data)
+    with layout.writer(desc) as w:
+        with w.sink() as sink:
+            assert _receive(sink, sink.lane(), data, 0, len(data)) == len(data)
+        expect_direct = direct and _direct_io_works(tmp_path / "probe")
+        assert (w._dfd >= 0) == expect_direct
+        assert w.written == len(data)
+        w.commit()
+    assert layout.blob_path(desc.digest).read_bytes() == data
+
+
+def test_sink_resumes_at_an_odd_offset(tmp_path: Path) -> None:
+    from sxpm.layout import OCILayout
+
+    layout = OCILayout(tmp_path / "store")
+    data = os.urandom(5 * MiB)
+    desc = _desc(data)
+    odd = MiB + 7
+    with layout.writer(desc) as w:  # an earlier attempt, killed after an odd prefix
+        w.write(data[:odd])
+        w.abort(keep_partial=True)
+    with layout.writer(desc) as w:
+        assert w.offset == odd
+        with w.sink() as sink:
+            _receive(sink, sink.lane(), data, odd, len(data))
+        w.commit()
+    assert layout.blob_path(desc.digest).read_bytes() == data
+
+
+def test_sink_refuses_bad_bytes(tmp_path: Path) -> None:
+    from sxpm.errors import CorruptBlobError
+    from sxpm.layout import OCILayout
+
+    layout = OCILayout(tmp_path / "store")
+    data = os.urandom(3 * MiB)
+    desc = _desc(data)
+    bad = bytearray(data)
+    bad[2 * MiB + 1] ^= 0xFF
+    with pytest.raises(CorruptBlobError), layout.writer(desc) as w:
+        with w.sink() as sink:
+            _receive(sink, sink.lane(), bytes(bad), 0, len(bad))
+        w.commit()
+    assert not layout.has_blob(desc.digest)
+    assert not any(layout.partial_dir.iterdir())
+
+
+def test_ranges_from_two_streams_out_of_order_spill_to_disk(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream far ahead of the hash releases its buffers; the hash reads them back."""
+    from sxpm.blobsink import BUFFER
+    from sxpm.layout import BlobWriter, OCILayout
+
+    layout = OCILayout(tmp_path / "store")
+    data = os.urandom(12 * MiB + 99)
+    desc = _desc(data)
+    reads: list[int] = []
+    real = BlobWriter.hash_upto
+
+    def counting(self: BlobWriter, n: int) -> None:
+        reads.append(n - self._hashed)
+        real(self, n)
+
+    monkeypatch.setattr(BlobWriter, "hash_upto", counting)
+    with layout.writer(desc) as w:
+        assert w.open_ranges() == [(0, len(data))]
+        half = 6 * MiB
+        with w.sink() as sink:
+            ahead, behind = sink.lane(2), sink.lane(2)
+            _receive(sink, ahead, data, half, len(data))  # all of it before the start
+            _receive(sink, behind, data, 0, half)
+        assert w.written == len(data) and w.missing() == []
+        assert sum(reads) >= len(data) - half - 2 * BUFFER  # most of it read back
+        w.commit()
+    assert layout.blob_path(desc.digest).read_bytes() == data
+
+
+def test_ranges_resume_hashes_an_earlier_attempts_ranges_from_disk(tmp_path: Path) -> None:
+    from sxpm.layout import OCILayout
+
+    layout = OCILayout(tmp_path / "store")
+    data = os.urandom(8 * MiB)
+    desc = _desc(data)
+    with layout.writer(desc) as w:  # the earlier attempt: the second quarter, recorded
+        w.open_ranges()
+        w.write_at(2 * MiB, data[2 * MiB:4 * MiB])
+        w.complete(2 * MiB, 4 * MiB)
+        w.abort(keep_partial=True)
+    with layout.writer(desc) as w:
+        missing = w.open_ranges()
+        assert missing == [(0, 2 * MiB), (4 * MiB, 8 * MiB)]
+        with w.sink() as sink:
+            lane = sink.lane()
+            for a, b in reversed(missing):
+                _receive(sink, lane, data, a, b)
+        w.commit()
+    assert layout.blob_path(desc.digest).read_bytes() == data
+
+
+def test_a_failed_write_stops_the_receiver_and_keeps_hash_and_file_in_step(
+        tmp_path: Path) -> None:
+    from sxpm.layout import OCILayout
+
+    layout = OCILayout(tmp_path / "store")
+    data = os.urandom(6 * MiB)
+    desc = _desc(data)
+    with layout.writer(desc) as w:
+        sink = w.sink()
+        real_write = sink._write
+
+        def failing(offset: int, view: memoryview) -> None:
+            if offset >= 2 * MiB:
+                raise OSError(28, "No space left on device")
+            real_write(offset, view)
+
+        sink._write = failing  # type: ignore[method-assign]
+        with pytest.raises(OSError, match="No space"):
+            with sink:
+                _receive(sink, sink.lane(), data, 0, len(data))
+        assert w.written == 2 * MiB
+        assert w._hashed == 2 * MiB
+        assert w._hash.digest() == hashlib.sha256(data[:2 * MiB]).digest()
+        w.abort(keep_partial=True)
+    with layout.writer(desc) as w:  # the bytes kept are a trusted prefix
+        assert w.offset == 2 * MiB
