@@ -243,6 +243,37 @@ def _manifest_with(home: Path, host: str, repo: str, mutate) -> tuple[bytes, str
     return json.dumps(obj).encode(), digest
 
 
+PULL_IMPORTS = """\
+import sys
+from sxpm.cli.main import main
+sys.argv = ["sxpm", "pull", sys.argv[1], "-q"]
+try:
+    main()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+heavy = sorted(n for n in sys.modules if n.split(".")[0] in (
+    "cryptography", "sigstore", "jsonschema", "llama_cpp", "numpy", "oras", "tqdm"))
+assert not heavy, heavy
+"""
+
+
+def test_pull_without_a_policy_loads_no_crypto_or_schema_library(cli, cli2,  # noqa: ANN001
+                                                                 oci_registry) -> None:  # noqa: ANN001
+    """The pull path stays lean: keys and schemas load only where a policy or a
+    check needs them."""
+    import subprocess
+    import sys
+
+    ref = f"{oci_registry.host}/t9/lean:1"
+    data = os.urandom(1024)
+    make_artifact(cli.home, ref, {"a.bin": data})
+    cli("push", ref)
+    r = subprocess.run([sys.executable, "-c", PULL_IMPORTS, ref], env=cli2.env, cwd=cli2.cwd,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert stored(cli2.home, sha(data))
+
+
 @pytest.mark.parametrize("case", ["size", "algorithm", "media-type", "huge"])
 def test_bad_manifests_are_refused(case: str, cli, cli2, oci_registry,  # noqa: ANN001
                                    fault_proxy) -> None:  # noqa: ANN001

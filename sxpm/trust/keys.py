@@ -18,18 +18,23 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from sxpm.errors import KeyFileError
+
+if TYPE_CHECKING:  # cryptography costs ~20 ms to import: only where a key is used
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 KEY_PREFIX = "ed25519:"
 MAX_KEY_FILE_BYTES = 64 * 1024
 
 
 def key_id(public: Ed25519PublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return KEY_PREFIX + base64.b64encode(raw).decode()
 
@@ -55,6 +60,8 @@ def parse_key_id(text: str, where: str = "") -> PublicKey:
     if raw is None or len(raw) != 32:
         raise KeyFileError(where, "not an Ed25519 key id (expected 32 bytes as base64 or hex)",
                            hint="write ed25519:<base64 public key>, as `sxpm keygen` prints")
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     return PublicKey(Ed25519PublicKey.from_public_bytes(raw))
 
 
@@ -67,6 +74,8 @@ class PublicKey:
         return key_id(self.key)
 
     def verify(self, signature: bytes, message: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature
+
         try:
             self.key.verify(signature, message)
         except InvalidSignature:
@@ -93,6 +102,9 @@ class PrivateKey:
 
 def generate(path: Path, *, force: bool = False) -> PrivateKey:
     """Write a new private key to ``path`` (mode 0600) and its key id to ``path.pub``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     path = Path(path)
     pub_path = public_path(path)
     if not force:
@@ -122,6 +134,9 @@ def public_path(path: Path) -> Path:
 
 def load_private(path: Path) -> PrivateKey:
     """Read a PKCS#8 PEM Ed25519 private key that only its owner can read."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     path = Path(path).expanduser()
     try:
         st = path.stat()
@@ -150,6 +165,9 @@ def load_private(path: Path) -> PrivateKey:
 
 def load_public(text_or_path: str) -> PublicKey:
     """A public key from a key id, a ``.pub`` file holding one, or a PEM public key file."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     if text_or_path.startswith(KEY_PREFIX):
         return parse_key_id(text_or_path)
     path = Path(text_or_path).expanduser()
