@@ -45,6 +45,10 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float
     GNU time forks the command from its own small process: ``ru_maxrss`` of a child
     forked straight from this one would include this process's memory.
     """
+    # Each command starts with no dirty pages left by the one before (curl and oras
+    # leave a GiB for the kernel to write back; sxpm fsyncs its own): otherwise that
+    # writeback lands on whichever command runs next.
+    os.sync()
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
         start = time.perf_counter()
         proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd], env=env,
