@@ -394,10 +394,18 @@ class BlobWriter:
                 raise SizeMismatchError(str(self.expected.digest) if self.expected else "",
                                         size, offset + len(view), where=self.where)
             if self._dfd >= 0 and aligned(offset, len(view)):
-                pwrite_all(self._dfd, view, offset)
-            else:
-                pwrite_all(cache_fd, view, offset)
-                _start_writeback(cache_fd, offset, len(view))
+                try:
+                    pwrite_all(self._dfd, view, offset)
+                    return
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    # Direct I/O accepted at open but not for these writes (a larger
+                    # block size): the page cache from here on.
+                    os.close(self._dfd)
+                    self._dfd = -1
+            pwrite_all(cache_fd, view, offset)
+            _start_writeback(cache_fd, offset, len(view))
 
         def update(view: memoryview) -> None:
             self._hash.update(view)

@@ -187,3 +187,34 @@ def test_a_failed_write_stops_the_receiver_and_keeps_hash_and_file_in_step(
         w.abort(keep_partial=True)
     with layout.writer(desc) as w:  # the bytes kept are a trusted prefix
         assert w.offset == 2 * MiB
+
+
+def test_direct_writes_refused_after_open_fall_back_to_the_page_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import fcntl
+
+    import sxpm.blobsink
+    from sxpm.layout import OCILayout
+
+    if not _direct_io_works(tmp_path / "probe"):
+        pytest.skip("this file system has no direct I/O")
+    real = sxpm.blobsink.pwrite_all
+    refused: list[int] = []
+
+    def picky(fd: int, view: memoryview, offset: int) -> None:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real(fd, view, offset)
+
+    monkeypatch.setattr(sxpm.blobsink, "pwrite_all", picky)
+    layout = OCILayout(tmp_path / "store")
+    data = os.urandom(5 * MiB)
+    desc = _desc(data)
+    with layout.writer(desc) as w:
+        with w.sink() as sink:
+            _receive(sink, sink.lane(), data, 0, len(data))
+        assert refused == [0] and w._dfd == -1  # asked once, then never again
+        w.commit()
+    assert layout.blob_path(desc.digest).read_bytes() == data
