@@ -30,6 +30,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from sxpm.progress import Progress
+
 ALIGN = 4096
 """Offset, length and address alignment of a direct write (the page size, which
 covers every logical block size in use)."""
@@ -234,3 +236,35 @@ class Sink:
             assert self._readback is not None
             self._readback(self.hashed, end)
             self.hashed = end
+
+
+def receive(readinto: Callable[[memoryview], int], sink: Sink, lane: Lane, pos: int,
+             end: int, progress: Progress, stop: threading.Event | None = None) -> int:
+    """Read ``[pos, end)`` of a blob into the sink's buffers; the offset reached.
+
+    Buffers end on :data:`BUFFER` boundaries, so after a resume at an
+    odd offset the writes are aligned again. Bytes received before an error are
+    handed over too (the next attempt resumes after them).
+    """
+    while pos < end and not (stop is not None and stop.is_set()):
+        buf = lane.buffer()
+        want = min(BUFFER - pos % BUFFER, end - pos)
+        got = 0
+        try:
+            with memoryview(buf) as view:
+                while got < want:
+                    n = readinto(view[got:want])
+                    if not n:
+                        break
+                    got += n
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                sink.submit(lane, buf, pos, got)
+                progress.update(got)
+            raise
+        sink.submit(lane, buf, pos, got)
+        progress.update(got)
+        pos += got
+        if got < want:
+            break
+    return pos

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -586,7 +587,7 @@ class OCILayout:
     def blob_size(self, digest: Digest) -> int:
         return self.blob_path(digest).stat().st_size
 
-    def open_blob(self, digest: Digest) -> IO[bytes]:
+    def open_blob(self, digest: Digest) -> io.BufferedReader:
         try:
             return open(self.blob_path(digest), "rb")
         except FileNotFoundError:

@@ -31,14 +31,14 @@ def _desc(data: bytes):  # noqa: ANN202
 
 def _receive(sink, lane, data: bytes, start: int, end: int) -> int:  # noqa: ANN001
     """Feed ``data[start:end]`` as a socket would, in uneven reads."""
-    from sxpm.transport.remote import _receive
+    from sxpm.blobsink import receive
 
     stream = io.BytesIO(data[start:end])
 
     def readinto(view: memoryview) -> int:
         return stream.readinto(view[:300_001])
 
-    return _receive(readinto, sink, lane, start, end, Counter())
+    return receive(readinto, sink, lane, start, end, Counter())
 
 
 def _direct_io_works(path: Path) -> bool:

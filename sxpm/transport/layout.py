@@ -7,10 +7,12 @@ are the ``org.opencontainers.image.ref.name`` annotations of ``index.json``, as
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
-from sxpm.errors import CorruptBlobError, NotFoundError
-from sxpm.layout import CHUNK, BlobWriter, OCILayout
+from sxpm.blobsink import receive
+from sxpm.errors import CorruptBlobError, NotFoundError, SizeMismatchError
+from sxpm.layout import BlobWriter, OCILayout
 from sxpm.oci import MAX_MANIFEST_BYTES, Descriptor, parse_manifest_bytes, sha256_digest
 from sxpm.progress import Progress
 from sxpm.reference import Digest, Reference
@@ -56,24 +58,16 @@ class LayoutRepository(Repository):
 
     def fetch_blob(self, desc: Descriptor, writer: BlobWriter, progress: Progress,
                    streams: int = 1) -> None:
-        with self.layout.open_blob(desc.digest) as fh:
-            fh.seek(writer.offset)
-            progress.update(writer.offset)
-            for chunk in iter(lambda: fh.read(CHUNK), b""):
-                writer.write(chunk)
-                progress.update(len(chunk))
+        progress.update(writer.offset)
+        _copy(self.layout, desc, writer, progress)
 
     def push_blob(self, desc: Descriptor, store: OCILayout, progress: Progress,
                   mount_from: Sequence[str] = ()) -> bool:
         if self.layout.has_blob(desc.digest):
             return False
         self.layout.ensure()
-        with self.layout.writer(desc, where=str(store.root)) as w, \
-                store.open_blob(desc.digest) as src:
-            src.seek(w.offset)
-            for chunk in iter(lambda: src.read(CHUNK), b""):
-                w.write(chunk)
-                progress.update(len(chunk))
+        with self.layout.writer(desc, where=str(store.root)) as w:
+            _copy(store, desc, w, progress)
             w.commit()
         return True
 
@@ -95,3 +89,17 @@ class LayoutRepository(Repository):
     def referrers(self, subject: Digest, artifact_type: str | None = None) -> list[Descriptor]:
         # A layout has no referrers API: the tag schema, like registries without one.
         return read_referrers_fallback(self, subject, artifact_type)
+
+
+def _copy(source: OCILayout, desc: Descriptor, writer: BlobWriter, progress: Progress) -> None:
+    """The bytes of ``desc`` from ``source`` after those ``writer`` has, through its
+    sink (written and hashed on their own threads). A source shorter than the
+    descriptor fails at commit, a longer one here."""
+    with source.open_blob(desc.digest) as fh:
+        with writer.sink() as sink:
+            fh.seek(writer.written)
+            receive(fh.readinto, sink, sink.lane(), writer.written, desc.size, progress)
+        if fh.read(1):
+            writer.abort(keep_partial=False)
+            raise SizeMismatchError(str(desc.digest), desc.size, os.fstat(fh.fileno()).st_size,
+                                    where=writer.where)

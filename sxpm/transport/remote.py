@@ -22,7 +22,6 @@ error message, a log line or a ``repr``.
 from __future__ import annotations
 
 import collections
-import contextlib
 import email.utils
 import functools
 import hashlib
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlencode, urljoin
 
 from sxpm import __version__
-from sxpm.blobsink import BUFFER, LANE_BUFFERS, Lane, Sink
+from sxpm.blobsink import BUFFER, LANE_BUFFERS, Lane, Sink, receive
 from sxpm.errors import (
     AuthenticationError,
     CorruptBlobError,
@@ -89,38 +88,6 @@ def _reason(exc: BaseException) -> str:
 
 def _same(value: Any) -> Any:
     return value
-
-
-def _receive(readinto: Callable[[memoryview], int], sink: Sink, lane: Lane, pos: int,
-             end: int, progress: Progress, stop: threading.Event | None = None) -> int:
-    """Read ``[pos, end)`` of a blob into the sink's buffers; the offset reached.
-
-    Buffers end on :data:`~sxpm.blobsink.BUFFER` boundaries, so after a resume at an
-    odd offset the writes are aligned again. Bytes received before an error are
-    handed over too (the next attempt resumes after them).
-    """
-    while pos < end and not (stop is not None and stop.is_set()):
-        buf = lane.buffer()
-        want = min(BUFFER - pos % BUFFER, end - pos)
-        got = 0
-        try:
-            with memoryview(buf) as view:
-                while got < want:
-                    n = readinto(view[got:want])
-                    if not n:
-                        break
-                    got += n
-        except BaseException:
-            with contextlib.suppress(BaseException):
-                sink.submit(lane, buf, pos, got)
-                progress.update(got)
-            raise
-        sink.submit(lane, buf, pos, got)
-        progress.update(got)
-        pos += got
-        if got < want:
-            break
-    return pos
 
 
 class _NoRangesError(Exception):
@@ -611,7 +578,7 @@ class RemoteRepository(Repository):
                 readinto = _reader(resp)
                 try:
                     with writer.sink() as sink:
-                        _receive(readinto, sink, sink.lane(), start, desc.size, progress)
+                        receive(readinto, sink, sink.lane(), start, desc.size, progress)
                     if writer.written < desc.size:
                         raise ConnectionError("the registry ended the blob early")
                     if readinto(memoryview(bytearray(1))):  # more than the descriptor says
@@ -720,7 +687,7 @@ class RemoteRepository(Repository):
                 if first != pos or last != b - 1:
                     raise _NoRangesError()
                 try:
-                    pos = _receive(_reader(resp), sink, lane, pos, b, progress, stop)
+                    pos = receive(_reader(resp), sink, lane, pos, b, progress, stop)
                     if pos < b and not stop.is_set():
                         raise ConnectionError("the registry ended the range early")
                 except _network_errors() as exc:
