@@ -103,8 +103,9 @@ _WRITEBACK = 16 * CHUNK
 def _start_writeback(fd: int, start: int, length: int) -> None:
     """Start writing ``length`` bytes at ``start`` to disk without waiting for it.
 
-    The bytes are hashed already; the fsync before the blob enters the store then
-    finds little left to write, instead of the whole blob at the end.
+    Nothing reads them back from the cache (the hash has them already, or takes them
+    from memory); the fsync before the blob enters the store then finds little left
+    to write, instead of the whole blob at the end.
     """
     with contextlib.suppress(AttributeError, OSError):
         os.posix_fadvise(fd, start, length, os.POSIX_FADV_DONTNEED)
