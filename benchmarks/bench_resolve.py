@@ -25,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sxpm.core.versions import VersionReq  # noqa: E402
 from sxpm.resolver import Requirement, ResolutionImpossible, resolve  # noqa: E402
 from sxpm.resolver.lines import LinesProvider  # noqa: E402
-from sxpm.versions import VersionReq  # noqa: E402
 
 LEVELS = 5
 VERSIONS = 20
@@ -154,9 +154,9 @@ def bench_frozen_install(runs: int) -> float:
         bytecode_cache(env, work)
         reg = work / "registry"
         deps = []
-        from sxpm.distribution import push
+        from sxpm.artifacts.pack import pack
         from sxpm.home import Home
-        from sxpm.pack import pack
+        from sxpm.ops.transfer import push
 
         home = Home(work / "home")
         for i in range(50):

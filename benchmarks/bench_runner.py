@@ -72,9 +72,9 @@ def prepare(work: Path, layers: int, embd: int) -> Path:
     """A home with the model installed; returns SIMPLEX_HOME."""
     import tiny_gguf
 
+    from sxpm.artifacts.pack import pack
     from sxpm.home import Home
-    from sxpm.install import install
-    from sxpm.pack import pack
+    from sxpm.ops.install import install
 
     src = work / "bench-llama"
     tiny_gguf.make_model(src / "model.gguf", seed=0, n_layers=layers, n_embd=embd,

@@ -72,9 +72,9 @@ def write_random(path: Path, size: int) -> str:
 
 
 def make_artifact(home: Path, ref: str, files: list[Path]) -> list[str]:
-    from sxpm.distribution import store_name
+    from sxpm.core.oci import ANN_TITLE, Manifest
     from sxpm.home import Home
-    from sxpm.oci import ANN_TITLE, Manifest
+    from sxpm.store.refs import store_name
 
     h = Home(home)
     store = h.store

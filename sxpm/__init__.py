@@ -18,18 +18,18 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from sxpm._version import __version__
 
 _LAZY = {
     "Home": "sxpm.home",
-    "Reference": "sxpm.reference",
-    "Digest": "sxpm.reference",
-    "pack": "sxpm.pack",
-    "pull": "sxpm.distribution",
-    "push": "sxpm.distribution",
-    "copy": "sxpm.distribution",
-    "install": "sxpm.install",
-    "describe": "sxpm.install",
+    "Reference": "sxpm.core.reference",
+    "Digest": "sxpm.core.reference",
+    "pack": "sxpm.artifacts.pack",
+    "pull": "sxpm.ops.transfer",
+    "push": "sxpm.ops.transfer",
+    "copy": "sxpm.ops.transfer",
+    "install": "sxpm.installed.tree",
+    "describe": "sxpm.installed.tree",
     "SxpmError": "sxpm.errors",
     "load": "sxpm.runner.session",
 }

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 from sxpm.errors import ManifestError
 
 if TYPE_CHECKING:
-    from sxpm.layout import OCILayout
-    from sxpm.reference import Reference
+    from sxpm.core.reference import Reference
+    from sxpm.store.layout import OCILayout
 
 # The store and references load when first used: ``sxpm run NAME`` finds an installed
 # model from the home's path alone, without them.
@@ -50,7 +50,7 @@ class Home:
 
     @cached_property
     def store(self) -> OCILayout:
-        from sxpm.layout import OCILayout
+        from sxpm.store.layout import OCILayout
 
         return OCILayout(self.root / "store", lock_dir=self.root / "locks")
 
@@ -71,7 +71,7 @@ class Home:
         return data
 
     def save_config(self, data: dict[str, Any]) -> None:
-        from sxpm.layout import write_atomic
+        from sxpm.store.layout import write_atomic
 
         write_atomic(self.config_path, json.dumps(data, indent=2, sort_keys=True).encode())
 
@@ -84,12 +84,12 @@ class Home:
         configured = self.config().get("default_registry")
         if isinstance(configured, str) and configured:
             return configured
-        from sxpm.reference import LAYOUT_SCHEME
+        from sxpm.core.reference import LAYOUT_SCHEME
 
         return f"{LAYOUT_SCHEME}{self.root / 'registry'}"
 
     def parse_ref(self, text: str) -> Reference:
-        from sxpm.reference import Reference
+        from sxpm.core.reference import Reference
 
         return Reference.parse(text, default_registry=self.default_registry)
 

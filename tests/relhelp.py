@@ -25,9 +25,9 @@ def make_model(home: Path, ref_text: str, files: dict[str, bytes], *, name: str 
                version: str = "1.0.0", config: dict | None = None,
                titles: dict[str, str] | None = None) -> str:
     """A model artifact (one layer per file) in ``home``'s store under ``ref_text``."""
-    from sxpm import oci
-    from sxpm.distribution import store_name
+    from sxpm.core import oci
     from sxpm.home import Home
+    from sxpm.store.refs import store_name
 
     h = Home(home)
     store = h.store
@@ -57,9 +57,9 @@ def tar_zstd(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
 def make_package(home: Path, ref_text: str, layer: bytes, *, name: str = "relpkg",
                  version: str = "0.1.0") -> str:
     """A package artifact whose one layer is ``layer`` (a tar+zstd, possibly hostile)."""
-    from sxpm import oci
-    from sxpm.distribution import store_name
+    from sxpm.core import oci
     from sxpm.home import Home
+    from sxpm.store.refs import store_name
 
     h = Home(home)
     store = h.store

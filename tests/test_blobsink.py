@@ -1,4 +1,4 @@
-"""The pull's data path (sxpm.blobsink through BlobWriter.sink): bytes received into
+"""The pull's data path (sxpm.store.sink through BlobWriter.sink): bytes received into
 buffers are written (direct I/O where the file system has it) and hashed from
 memory, in order, on their own threads; ranges from several streams, an earlier
 attempt's ranges on disk, odd resume offsets, bad bytes and failed writes."""
@@ -24,14 +24,14 @@ class Counter:
 
 
 def _desc(data: bytes):  # noqa: ANN202
-    from sxpm.oci import Descriptor
+    from sxpm.core.oci import Descriptor
 
     return Descriptor.for_bytes("application/octet-stream", data)
 
 
 def _receive(sink, lane, data: bytes, start: int, end: int) -> int:  # noqa: ANN001
     """Feed ``data[start:end]`` as a socket would, in uneven reads."""
-    from sxpm.blobsink import receive
+    from sxpm.store.sink import receive
 
     stream = io.BytesIO(data[start:end])
 
@@ -57,7 +57,7 @@ def _direct_io_works(path: Path) -> bool:
 @pytest.mark.parametrize("direct", [True, False])
 def test_sequential_sink_stores_the_blob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          direct: bool) -> None:
-    from sxpm.layout import OCILayout
+    from sxpm.store.layout import OCILayout
 
     if not direct:
         monkeypatch.setenv("SXPM_NO_DIRECT", "1")
@@ -75,7 +75,7 @@ def test_sequential_sink_stores_the_blob(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_sink_resumes_at_an_odd_offset(tmp_path: Path) -> None:
-    from sxpm.layout import OCILayout
+    from sxpm.store.layout import OCILayout
 
     layout = OCILayout(tmp_path / "store")
     data = os.urandom(5 * MiB)
@@ -94,7 +94,7 @@ def test_sink_resumes_at_an_odd_offset(tmp_path: Path) -> None:
 
 def test_sink_refuses_bad_bytes(tmp_path: Path) -> None:
     from sxpm.errors import CorruptBlobError
-    from sxpm.layout import OCILayout
+    from sxpm.store.layout import OCILayout
 
     layout = OCILayout(tmp_path / "store")
     data = os.urandom(3 * MiB)
@@ -112,8 +112,8 @@ def test_sink_refuses_bad_bytes(tmp_path: Path) -> None:
 def test_ranges_from_two_streams_out_of_order_spill_to_disk(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stream far ahead of the hash releases its buffers; the hash reads them back."""
-    from sxpm.blobsink import BUFFER
-    from sxpm.layout import BlobWriter, OCILayout
+    from sxpm.store.layout import BlobWriter, OCILayout
+    from sxpm.store.sink import BUFFER
 
     layout = OCILayout(tmp_path / "store")
     data = os.urandom(12 * MiB + 99)
@@ -140,7 +140,7 @@ def test_ranges_from_two_streams_out_of_order_spill_to_disk(
 
 
 def test_ranges_resume_hashes_an_earlier_attempts_ranges_from_disk(tmp_path: Path) -> None:
-    from sxpm.layout import OCILayout
+    from sxpm.store.layout import OCILayout
 
     layout = OCILayout(tmp_path / "store")
     data = os.urandom(8 * MiB)
@@ -163,7 +163,7 @@ def test_ranges_resume_hashes_an_earlier_attempts_ranges_from_disk(tmp_path: Pat
 
 def test_a_failed_write_stops_the_receiver_and_keeps_hash_and_file_in_step(
         tmp_path: Path) -> None:
-    from sxpm.layout import OCILayout
+    from sxpm.store.layout import OCILayout
 
     layout = OCILayout(tmp_path / "store")
     data = os.urandom(6 * MiB)
@@ -194,12 +194,12 @@ def test_direct_writes_refused_after_open_fall_back_to_the_page_cache(
     import errno
     import fcntl
 
-    import sxpm.blobsink
-    from sxpm.layout import OCILayout
+    import sxpm.store.sink
+    from sxpm.store.layout import OCILayout
 
     if not _direct_io_works(tmp_path / "probe"):
         pytest.skip("this file system has no direct I/O")
-    real = sxpm.blobsink.pwrite_all
+    real = sxpm.store.sink.pwrite_all
     refused: list[int] = []
 
     def picky(fd: int, view: memoryview, offset: int) -> None:
@@ -208,7 +208,7 @@ def test_direct_writes_refused_after_open_fall_back_to_the_page_cache(
             raise OSError(errno.EINVAL, "Invalid argument")
         real(fd, view, offset)
 
-    monkeypatch.setattr(sxpm.blobsink, "pwrite_all", picky)
+    monkeypatch.setattr(sxpm.store.sink, "pwrite_all", picky)
     layout = OCILayout(tmp_path / "store")
     data = os.urandom(5 * MiB)
     desc = _desc(data)

@@ -101,7 +101,7 @@ def test_gc_waits_for_a_lease(lib_home) -> None:  # noqa: ANN001
         gc.start()
         time.sleep(0.5)
         assert gc.is_alive() and store.has_blob(desc.digest)  # gc waits for the lease
-        from sxpm.oci import Manifest
+        from sxpm.core.oci import Manifest
 
         config = store.put_bytes(b"{}", "application/vnd.test.config")
         top = store.put_manifest(Manifest(config, (desc,)))

@@ -163,7 +163,7 @@ def test_kill_9_during_install(point: object, package: str, fault_proxy,  # noqa
     if dest.exists():
         assert json.loads((dest / ".sxpm-install.json").read_text())["name"] == "crashpkg"
         assert len(list(dest.rglob("*.txt"))) == N_FILES
-    from sxpm.install import list_installed
+    from sxpm.installed.records import list_installed
 
     assert all(not i.path.name.startswith(".") for i in list_installed(home))
     fault_proxy.clear()
@@ -176,7 +176,7 @@ def test_kill_9_during_install(point: object, package: str, fault_proxy,  # noqa
 
 def _install(cli: Cli, ref: str):  # noqa: ANN202
     """The library's install in a child process (the CLI installs packages per project)."""
-    code = ("import sys; from sxpm.home import Home; from sxpm.install import install; "
+    code = ("import sys; from sxpm.home import Home; from sxpm.ops.install import install; "
             "h = Home.from_env(); install(h, h.parse_ref(sys.argv[1]))")
     return subprocess.Popen([sys.executable, "-c", code, ref], cwd=cli.cwd, env=cli.env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -93,8 +93,9 @@ def _outside(tmp_path: Path, home: Path) -> dict[str, str]:
 @pytest.mark.parametrize("case", list(PACKAGES))
 def test_hostile_package_is_refused(case: str, lib_home, tmp_path: Path, registry_dir: Path,  # noqa: ANN001
                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from sxpm import install as inst
     from sxpm.errors import SxpmError
+    from sxpm.installed import tree as inst
+    from sxpm.ops.install import install
 
     monkeypatch.setattr(inst, "MAX_PACKAGE_MEMBERS", 1000)  # the limit is 100 000; same code
     make, expected = PACKAGES[case]
@@ -102,7 +103,7 @@ def test_hostile_package_is_refused(case: str, lib_home, tmp_path: Path, registr
     make_package(lib_home.root, ref, make(), name="evil")
     before = _outside(tmp_path, lib_home.root)
     with pytest.raises(SxpmError) as err:
-        inst.install(lib_home, lib_home.parse_ref(ref))
+        install(lib_home, lib_home.parse_ref(ref))
     assert expected in str(err.value.one_line()), err.value.one_line()
     assert len(err.value.one_line().splitlines()) == 1
     assert _outside(tmp_path, lib_home.root) == before  # nothing written anywhere
@@ -127,7 +128,7 @@ MODELS = {
 def test_hostile_manifest_fields_are_refused(case: str, lib_home, tmp_path: Path,  # noqa: ANN001
                                              registry_dir: Path) -> None:
     from sxpm.errors import SxpmError
-    from sxpm.install import install
+    from sxpm.ops.install import install
 
     kw, expected = MODELS[case]
     ref = f"oci:{registry_dir}/evilmodel:1"
@@ -145,9 +146,9 @@ def test_hostile_manifest_fields_are_refused(case: str, lib_home, tmp_path: Path
 
 def _publish(src, registry_dir: Path, mutate) -> str:  # noqa: ANN001
     """Push a model to a layout registry, then rewrite its manifest with ``mutate``."""
-    from sxpm.distribution import push
-    from sxpm.layout import OCILayout
-    from sxpm.oci import canonical_json, sha256_digest
+    from sxpm.core.oci import canonical_json, sha256_digest
+    from sxpm.ops.transfer import push
+    from sxpm.store.layout import OCILayout
 
     ref = f"oci:{registry_dir}/liar:1"
     make_model(src.root, ref, {"w.bin": b"w" * 5000})
@@ -179,7 +180,7 @@ def _larger(obj: dict, _layout) -> dict:  # noqa: ANN001
 
 def _other_digest(obj: dict, layout) -> dict:  # noqa: ANN001
     # The registry keeps other bytes under the digest the manifest names.
-    from sxpm.reference import Digest
+    from sxpm.core.reference import Digest
 
     path = layout.blob_path(Digest.parse(obj["layers"][0]["digest"]))
     path.chmod(0o644)
@@ -214,7 +215,7 @@ def _not_json(obj: dict, _layout) -> bytes:  # noqa: ANN001
 
 
 def _index_of_index(obj: dict, layout) -> dict:  # noqa: ANN001
-    from sxpm.oci import OCI_INDEX, canonical_json
+    from sxpm.core.oci import OCI_INDEX, canonical_json
 
     inner = canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []})
     d = layout.put_bytes(inner, OCI_INDEX)
@@ -239,7 +240,7 @@ def test_lying_manifests_are_refused(case: str, tmp_path: Path, registry_dir: Pa
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from sxpm.errors import SxpmError
     from sxpm.home import Home
-    from sxpm.install import install
+    from sxpm.ops.install import install
 
     src = Home(tmp_path / "src")
     ref = _publish(src, registry_dir, LIES[case][0])
@@ -265,8 +266,8 @@ BAD_NAMES = ["../x", "..", "a/../../b", "/abs", "a/b", "", ".hidden", "a\x00b", 
 
 @pytest.mark.parametrize("text", BAD_REFS)
 def test_traversing_references_are_refused(text: str) -> None:
+    from sxpm.core.reference import Reference
     from sxpm.errors import InvalidReferenceError
-    from sxpm.reference import Reference
 
     with pytest.raises(InvalidReferenceError):
         Reference.parse(text)

@@ -11,7 +11,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from sxpm.oci import (
+from sxpm.core.oci import (
     ANN_BASE_MODEL,
     ANN_FILEPATH,
     ANN_TITLE,

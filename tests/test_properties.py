@@ -40,7 +40,7 @@ def _only_ours(fn, *args, **kw) -> None:  # noqa: ANN001
 @SETTINGS
 @given(ref_text, st.sampled_from([None, "localhost:5000/ns", "oci:/tmp/reg"]))
 def test_reference_parse(text: str, default: str | None) -> None:
-    from sxpm.reference import Reference
+    from sxpm.core.reference import Reference
 
     try:
         ref = Reference.parse(text, default_registry=default)
@@ -54,7 +54,7 @@ def test_reference_parse(text: str, default: str | None) -> None:
                                       st.sampled_from(["sha256", "sha512", "md5", "SHA256"]),
                                       st.text(alphabet="0123456789abcdefABCDEF", max_size=130))))
 def test_digest_parse(text: str) -> None:
-    from sxpm.reference import Digest
+    from sxpm.core.reference import Digest
 
     _only_ours(Digest.parse, text)
 
@@ -63,7 +63,7 @@ def test_digest_parse(text: str) -> None:
 @given(st.one_of(st.text(max_size=140),
                  st.text(alphabet="^~=<>*,. 0123456789vx-+abc|!", max_size=40)))
 def test_version_requirement_parse(text: str) -> None:
-    from sxpm.versions import VersionReq, parse_version
+    from sxpm.core.versions import VersionReq, parse_version
 
     try:
         req = VersionReq.parse(text)
@@ -95,7 +95,7 @@ def _manifestish() -> st.SearchStrategy[object]:
 @given(st.one_of(st.binary(max_size=200), _manifestish().map(lambda o: json.dumps(o).encode()),
                  json_values.map(lambda o: json.dumps(o).encode())))
 def test_manifest_parse(data: bytes) -> None:
-    from sxpm.oci import parse_manifest_bytes
+    from sxpm.core.oci import parse_manifest_bytes
 
     _only_ours(parse_manifest_bytes, data, "test")
 
@@ -143,7 +143,7 @@ def _lock_toml(version: object, rhash: object, arts: list[dict], reqs: list[dict
                                        st.text(max_size=4) | st.integers(), max_size=4),
                        max_size=2))))
 def test_lock_parse(text: str) -> None:
-    from sxpm.lockfile import Lock
+    from sxpm.project.lock import Lock
 
     _only_ours(Lock.loads, text)
 
@@ -194,8 +194,8 @@ def _project_toml(obj: dict) -> str:
 @SETTINGS
 @given(st.one_of(st.text(max_size=300), project_table.map(_project_toml)))
 def test_project_parse(text: str) -> None:
-    from sxpm.project import Project, parse_toml
-    from sxpm.validation import validate
+    from sxpm.core.validation import validate
+    from sxpm.project.manifest import Project, parse_toml
 
     def load() -> None:
         data = parse_toml(text, "simplex.toml")

@@ -25,7 +25,7 @@ def sha(data: bytes) -> str:
 
 
 def _desc(data: bytes):  # noqa: ANN202
-    from sxpm.oci import Descriptor
+    from sxpm.core.oci import Descriptor
 
     return Descriptor.for_bytes("application/octet-stream", data)
 
@@ -40,7 +40,7 @@ def _partials(home: Path) -> list[str]:
 
 def test_writer_by_ranges_out_of_order(tmp_path: Path) -> None:
     from sxpm.errors import StoreError
-    from sxpm.layout import OCILayout
+    from sxpm.store.layout import OCILayout
 
     layout = OCILayout(tmp_path / "store")
     data = os.urandom(3 * MiB + 17)
@@ -63,7 +63,7 @@ def test_writer_by_ranges_out_of_order(tmp_path: Path) -> None:
 
 
 def test_writer_resumes_only_recorded_ranges(tmp_path: Path) -> None:
-    from sxpm.layout import OCILayout
+    from sxpm.store.layout import OCILayout
 
     layout = OCILayout(tmp_path / "store")
     data = os.urandom(4 * MiB)
@@ -89,7 +89,7 @@ def test_writer_resumes_only_recorded_ranges(tmp_path: Path) -> None:
 
 
 def test_sequential_writer_trusts_only_the_recorded_prefix(tmp_path: Path) -> None:
-    from sxpm.layout import OCILayout
+    from sxpm.store.layout import OCILayout
 
     layout = OCILayout(tmp_path / "store")
     data = os.urandom(3 * MiB)
@@ -122,7 +122,7 @@ def test_sequential_writer_trusts_only_the_recorded_prefix(tmp_path: Path) -> No
 
 def test_writer_by_ranges_refuses_a_wrong_byte(tmp_path: Path) -> None:
     from sxpm.errors import CorruptBlobError, SizeMismatchError
-    from sxpm.layout import OCILayout
+    from sxpm.store.layout import OCILayout
 
     layout = OCILayout(tmp_path / "store")
     data = os.urandom(2 * MiB)
@@ -248,8 +248,8 @@ def test_flipped_byte_in_one_range_stores_nothing(cli, cli2, oci_registry,  # no
 @pytest.mark.parametrize("delta", [7, -7], ids=["larger", "smaller"])
 def test_ranged_pull_of_a_wrong_size_stores_nothing(delta: int, cli, cli2,  # noqa: ANN001
                                                     oci_registry, fault_proxy) -> None:  # noqa: ANN001
+    from sxpm.core.reference import Digest
     from sxpm.home import Home
-    from sxpm.reference import Digest
 
     repo = f"r5/size{delta}"
     data, digest = _publish(cli, oci_registry, repo, 16 * MiB)
@@ -306,7 +306,7 @@ def test_bad_bytes_kept_from_a_crash_are_fetched_again(ranged: bool, cli, cli2, 
 
 def test_progress_follows_stdout_and_draws_on_stderr(monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from sxpm import progress
+    from sxpm.core import progress
 
     class Tty:
         def __init__(self, tty: bool) -> None:

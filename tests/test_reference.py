@@ -4,8 +4,8 @@ import os
 
 import pytest
 
+from sxpm.core.reference import Digest, Reference, validate_name
 from sxpm.errors import InvalidDigestError, InvalidNameError, InvalidReferenceError
-from sxpm.reference import Digest, Reference, validate_name
 
 HEX = "a" * 64
 

@@ -23,9 +23,9 @@ TEST_TYPE = "application/vnd.simplex.test.v1+json"
 
 def make_artifact(home: Path, ref_text: str, files: dict[str, bytes]) -> str:
     """Put a manifest with one layer per file in ``home``'s store under ``ref_text``."""
-    from sxpm.distribution import store_name
+    from sxpm.core.oci import ANN_TITLE, Manifest
     from sxpm.home import Home
-    from sxpm.oci import ANN_TITLE, Manifest
+    from sxpm.store.refs import store_name
 
     h = Home(home)
     store = h.store
@@ -101,7 +101,7 @@ def test_delta_pull_fetches_only_the_changed_layer(cli, cli2, oci_registry,  # n
 
 
 def test_chunked_upload_and_mount(lib_home, oci_registry, fault_proxy) -> None:  # noqa: ANN001
-    from sxpm.distribution import push
+    from sxpm.ops.transfer import push
     from sxpm.transport import TransportOptions
 
     big = os.urandom(5 * 1024 * 1024 + 123)
@@ -237,7 +237,7 @@ def _manifest_with(home: Path, host: str, repo: str, mutate) -> tuple[bytes, str
     data = os.urandom(1000)
     digest = make_artifact(home, f"{host}/{repo}:1", {"x.bin": data})
     raw = Home(home).store.blob_path(
-        __import__("sxpm.reference").reference.Digest.parse(digest)).read_bytes()
+        __import__("sxpm.core.reference").reference.Digest.parse(digest)).read_bytes()
     obj = json.loads(raw)
     mutate(obj)
     return json.dumps(obj).encode(), digest
@@ -395,8 +395,8 @@ def test_docker_config_env_and_credential_helper(cli, auth_registry, tmp_path: P
 @pytest.mark.parametrize("where", ["remote", "layout"])
 def test_referrers_tag_fallback(where: str, cli, lib_home, oci_registry,  # noqa: ANN001
                                 registry_dir: Path) -> None:
-    from sxpm.distribution import attach, list_referrers, push
-    from sxpm.oci import OCI_EMPTY, Manifest
+    from sxpm.core.oci import OCI_EMPTY, Manifest
+    from sxpm.ops.transfer import attach, list_referrers, push
     from sxpm.transport import open_repository, referrers_tag
 
     base = f"{oci_registry.host}/t12" if where == "remote" else f"oci:{registry_dir}"
@@ -413,7 +413,7 @@ def test_referrers_tag_fallback(where: str, cli, lib_home, oci_registry,  # noqa
         "application/vnd.example.sbom", "application/vnd.example.signature"]
     only = list_referrers(ref, "application/vnd.example.signature")
     assert len(only) == 1 and only[0].annotations == {"n": "application/vnd.example.signature"}
-    from sxpm.reference import Digest
+    from sxpm.core.reference import Digest
 
     assert referrers_tag(Digest.parse(subject)) in open_repository(ref).tags()
     listed = cli("referrers", str(ref), "--json").json

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from sxpm.core.versions import VersionReq
 from sxpm.resolver import Requirement, ResolutionImpossible, resolve
 from sxpm.resolver.lines import LinesProvider
 from sxpm.resolver.resolve import UnknownNameError
-from sxpm.versions import VersionReq
 
 DATA = Path(__file__).parent / "resolver"
 CASES = sorted((DATA / "cases").glob("*.json"))

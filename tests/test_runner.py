@@ -23,8 +23,8 @@ llama = pytest.mark.llama
 def packed(home: Path, sample_dir: Path, registry_dir: Path, *, install: bool = True) -> Home:
     """A home with tiny-llama (F32 + F16), sql-expert and multi-expert packed (and
     tiny-llama F32 and sql-expert installed)."""
-    from sxpm.install import install as do_install
-    from sxpm.pack import pack
+    from sxpm.artifacts.pack import pack
+    from sxpm.ops.install import install as do_install
 
     h = Home(home)
     reg = f"oci:{registry_dir}"
@@ -145,8 +145,9 @@ def test_run_by_name_imports_only_the_runner(ready: Home, tmp_path: Path) -> Non
         "    assert not exc.code, exc.code\n"
         "heavy = sorted(n for n in sys.modules if n.split('.')[0] in ('jsonschema', 'requests',"
         " 'urllib3', 'cachecontrol', 'filelock', 'gguf', 'semantic_version', 'tomlkit',"
-        " 'tarfile') or n in ('sxpm.oci', 'sxpm.layout', 'sxpm.install', 'sxpm.reference',"
-        " 'sxpm.distribution', 'sxpm.transport', 'sxpm.runner.templates'))\n"
+        " 'tarfile') or n in ('sxpm.core.oci', 'sxpm.store.layout', 'sxpm.installed.tree',"
+        " 'sxpm.core.reference', 'sxpm.ops.transfer', 'sxpm.transport',"
+        " 'sxpm.runner.templates'))\n"
         "assert not heavy, heavy\n"
     )
     env = {**os.environ, "SIMPLEX_HOME": str(ready.root),

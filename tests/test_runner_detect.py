@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from sxpm.core.gguf import GGML_TYPE_SIZES, read_header
 from sxpm.errors import ModelFileError, TemplateError
 from sxpm.runner import detect
-from sxpm.runner.gguf_header import GGML_TYPE_SIZES, read_header
 from sxpm.runner.plan import (
     MIN_RESERVE,
     VariantOption,

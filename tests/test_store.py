@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from sxpm.core.oci import Descriptor, sha256_digest
+from sxpm.core.reference import Digest
 from sxpm.errors import CorruptBlobError, SizeMismatchError
-from sxpm.layout import OCILayout
-from sxpm.oci import Descriptor, sha256_digest
-from sxpm.reference import Digest
+from sxpm.store.layout import OCILayout
 
 
 def test_layout_files_are_an_oci_image_layout(tmp_path: Path) -> None:
@@ -64,7 +64,7 @@ def test_interrupted_write_resumes_from_partial_bytes(tmp_path: Path) -> None:
 
 
 def test_refs_gc_and_verify(tmp_path: Path) -> None:
-    from sxpm.oci import Manifest
+    from sxpm.core.oci import Manifest
 
     layout = OCILayout(tmp_path / "s")
     cfg = layout.put_bytes(b"{}", "application/vnd.oci.empty.v1+json")
@@ -89,7 +89,7 @@ def test_refs_gc_and_verify(tmp_path: Path) -> None:
 
 _PACKER = """
 import sys
-from sxpm.layout import OCILayout
+from sxpm.store.layout import OCILayout
 layout = OCILayout(sys.argv[1])
 for i in range(30):
     layout.put_file(__import__('pathlib').Path(sys.argv[2]), "application/octet-stream")

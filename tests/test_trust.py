@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from sxpm.distribution import push
+from sxpm.artifacts.pack import pack
+from sxpm.core.oci import Descriptor, ImageIndex, Manifest
+from sxpm.core.reference import Reference
 from sxpm.home import Home
-from sxpm.oci import Descriptor, ImageIndex, Manifest
-from sxpm.pack import pack
-from sxpm.reference import Reference
-from sxpm.referrers import attach_referrer, stored_referrers
+from sxpm.ops.transfer import push
 from sxpm.transport import open_repository, referrers_tag
 from sxpm.transport.layout import LayoutRepository
+from sxpm.transport.referrers import attach_referrer, stored_referrers
 from sxpm.trust import keys
 from sxpm.trust.envelope import SIGSTORE_BUNDLE_MEDIA_TYPE, signature_manifest
 

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from sxpm.core.progress import Reporter, TqdmReporter
 from sxpm.home import Home
-from sxpm.progress import Reporter, TqdmReporter
 
 if TYPE_CHECKING:
-    from sxpm.reference import Reference
+    from sxpm.core.reference import Reference
     from sxpm.transport import TransportOptions
 
 F = TypeVar("F", bound=Callable[..., Any])

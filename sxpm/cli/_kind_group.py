@@ -19,8 +19,8 @@ from sxpm.cli._common import (
     transport,
     warn_skip_verify,
 )
+from sxpm.core.humanize import human_size
 from sxpm.errors import InputError
-from sxpm.humanize import human_size
 
 
 def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group:
@@ -46,7 +46,7 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
     @click.option("--root", type=click.Path(path_type=Path), help="Install root (default: home).")
     @json_option
     def list_cmd(root: Path | None, as_json: bool) -> None:
-        from sxpm.install import list_installed
+        from sxpm.installed.records import list_installed
 
         items = list_installed(root or home().root, kind)
         rows = [{"name": i.name, "version": i.version, "variant": i.record.get("variant"),
@@ -83,7 +83,7 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
     def install_cmd(ref_text: str, variant: str | None, root: Path | None, quiet: bool,
                     insecure: bool, jobs: int, insecure_skip_verify: bool, as_json: bool,
                     **extra: Any) -> None:
-        from sxpm.install import install
+        from sxpm.ops.install import install
 
         h = home()
         if insecure_skip_verify:
@@ -95,7 +95,7 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
         if for_model and variant:
             raise click.UsageError("--for and --variant choose the same thing; give one")
         if for_model:
-            from sxpm.runner.resolve import install_expert
+            from sxpm.runner.locate import install_expert
 
             installed = install_expert(h, h.parse_ref(ref_text), for_model, **kw)
         else:
@@ -123,7 +123,7 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
     @click.argument("spec", metavar="NAME[@VERSION]")
     @click.option("--root", type=click.Path(path_type=Path), help="Install root (default: home).")
     def remove_cmd(spec: str, root: Path | None) -> None:
-        from sxpm.install import remove_installed
+        from sxpm.installed.tree import remove_installed
 
         name, _, version = spec.partition("@")
         for item in remove_installed(root or home().root, kind, name, version or None):
@@ -155,9 +155,10 @@ def _a(kind: str) -> str:
 
 
 def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> None:
-    from sxpm.distribution import resolve_local
-    from sxpm.install import describe, find_installed
-    from sxpm.oci import ANN_BASE_MODEL, ANN_VARIANT, ImageIndex
+    from sxpm.artifacts.describe import describe
+    from sxpm.core.oci import ANN_BASE_MODEL, ANN_VARIANT, ImageIndex
+    from sxpm.installed.records import find_installed
+    from sxpm.store.refs import resolve_local
 
     h = home()
     name, _, version = spec.partition("@")
@@ -168,7 +169,7 @@ def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> No
         variant = variant or found[-1].record.get("variant")
     else:
         ref = h.parse_ref(spec)
-    top = resolve_local(h, ref)
+    top = resolve_local(h.store, ref)
     info = describe(h.store, top, variant)
     if info.kind != kind:
         raise InputError(f"{spec} is {info.kind!r}, not {_a(kind)}")
@@ -191,7 +192,7 @@ def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> No
                      "paramSize": cfg.get("paramSize")})
         keys = ["name", "version", "ref", "digest", "architecture", "quantization", "paramSize"]
     else:
-        from sxpm.runner.resolve import base_model_names
+        from sxpm.runner.locate import base_model_names
 
         data.update({
             "base_models": list(base_model_names(info.config)),

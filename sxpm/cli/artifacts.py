@@ -20,8 +20,8 @@ from sxpm.cli._common import (
     transport,
     warn_skip_verify,
 )
+from sxpm.core.humanize import human_size
 from sxpm.errors import CorruptBlobError, NotFoundError, StoreError
-from sxpm.humanize import human_size
 
 _REFERRERS_TAG = re.compile(r":sha(256|512)-[0-9a-f]{64,128}$")
 
@@ -47,7 +47,7 @@ def pack(kind: str, path: Path, ref_text: str, variant: str | None, version: str
       sxpm pack model ./tiny-llama --ref oci:./registry/tiny-llama:1.0.0 --variant F32
       sxpm pack expert ./sql-expert --ref oci:./registry/sql-expert:2.1.0
     """
-    from sxpm.pack import pack as do_pack
+    from sxpm.artifacts.pack import pack as do_pack
 
     h = home()
     result = do_pack(h, kind, path, h.parse_ref(ref_text), variant=variant, version=version)
@@ -77,7 +77,7 @@ def push(ref_text: str, target: str | None, variant: str | None, quiet: bool, in
       sxpm push oci:./registry/tiny-llama:1.0.0
       sxpm push localhost:5000/simplex/tiny-llama:1.0.0
     """
-    from sxpm.distribution import push as do_push
+    from sxpm.ops.transfer import push as do_push
 
     h = home()
     ref = h.parse_ref(ref_text)
@@ -88,7 +88,7 @@ def push(ref_text: str, target: str | None, variant: str | None, quiet: bool, in
 
 
 def _report(result: object, verb: str, as_json: bool, moved: str = "sent") -> None:
-    from sxpm.distribution import TransferResult
+    from sxpm.ops.transfer import TransferResult
 
     assert isinstance(result, TransferResult)
     data = {"ref": str(result.ref), "digest": str(result.descriptor.digest),
@@ -122,7 +122,7 @@ def pull(ref_text: str, variant: str | None, all_variants: bool, quiet: bool, in
       sxpm pull oci:./registry/tiny-llama:1.0.0
       sxpm pull localhost:5000/simplex/tiny-llama:1.0.0 --variant Q4_K_M
     """
-    from sxpm.distribution import pull as do_pull
+    from sxpm.ops.transfer import pull as do_pull
 
     if variant and all_variants:
         raise click.UsageError("--variant and --all-variants exclude each other; "
@@ -149,7 +149,7 @@ def copy(src: str, dst: str, quiet: bool, insecure: bool, jobs: int, as_json: bo
     Example:
       sxpm copy oci:./registry/tiny-llama:1.0.0 localhost:5000/simplex/tiny-llama:1.0.0
     """
-    from sxpm.distribution import copy as do_copy
+    from sxpm.ops.transfer import copy as do_copy
 
     h = home()
     result = do_copy(h, h.parse_ref(src), h.parse_ref(dst),
@@ -170,7 +170,7 @@ def inspect(ref_text: str, remote: bool, insecure: bool, as_json: bool) -> None:
     Example:
       sxpm inspect oci:./registry/tiny-llama:1.0.0 --json
     """
-    from sxpm.distribution import resolve_local
+    from sxpm.store.refs import resolve_local
     from sxpm.transport import TransportOptions, open_repository
 
     h = home()
@@ -179,7 +179,7 @@ def inspect(ref_text: str, remote: bool, insecure: bool, as_json: bool) -> None:
         repo = open_repository(ref, TransportOptions(insecure=insecure))
         desc, data = repo.get_manifest(str(ref.digest) if ref.digest else (ref.tag or "latest"))
     else:
-        desc = resolve_local(h, ref)
+        desc = resolve_local(h.store, ref)
         data = h.store.read_blob(desc)
     manifest = json.loads(data)
     if as_json:
@@ -199,8 +199,8 @@ def list_(as_json: bool) -> None:
     Example:
       sxpm list --json
     """
-    from sxpm.install import describe
-    from sxpm.oci import ANN_VARIANT, ImageIndex
+    from sxpm.artifacts.describe import describe
+    from sxpm.core.oci import ANN_VARIANT, ImageIndex
 
     h = home()
     rows = []
@@ -245,7 +245,7 @@ def rm(refs: tuple[str, ...]) -> None:
     Example:
       sxpm rm oci:./registry/tiny-llama:1.0.0 && sxpm gc
     """
-    from sxpm.distribution import store_name
+    from sxpm.store.refs import store_name
 
     h = home()
     for text in refs:
@@ -300,7 +300,7 @@ def verify(ref_text: str | None, fix: bool, keys: tuple[str, ...], identity: str
       sxpm verify --fix && sxpm pull REF
       sxpm verify oci:./registry/tiny-llama:1.0.0
     """
-    from sxpm.reference import Digest
+    from sxpm.core.reference import Digest
 
     if ref_text is not None:
         if fix:

@@ -72,7 +72,7 @@ def search(query: tuple[str, ...], kind: str | None, limit: int, index: str | No
       sxpm search sql
       sxpm search llama --kind model --json
     """
-    from sxpm.humanize import human_size
+    from sxpm.core.humanize import human_size
     from sxpm.index.format import CATALOG_FILE
 
     client = _client(index, offline, insecure)
@@ -105,7 +105,7 @@ def info(spec: str, index: str | None, offline: bool, insecure: bool, as_json: b
       sxpm info sql-expert
       sxpm info tiny-llama@1.0.0 --json
     """
-    from sxpm.humanize import human_size
+    from sxpm.core.humanize import human_size
 
     name, _, version = spec.partition("@")
     client = _client(index, offline, insecure)
@@ -176,7 +176,7 @@ def publish(paths: tuple[Path, ...], index: Path, registry: str | None, kind: st
           --index ./registry-index
     """
     from sxpm.cli._common import home, reporter, transport
-    from sxpm.index.publish import publish as do_publish
+    from sxpm.ops.publish import publish as do_publish
 
     result = do_publish(home(), list(paths), index_dir=index, registry=registry, kind=kind,
                         name=name, version=version, variants=list(variants),
@@ -212,7 +212,7 @@ def yank(spec: str, undo: bool, index: str | None, as_json: bool) -> None:
     Example:
       sxpm yank sql-expert@2.1.0 --index ./registry-index
     """
-    from sxpm.index.publish import yank as do_yank
+    from sxpm.ops.publish import yank as do_yank
 
     name, sep, version = spec.partition("@")
     if not sep or not version:

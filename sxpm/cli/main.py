@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from sxpm import __version__
+from sxpm._version import __version__
 from sxpm.errors import EXIT_FAILURE, EXIT_USAGE, SxpmError
 
 # command name -> (module, attribute, one-line help for the listing)

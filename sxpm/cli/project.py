@@ -22,9 +22,9 @@ from sxpm.errors import InputError, NotFoundError
 
 if TYPE_CHECKING:
     from sxpm.home import Home
-    from sxpm.lockfile import Lock
-    from sxpm.lockops import LockResult
-    from sxpm.project import Project
+    from sxpm.ops.lock import LockResult
+    from sxpm.project.lock import Lock
+    from sxpm.project.manifest import Project
     from sxpm.resolver import Provider
     from sxpm.transport import TransportOptions
 
@@ -43,7 +43,7 @@ def _index_option(f: F) -> F:
 
 
 def _load(manifest: Path | None) -> Project:
-    from sxpm.project import Project
+    from sxpm.project.manifest import Project
 
     return Project.load(manifest)
 
@@ -54,7 +54,7 @@ def _provider(project: Project, h: Home, index: str | None, offline: bool,
     from sxpm.errors import IndexLocationError
     from sxpm.index.location import find_index
     from sxpm.index.provider import IndexProvider
-    from sxpm.lockops import ManifestSource, RegistryProvider
+    from sxpm.ops.lock import ManifestSource, RegistryProvider
 
     try:
         location = find_index(index, cwd=project.root)
@@ -83,7 +83,7 @@ def init(directory: Path, name: str | None, registry: str | None, index: str | N
     Example:
       sxpm init --registry localhost:5000/simplex
     """
-    from sxpm.project import init as do_init
+    from sxpm.project.manifest import init as do_init
 
     path = do_init(directory, name, registry=registry, index=index)
     click.echo(f"created {path}")
@@ -107,7 +107,7 @@ def add(spec: str, kind: str, variant: str | None, base: str | None,
       sxpm add cognitive-1b@^1.0 --model --variant Q4_K_M
       sxpm add sql-expert@~2.1 --expert --base cognitive-1b
     """
-    from sxpm.project import add as do_add
+    from sxpm.project.manifest import add as do_add
 
     name, _, req = spec.partition("@")
     if base and kind != "expert":
@@ -127,7 +127,7 @@ def remove(name: str, manifest: Path | None) -> None:
     Example:
       sxpm remove sql-expert
     """
-    from sxpm.project import remove as do_remove
+    from sxpm.project.manifest import remove as do_remove
 
     project = _load(manifest)
     kind = do_remove(project, name)
@@ -137,7 +137,7 @@ def remove(name: str, manifest: Path | None) -> None:
 def _do_lock(manifest: Path | None, index: str | None, offline: bool, insecure: bool,
              jobs: int, update: list[str] | None, skip_verify: bool = False
              ) -> tuple[Project, LockResult]:
-    from sxpm.lockops import lock as do_lock
+    from sxpm.ops.lock import lock as do_lock
 
     project = _load(manifest)
     h = home()
@@ -218,8 +218,8 @@ def install(manifest: Path | None, index: str | None, locked: bool, frozen: bool
     Example:
       sxpm install --locked
     """
-    from sxpm.lockfile import Lock
-    from sxpm.lockops import check_fresh, install_lock
+    from sxpm.ops.lock import check_fresh, install_lock
+    from sxpm.project.lock import Lock
 
     project = _load(manifest)
     h = home()
@@ -258,7 +258,7 @@ def install(manifest: Path | None, index: str | None, locked: bool, frozen: bool
 
 
 def _read_lock(manifest: Path | None) -> tuple[Project, Lock]:
-    from sxpm.lockfile import Lock
+    from sxpm.project.lock import Lock
 
     project = _load(manifest)
     if not project.lock_path.exists():

@@ -82,7 +82,7 @@ def referrers(ref_text: str, artifact_type: str | None, insecure: bool, as_json:
     Example:
       sxpm referrers localhost:5000/simplex/tiny-llama:1.0.0 --json
     """
-    from sxpm.distribution import list_referrers
+    from sxpm.ops.transfer import list_referrers
     from sxpm.transport import TransportOptions
 
     ref = home().parse_ref(ref_text)

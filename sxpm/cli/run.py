@@ -187,7 +187,7 @@ def doctor(as_json: bool) -> None:
       sxpm doctor --json
     """
     from sxpm.cli._common import emit_json
-    from sxpm.humanize import human_size
+    from sxpm.core.humanize import human_size
     from sxpm.runner.detect import detect
 
     report = detect()

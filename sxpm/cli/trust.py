@@ -93,8 +93,8 @@ def sign(ref_text: str, key: Path | None, use_sigstore: bool, identity_token: st
 def verify_ref(ref_text: str, keys: tuple[str, ...], identity: str | None,
                issuer: str | None, insecure: bool, as_json: bool) -> None:
     """`sxpm verify REF`: check REF's signatures against the policy (or the given signers)."""
-    from sxpm.distribution import resolve_local
     from sxpm.errors import InputError, NotFoundError
+    from sxpm.store.refs import resolve_local
     from sxpm.transport import TransportOptions, open_repository
     from sxpm.trust.enforce import check_local, check_pull, remote_manifests
     from sxpm.trust.keys import load_public
@@ -111,7 +111,7 @@ def verify_ref(ref_text: str, keys: tuple[str, ...], identity: str | None,
         requirement = Requirement((ref.name,), frozenset(load_public(k).id for k in keys),
                                   identities)
     try:
-        top = resolve_local(h, ref)
+        top = resolve_local(h.store, ref)
         source = "store"
     except NotFoundError:
         top = None

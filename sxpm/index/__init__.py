@@ -5,5 +5,5 @@
 * :mod:`sxpm.index.location` - where the index is (flag, env, simplex.toml, home).
 * :mod:`sxpm.index.search` - ranking ``search.json`` rows.
 * :mod:`sxpm.index.build` - ``search.json`` and ``verify`` for an index checkout.
-* :mod:`sxpm.index.publish` - ``publish`` and ``yank`` as commits on a branch.
+* :mod:`sxpm.ops.publish` - ``publish`` and ``yank`` as commits on a branch.
 """

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from sxpm.errors import IndexFormatError, InvalidNameError, SxpmError
-from sxpm.index.client import CATALOG_FIELDS, CATALOG_FORMAT
 from sxpm.index.format import (
+    CATALOG_FIELDS,
     CATALOG_FILE,
+    CATALOG_FORMAT,
     CONFIG_FILE,
     PACKAGES_DIR,
     IndexConfig,
@@ -207,7 +208,7 @@ def verify(root: Path, *, check_registry: bool = False, insecure: bool = False
 def _check_registry(entries: list[tuple[str, int, IndexEntry]], root: Path,
                     report: VerifyReport,
                     insecure: bool) -> None:
-    from sxpm.reference import Digest, Reference
+    from sxpm.core.reference import Digest, Reference
     from sxpm.transport import TransportOptions, open_repository
 
     options = TransportOptions(insecure=insecure)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sxpm.core.reference import is_loopback
 from sxpm.errors import IndexFormatError, IndexLocationError, IndexUnavailableError
 from sxpm.index.format import (
     CATALOG_FILE,
@@ -29,11 +30,6 @@ from sxpm.index.format import (
     parse_lines,
     version_key,
 )
-from sxpm.reference import is_loopback
-
-CATALOG_FORMAT = 1
-# search.json rows: one array per name, fields in this order.
-CATALOG_FIELDS = ("name", "kind", "vers", "size", "description", "tags", "versions")
 
 
 @dataclass(frozen=True)

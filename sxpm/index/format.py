@@ -21,6 +21,9 @@ from sxpm.errors import IndexFormatError, InvalidNameError
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 CATALOG_FILE = "search.json"
+CATALOG_FORMAT = 1
+# search.json rows: one array per name, fields in this order.
+CATALOG_FIELDS = ("name", "kind", "vers", "size", "description", "tags", "versions")
 PACKAGES_DIR = "packages"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -160,7 +163,7 @@ class IndexEntry:
                   check: bool = True) -> IndexEntry:
         """Build from a parsed line; ``check`` validates it against the schema first."""
         if check:
-            from sxpm.validation import first_error
+            from sxpm.core.validation import first_error
 
             problem = first_error(obj, "index-entry")
             if problem is not None:
@@ -222,7 +225,7 @@ class IndexConfig:
 
     @classmethod
     def from_dict(cls, obj: Any, source: str = CONFIG_FILE) -> IndexConfig:
-        from sxpm.validation import first_error
+        from sxpm.core.validation import first_error
 
         problem = first_error(obj, "index-config")
         if problem is not None:

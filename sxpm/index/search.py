@@ -125,7 +125,7 @@ def search_text(text: str, query: str, *, kind: str | None = None, limit: int | 
 
 
 def check_catalog_header(header: str, source: str) -> None:
-    from sxpm.index.client import CATALOG_FORMAT
+    from sxpm.index.format import CATALOG_FORMAT
 
     try:
         obj = json.loads(header + "]}")
@@ -141,7 +141,7 @@ def check_catalog_header(header: str, source: str) -> None:
 def load_catalog_rows(text: str, source: str) -> list[Any]:
     """Every row of a ``search.json`` text, checking its format."""
     from sxpm.errors import IndexFormatError
-    from sxpm.index.client import CATALOG_FORMAT
+    from sxpm.index.format import CATALOG_FORMAT
 
     try:
         obj = json.loads(text)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from sxpm.core.versions import VersionReq, parse_version
 from sxpm.errors import ManifestError
 from sxpm.resolver.model import Candidate, Dep, Variant
-from sxpm.versions import VersionReq, parse_version
 
 
 def candidate_from_line(line: Mapping[str, Any], source: str = "index") -> Candidate:

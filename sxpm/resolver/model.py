@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sxpm.versions import Version, VersionReq
+from sxpm.core.versions import Version, VersionReq
 
 ROOT = "simplex.toml"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sxpm.runner.gguf_header import GGUFHeader
+from sxpm.core.gguf import GGUFHeader
 
 MiB = 1024 * 1024
 # Compute buffers, CUDA context and fragmentation: kept free on the device.

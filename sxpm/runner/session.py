@@ -19,13 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sxpm.errors import IncompatibleExpertError, MissingExtraError, ModelFileError, RunnerError
 from sxpm.home import Home
-from sxpm.runner.resolve import (
-    ExpertFiles,
-    ModelFiles,
-    check_compatible,
-    find_expert,
-    find_model,
-)
+from sxpm.runner.locate import ExpertFiles, ModelFiles, check_compatible, find_expert, find_model
 
 if TYPE_CHECKING:
     from sxpm.runner.plan import OffloadPlan

@@ -1,94 +1,26 @@
 """The one interface every registry is reached through.
 
-A :class:`Repository` is one repository of one registry: a directory holding an
-OCI image layout (:mod:`sxpm.transport.layout`, the embedded registry) or a
-repository of an OCI distribution registry (:mod:`sxpm.transport.remote`). The
-operations above it (:mod:`sxpm.distribution`) never know which.
+A :class:`Repository` (:mod:`sxpm.transport.base`) is one repository of one registry: a
+directory holding an OCI image layout (:mod:`sxpm.transport.layout`, the embedded
+registry) or a repository of an OCI distribution registry (:mod:`sxpm.transport.remote`).
+The operations above it (:mod:`sxpm.ops`) never know which: they call
+:func:`open_repository`, which loads the remote client (and ``requests``) only for a
+remote reference.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from sxpm.core.reference import Reference
+from sxpm.transport.base import (
+    Repository,
+    TransportOptions,
+    read_referrers_fallback,
+    referrers_tag,
+    update_referrers_fallback,
+)
 
-from sxpm.errors import NotFoundError
-from sxpm.layout import BlobWriter, OCILayout
-from sxpm.oci import Descriptor, ImageIndex, Manifest, parse_manifest_bytes
-from sxpm.progress import Progress
-from sxpm.reference import Digest, Reference
-
-
-@dataclass(frozen=True)
-class TransportOptions:
-    insecure: bool = False
-    """Allow plain HTTP and unverified TLS for non-loopback hosts."""
-    jobs: int = 4
-    """Parallel transfers."""
-    retries: int = 6
-    """Attempts after the first, for 429/5xx answers and dropped connections."""
-    backoff_s: float = 0.5
-    """First wait between attempts; doubled each time, with jitter, at most 30 s."""
-    retry_max_s: float = 120.0
-    """No retry starts after this many seconds spent on one request."""
-    timeout_s: float = 60.0
-    """Seconds without a byte from the registry before a read gives up."""
-    chunk_bytes: int = 64 * 1024 * 1024
-    """Uploads larger than this go in PATCH chunks of this size."""
-    range_min_bytes: int = 64 * 1024 * 1024
-    """Blobs of at least this size are pulled by several streams of HTTP ranges."""
-    range_piece_bytes: int = 64 * 1024 * 1024
-    """The size of one ranged request (the streams take pieces in order). Each request
-    costs the registry and the client a few milliseconds of CPU: 64 MiB pieces pulled
-    a 1 GiB blob about 15% faster than 16 MiB ones (docs/benchmarks.md)."""
-    range_streams: int = 0
-    """Streams per large blob; 0 decides: one from a loopback registry, else the
-    ``jobs`` shared among the large blobs, at most the CPUs (at least 2)."""
-
-
-class Repository(ABC):
-    """One repository: tags, manifests and blobs."""
-
-    def __init__(self, ref: Reference) -> None:
-        self.ref = ref.with_tag(None).with_digest(None)
-
-    def __str__(self) -> str:
-        return self.ref.locator
-
-    @abstractmethod
-    def get_manifest(self, reference: str) -> tuple[Descriptor, bytes]:
-        """The manifest (or index) at a tag or digest: its descriptor and raw bytes.
-
-        The descriptor's digest is computed from the bytes; when ``reference`` is a
-        digest, implementations raise if the bytes do not match it.
-        """
-
-    @abstractmethod
-    def has_blob(self, digest: Digest) -> bool: ...
-
-    @abstractmethod
-    def fetch_blob(self, desc: Descriptor, writer: BlobWriter, progress: Progress,
-                   streams: int = 1) -> None:
-        """Stream a blob into ``writer``, starting at ``writer.offset`` (resume).
-
-        The writer hashes and checks; this only moves bytes. ``streams`` > 1 lets a
-        large blob come in that many parallel ranged streams, where the source can.
-        """
-
-    @abstractmethod
-    def push_blob(self, desc: Descriptor, store: OCILayout, progress: Progress,
-                  mount_from: Sequence[str] = ()) -> bool:
-        """Upload a blob from ``store`` unless present; False when nothing was sent."""
-
-    @abstractmethod
-    def push_manifest(self, desc: Descriptor, data: bytes, tag: str | None) -> None: ...
-
-    @abstractmethod
-    def tags(self) -> list[str]: ...
-
-    @abstractmethod
-    def referrers(self, subject: Digest, artifact_type: str | None = None) -> list[Descriptor]:
-        """Manifests whose ``subject`` is ``subject``."""
+__all__ = ["Repository", "TransportOptions", "open_repository", "read_referrers_fallback",
+           "referrers_tag", "update_referrers_fallback"]
 
 
 def open_repository(ref: Reference, options: TransportOptions | None = None) -> Repository:
@@ -100,46 +32,3 @@ def open_repository(ref: Reference, options: TransportOptions | None = None) -> 
     from sxpm.transport.remote import RemoteRepository
 
     return RemoteRepository(ref, options)
-
-
-# --- referrers: the tag schema shared by every registry without the referrers API ---
-
-
-def referrers_tag(subject: Digest) -> str:
-    """The fallback tag listing the referrers of ``subject``: ``sha256-<hex>``."""
-    return f"{subject.algorithm}-{subject.hex}"
-
-
-def read_referrers_fallback(repo: Repository, subject: Digest,
-                            artifact_type: str | None = None) -> list[Descriptor]:
-    """Referrers of ``subject`` from the image index at its fallback tag."""
-    try:
-        _, data = repo.get_manifest(referrers_tag(subject))
-    except NotFoundError:
-        return []
-    index = parse_manifest_bytes(data, f"{repo.ref.locator}:{referrers_tag(subject)}")
-    if not isinstance(index, ImageIndex):
-        return []
-    return [d for d in index.manifests
-            if artifact_type is None or d.artifact_type == artifact_type]
-
-
-def update_referrers_fallback(repo: Repository, desc: Descriptor, data: bytes) -> None:
-    """After pushing a manifest with a ``subject``, add it to the subject's fallback index.
-
-    A read-modify-write of one tag: two writers racing may drop one entry, which the
-    next push of that referrer restores (the OCI spec accepts the same limitation).
-    """
-    obj = parse_manifest_bytes(data, f"{repo.ref.locator}@{desc.digest}")
-    if obj.subject is None:
-        return
-    artifact_type = obj.artifact_type
-    if artifact_type is None and isinstance(obj, Manifest):
-        artifact_type = obj.config.media_type
-    entry = Descriptor(obj.media_type, desc.digest, desc.size, dict(obj.annotations),
-                       artifact_type)
-    current = read_referrers_fallback(repo, obj.subject.digest)
-    if any(d.digest == desc.digest for d in current):
-        return
-    index = ImageIndex((*current, entry))
-    repo.push_manifest(index.descriptor(), index.to_bytes(), referrers_tag(obj.subject.digest))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sxpm.errors import RegistryError
-from sxpm.layout import write_atomic
+from sxpm.store.layout import write_atomic
 
 _DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from sxpm.blobsink import receive
+from sxpm.core.oci import MAX_MANIFEST_BYTES, Descriptor, parse_manifest_bytes, sha256_digest
+from sxpm.core.progress import Progress
+from sxpm.core.reference import Digest, Reference
 from sxpm.errors import CorruptBlobError, NotFoundError, SizeMismatchError
-from sxpm.layout import BlobWriter, OCILayout
-from sxpm.oci import MAX_MANIFEST_BYTES, Descriptor, parse_manifest_bytes, sha256_digest
-from sxpm.progress import Progress
-from sxpm.reference import Digest, Reference
-from sxpm.transport import Repository, read_referrers_fallback, update_referrers_fallback
+from sxpm.store.layout import BlobWriter, OCILayout
+from sxpm.store.sink import receive
+from sxpm.transport.base import Repository, read_referrers_fallback, update_referrers_fallback
 
 
 class LayoutRepository(Repository):

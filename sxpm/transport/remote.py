@@ -3,7 +3,7 @@
 Data paths use one ``requests`` session per registry host (shared by every
 repository of that host in the process, so connections and tokens are reused):
 
-* pulls stream each blob into the store's :class:`~sxpm.layout.BlobWriter`, which
+* pulls stream each blob into the store's :class:`~sxpm.store.layout.BlobWriter`, which
   hashes while it writes; a dropped connection resumes with ``Range`` from the bytes
   already on disk, in this process or the next;
 * pushes ``HEAD`` first, try a cross-repository mount, then stream from the store's
@@ -33,8 +33,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlencode, urljoin
 
-from sxpm import __version__
-from sxpm.blobsink import BUFFER, LANE_BUFFERS, Lane, Sink, receive
+from sxpm._version import __version__
+from sxpm.core.oci import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MAX_MANIFEST_BYTES,
+    Descriptor,
+    ImageIndex,
+    parse_manifest_bytes,
+)
+from sxpm.core.progress import Progress
+from sxpm.core.reference import Digest, Reference, is_loopback
 from sxpm.errors import (
     AuthenticationError,
     CorruptBlobError,
@@ -43,18 +52,9 @@ from sxpm.errors import (
     RegistryError,
     SizeMismatchError,
 )
-from sxpm.layout import CHUNK, BlobWriter, OCILayout
-from sxpm.oci import (
-    INDEX_TYPES,
-    MANIFEST_TYPES,
-    MAX_MANIFEST_BYTES,
-    Descriptor,
-    ImageIndex,
-    parse_manifest_bytes,
-)
-from sxpm.progress import Progress
-from sxpm.reference import Digest, Reference, is_loopback
-from sxpm.transport import (
+from sxpm.store.layout import CHUNK, BlobWriter, OCILayout
+from sxpm.store.sink import BUFFER, LANE_BUFFERS, Lane, Sink, receive
+from sxpm.transport.base import (
     Repository,
     TransportOptions,
     read_referrers_fallback,

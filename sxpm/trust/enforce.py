@@ -15,13 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from sxpm.core.oci import Descriptor, ImageIndex, Manifest, parse_manifest_bytes
+from sxpm.core.progress import SILENT
+from sxpm.core.reference import Reference
 from sxpm.errors import InvalidVersionError, ManifestError, StoreError, SxpmError
 from sxpm.home import Home
-from sxpm.oci import Descriptor, ImageIndex, Manifest, parse_manifest_bytes
-from sxpm.progress import SILENT
-from sxpm.reference import Reference
-from sxpm.referrers import MAX_REFERRERS, attach_referrer, stored_referrers
 from sxpm.transport import Repository
+from sxpm.transport.referrers import MAX_REFERRERS, attach_referrer, stored_referrers
 from sxpm.trust.envelope import MAX_SIGNATURE_BYTES, SIGNATURE_ARTIFACT
 from sxpm.trust.payload import Payload, subject_payload
 from sxpm.trust.policy import Requirement, load_policy
@@ -30,7 +30,7 @@ from sxpm.trust.verify import Candidate, VerifiedSigner, check_signatures
 
 def tag_version(ref: Reference) -> str | None:
     """The version a tag asks for, when the tag is a version."""
-    from sxpm.versions import parse_version
+    from sxpm.core.versions import parse_version
 
     if not ref.tag:
         return None
@@ -152,9 +152,9 @@ def verified_signer(home: Home, ref: Reference, *, cwd: Path | None = None
     :class:`~sxpm.errors.SignatureError` when one does and no valid signature from a
     trusted signer is kept in the store.
     """
-    from sxpm.distribution import resolve_local
+    from sxpm.store.refs import resolve_local
 
-    return check_local(home, ref, resolve_local(home, ref), cwd=cwd)
+    return check_local(home, ref, resolve_local(home.store, ref), cwd=cwd)
 
 
 def remote_manifests(repo: Repository, ref: Reference) -> list[tuple[Descriptor, bytes]]:

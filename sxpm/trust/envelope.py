@@ -31,8 +31,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from sxpm.core.oci import OCI_EMPTY, Descriptor, Manifest, canonical_json
 from sxpm.errors import ManifestError
-from sxpm.oci import OCI_EMPTY, Descriptor, Manifest, canonical_json
 from sxpm.trust.payload import PAYLOAD_MEDIA_TYPE
 
 SIGNATURE_ARTIFACT = "application/vnd.simplex.signature.v1+json"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sxpm.errors import SignatureError
 from sxpm.home import Home
-from sxpm.layout import CHUNK
+from sxpm.store.layout import CHUNK
 from sxpm.trust.keys import PrivateKey, parse_key_id
 from sxpm.trust.policy import load_policy
 

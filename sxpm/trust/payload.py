@@ -21,10 +21,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sxpm import oci
+from sxpm.core import oci
+from sxpm.core.oci import Descriptor, ImageIndex, Manifest, canonical_json
+from sxpm.core.reference import Digest
 from sxpm.errors import ManifestError
-from sxpm.oci import Descriptor, ImageIndex, Manifest, canonical_json
-from sxpm.reference import Digest
 
 PAYLOAD_TYPE = "sxpm/signature/v1"
 PAYLOAD_MEDIA_TYPE = "application/vnd.simplex.signature.payload.v1+json"

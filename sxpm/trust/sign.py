@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from sxpm.core.oci import Descriptor, Manifest
+from sxpm.core.reference import Reference
 from sxpm.errors import (
     InputError,
     MissingIdentityTokenError,
@@ -25,8 +27,6 @@ from sxpm.errors import (
     SigningError,
 )
 from sxpm.home import Home
-from sxpm.oci import Descriptor, Manifest
-from sxpm.reference import Reference
 from sxpm.transport import Repository, TransportOptions, open_repository
 from sxpm.trust import keys
 from sxpm.trust.envelope import (
@@ -51,18 +51,18 @@ class SignResult:
 
 
 def _subject(home: Home, ref: Reference, repo: Repository) -> tuple[Payload, Descriptor]:
-    from sxpm.distribution import resolve_local
+    from sxpm.store.refs import resolve_local
     from sxpm.trust.enforce import remote_manifests
 
     def fallback() -> dict[str, str]:
         return {"fallback_name": ref.name, "fallback_version": ref.tag or ""}
 
     try:
-        top = resolve_local(home, ref)
+        top = resolve_local(home.store, ref)
     except NotFoundError:
         manifests = remote_manifests(repo, ref)
         top, data = manifests[-1]
-        from sxpm.oci import parse_manifest_bytes
+        from sxpm.core.oci import parse_manifest_bytes
 
         by_digest = {d.digest: b for d, b in manifests}
 
@@ -163,13 +163,13 @@ def sign_artifact(home: Home, ref: Reference, *, key: Path | None = None,
         layer_bytes, who = sign_with_sigstore(payload, identity_token)
         media_type = SIGSTORE_BUNDLE_MEDIA_TYPE
         carried = payload.to_bytes()
-    from sxpm.oci import OCI_EMPTY
+    from sxpm.core.oci import OCI_EMPTY
 
     store.put_bytes(EMPTY_CONFIG, OCI_EMPTY)
     layer = store.put_bytes(layer_bytes, media_type)
     manifest = signature_manifest(top, layer, who, carried)
     pushed = upload and _registry_has(repo, top)
-    from sxpm.referrers import attach_referrer
+    from sxpm.transport.referrers import attach_referrer
 
     desc = attach_referrer(home, ref, manifest, repo if pushed else None)
     return SignResult(ref, payload, who, desc, pushed)

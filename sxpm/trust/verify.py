@@ -25,9 +25,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sxpm.core.oci import Descriptor, Manifest
+from sxpm.core.reference import Digest
 from sxpm.errors import ManifestError, SignatureError, SxpmError
-from sxpm.oci import Descriptor, Manifest
-from sxpm.reference import Digest
 from sxpm.trust.envelope import (
     ANN_PAYLOAD,
     DSSE_MEDIA_TYPE,

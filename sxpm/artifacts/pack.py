@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sxpm import oci
+from sxpm.core import oci
+from sxpm.core.oci import Descriptor, ImageIndex, Manifest, canonical_json
+from sxpm.core.reference import Reference, validate_name
+from sxpm.core.validation import validate
+from sxpm.core.versions import parse_version
 from sxpm.errors import ArtifactInputError, InputError, InvalidVersionError, ManifestError
 from sxpm.home import KINDS, Home
-from sxpm.layout import OCILayout
-from sxpm.oci import Descriptor, ImageIndex, Manifest, canonical_json
-from sxpm.reference import Reference, validate_name
-from sxpm.validation import validate
-from sxpm.versions import parse_version
+from sxpm.store.layout import OCILayout
 
 # Files that never belong in an artifact.
 _IGNORED_NAMES = {".git", ".hg", ".svn", "__pycache__", ".simplex", ".DS_Store", ".venv"}
@@ -135,7 +135,7 @@ def _store_ref(home: Home, ref: Reference, manifest_desc: Descriptor, variant: s
                artifact_type: str, variant_annotations: dict[str, str] | None = None
                ) -> tuple[Descriptor, tuple[str, ...]]:
     """Point ``ref`` at the manifest, or add it as ``variant`` of the index at ``ref``."""
-    from sxpm.distribution import store_name
+    from sxpm.store.refs import store_name
 
     store = home.store
     name = store_name(ref)
@@ -187,7 +187,7 @@ def _classify_model_file(rel: str) -> str:
 
 def _pack_model(home: Home, path: Path, ref: Reference, variant: str | None,
                 version: str | None) -> PackResult:
-    from sxpm.gguf_info import read_gguf
+    from sxpm.core.gguf_info import read_gguf
 
     name = validate_name(ref.name)
     files = [(path.name, path)] if path.is_file() else _walk(path)
@@ -312,7 +312,7 @@ def _check_adapter(root: Path, rel: str, base: dict[str, Any]) -> dict[str, str]
     if not path.is_file():
         raise ArtifactInputError(f"Weight file {rel!r} of base model {base['name']!r} is "
                                  f"missing from {root}", hint="add the file or fix manifest.json")
-    from sxpm.gguf_info import is_gguf, read_gguf
+    from sxpm.core.gguf_info import is_gguf, read_gguf
 
     if not is_gguf(path):
         return {}
@@ -386,7 +386,7 @@ def _pack_expert(home: Home, root: Path, ref: Reference, variant: str | None,
     index = ImageIndex(entries, artifact_type=oci.EXPERT_ARTIFACT,
                        annotations={oci.ANN_NAME: name, oci.ANN_VERSION: vers})
     top = store.put_manifest(index)
-    from sxpm.distribution import store_name
+    from sxpm.store.refs import store_name
 
     with store.ref_lock(store_name(ref)):
         store.set_ref(store_name(ref), top)

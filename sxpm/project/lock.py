@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sxpm.core.reference import Digest, validate_name
 from sxpm.errors import ManifestError, NotFoundError
-from sxpm.reference import Digest, validate_name
 
 LOCK_VERSION = 1
 HEADER = "# simplex.lock: written by sxpm from simplex.toml; do not edit by hand.\n"
@@ -93,7 +93,7 @@ class Lock:
         return "".join(out)
 
     def write(self, path: Path) -> None:
-        from sxpm.layout import write_atomic
+        from sxpm.store.layout import write_atomic
 
         write_atomic(path, self.dumps().encode())
 
@@ -108,7 +108,7 @@ class Lock:
 
     @classmethod
     def loads(cls, text: str, source: str = "simplex.lock") -> Lock:
-        from sxpm.project import parse_toml
+        from sxpm.project.manifest import parse_toml
 
         data = parse_toml(text, source)
         return cls.from_dict(data, source)

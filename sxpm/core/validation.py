@@ -104,7 +104,7 @@ class ValidationCache:
 
     def key(self, schema: str, text: str) -> str | None:
         """A digest of the schema, sxpm's version and ``text``; None without the schema."""
-        from sxpm import __version__
+        from sxpm._version import __version__
 
         try:
             schema_bytes = (Path(__file__).parent / "schemas" /

@@ -1,6 +1,6 @@
 """Publishing to and yanking from an index: a commit on a branch of a git checkout.
 
-``publish`` packs, pushes (through :func:`sxpm.distribution.push`, so any registry
+``publish`` packs, pushes (through :func:`sxpm.ops.transfer.push`, so any registry
 works) and adds the version's line to the name's file as a commit on a new branch
 ``publish/<name>-<version>``, ready to open as a pull request. Each step can be
 repeated: packing is deterministic, a push sends only what the registry lacks, and
@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sxpm import oci
+from sxpm.core import oci
+from sxpm.core.oci import Descriptor, ImageIndex, Manifest
+from sxpm.core.progress import SILENT, Reporter
+from sxpm.core.reference import LAYOUT_SCHEME, Reference
 from sxpm.errors import (
     ArtifactInputError,
     CheckoutError,
@@ -42,9 +45,6 @@ from sxpm.index.format import (
     parse_lines,
     version_key,
 )
-from sxpm.oci import Descriptor, ImageIndex, Manifest
-from sxpm.progress import SILENT, Reporter
-from sxpm.reference import LAYOUT_SCHEME, Reference
 from sxpm.transport import TransportOptions
 
 WORK_BRANCHES = ("publish/", "yank/", "unyank/")
@@ -176,7 +176,7 @@ def _manifest_size(manifest: Manifest) -> int:
 def entry_from_store(home: Home, top: Descriptor, *, ref: str, description: str | None = None,
                      license: str | None = None, tags: tuple[str, ...] = ()) -> IndexEntry:
     """The index line of the artifact ``top`` in the store, published at ``ref``."""
-    from sxpm.install import describe
+    from sxpm.artifacts.describe import describe
 
     store = home.store
     obj = store.load_manifest(top)
@@ -263,7 +263,11 @@ def detect_kind(path: Path) -> str:
 
 def _declared(kind: str, path: Path) -> tuple[str | None, str | None]:
     """(name, version) the artifact's own metadata declares."""
-    from sxpm.pack import extract_legacy_expert, load_expert_manifest, load_package_metadata
+    from sxpm.artifacts.pack import (
+        extract_legacy_expert,
+        load_expert_manifest,
+        load_package_metadata,
+    )
 
     if kind == "expert":
         if path.is_file():
@@ -318,8 +322,8 @@ def publish(home: Home, paths: list[Path], *, index_dir: Path, registry: str | N
     Several paths with ``variants`` (one name each) publish one image index, e.g. the
     quantizations of a model.
     """
-    from sxpm.distribution import push
-    from sxpm.pack import pack
+    from sxpm.artifacts.pack import pack
+    from sxpm.ops.transfer import push
 
     checkout = Checkout.open(index_dir)
     config = checkout.config()

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sxpm.core.reference import Digest
 from sxpm.errors import ManifestError
-from sxpm.reference import Digest
 
 # --- media types ---------------------------------------------------------------
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -21,17 +21,17 @@ read-modify-write: two signers racing on one subject can lose one entry (rerun
 
 from __future__ import annotations
 
+from sxpm.core.oci import Descriptor, ImageIndex, Manifest
+from sxpm.core.reference import Digest, Reference
 from sxpm.errors import NotFoundError
 from sxpm.home import Home
-from sxpm.oci import Descriptor, ImageIndex, Manifest
-from sxpm.reference import Digest, Reference
-from sxpm.transport import Repository, referrers_tag
+from sxpm.transport.base import Repository, referrers_tag
 
 MAX_REFERRERS = 64
 
 
 def _store_name(ref: Reference, subject: Digest) -> str:
-    from sxpm.distribution import store_name
+    from sxpm.store.refs import store_name
 
     return store_name(ref.with_digest(None).with_tag(referrers_tag(subject)))
 
@@ -76,7 +76,7 @@ def attach_referrer(home: Home, ref: Reference, manifest: Manifest,
 def _push_one(home: Home, repo: Repository, desc: Descriptor, manifest: Manifest,
               data: bytes) -> None:
     """Push a referrer; every transport adds it to its subject's fallback index."""
-    from sxpm.progress import SILENT
+    from sxpm.core.progress import SILENT
 
     bar = SILENT.start("referrer", 0)
     for blob in manifest.blobs():

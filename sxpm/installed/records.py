@@ -1,7 +1,7 @@
 """Install records: what is installed where, read without the store.
 
 Every installed tree ``<root>/<kind>s/<name>/<version>/`` holds ``.sxpm-install.json``
-(written by :func:`sxpm.install.materialize`). Reading those records needs only the
+(written by :func:`sxpm.installed.tree.materialize`). Reading those records needs only the
 file system and ``json``, so ``sxpm run NAME`` finds an installed model without
 loading the store, the OCI modules or the install machinery.
 """

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sxpm.core.gguf import GGUFHeader, read_header
 from sxpm.errors import (
     IncompatibleExpertError,
     InputError,
@@ -32,11 +33,10 @@ from sxpm.errors import (
     StoreError,
 )
 from sxpm.home import Home
-from sxpm.runner.gguf_header import GGUFHeader, read_header
 
 if TYPE_CHECKING:
-    from sxpm.oci import Descriptor, ImageIndex, Manifest
-    from sxpm.reference import Reference
+    from sxpm.core.oci import Descriptor, ImageIndex, Manifest
+    from sxpm.core.reference import Reference
     from sxpm.runner.templates import PromptTemplate
 
 # The OCI modules, the store and the install code load only on the paths that need
@@ -96,7 +96,7 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 def _newest(items: list[Any]) -> Any:
     if len(items) == 1:
         return items[0]  # the usual case: no need to import the version library
-    from sxpm.versions import parse_version
+    from sxpm.core.versions import parse_version
 
     def key(item: Any) -> tuple[int, Any]:
         try:
@@ -109,7 +109,7 @@ def _newest(items: list[Any]) -> Any:
 
 def store_refs_named(home: Home, name: str) -> list[tuple[Reference, Descriptor]]:
     """Refs in the store whose repository is called ``name``, newest tag last."""
-    from sxpm.reference import Reference
+    from sxpm.core.reference import Reference
 
     out: list[tuple[Reference, Descriptor]] = []
     if not home.store.exists():
@@ -125,7 +125,7 @@ def store_refs_named(home: Home, name: str) -> list[tuple[Reference, Descriptor]
 
 
 def _tag_key(tag: str | None) -> tuple[int, Any]:
-    from sxpm.versions import parse_version
+    from sxpm.core.versions import parse_version
 
     try:
         return (1, parse_version(tag or ""))
@@ -145,9 +145,9 @@ def suggest_ref(home: Home, name: str, version: str | None) -> str:
 
 
 def _manifest_by_digest(home: Home, digest_text: str) -> Manifest:
-    from sxpm import oci
-    from sxpm.oci import Descriptor, Manifest
-    from sxpm.reference import Digest
+    from sxpm.core import oci
+    from sxpm.core.oci import Descriptor, Manifest
+    from sxpm.core.reference import Digest
 
     digest = Digest.parse(digest_text)
     store = home.store
@@ -171,7 +171,7 @@ def _config(home: Home, manifest: Manifest) -> dict[str, Any]:
 
 
 def _title(layer: Descriptor) -> str:
-    from sxpm import oci
+    from sxpm.core import oci
 
     return layer.annotations.get(oci.ANN_FILEPATH) or layer.annotations.get(oci.ANN_TITLE) or ""
 
@@ -195,12 +195,12 @@ Budget = Callable[[], "int | None"]
 
 def _from_lock(kind: str, name: str, version: str | None) -> tuple[Path, str] | None:
     """(install root, version) when the project's lock pins ``name`` as a ``kind``."""
-    from sxpm.project import LOCKFILE, find_manifest
+    from sxpm.project.manifest import LOCKFILE, find_manifest
 
     manifest = find_manifest()
     if manifest is None or not (manifest.parent / LOCKFILE).is_file():
         return None
-    from sxpm.lockfile import Lock
+    from sxpm.project.lock import Lock
 
     locked = Lock.read(manifest.parent / LOCKFILE).by_name().get(name)
     if locked is None or locked.kind != kind or version not in (None, locked.version):
@@ -210,7 +210,7 @@ def _from_lock(kind: str, name: str, version: str | None) -> tuple[Path, str] | 
 
 def _installed(home: Home, kind: str, name: str, version: str | None) -> list[Any]:
     """Installed items for ``name``: the project's locked one, else the home's."""
-    from sxpm.installed import find_installed
+    from sxpm.installed.records import find_installed
 
     locked = _from_lock(kind, name, version)
     if locked is None:
@@ -243,7 +243,7 @@ def find_model(home: Home, spec: str, *, variant: str | None = None,
         ref_text = suggest_ref(home, name, version)
         if not install:
             raise ModelNotInstalledError("model", spec, ref_text)
-        from sxpm.install import install as do_install
+        from sxpm.ops.install import install as do_install
 
         ref = home.parse_ref(ref_text)
         chosen = variant or _choose_variant_in_store(home, ref, memory_budget)
@@ -257,7 +257,7 @@ def find_model(home: Home, spec: str, *, variant: str | None = None,
 
 
 def _variant_options(home: Home, index: ImageIndex) -> list[Any]:
-    from sxpm import oci
+    from sxpm.core import oci
     from sxpm.runner.plan import VariantOption
 
     def num(text: str | None) -> int | None:
@@ -270,12 +270,12 @@ def _variant_options(home: Home, index: ImageIndex) -> list[Any]:
 
 def _choose_variant_in_store(home: Home, ref: Reference, budget: Budget | None
                              ) -> str | None:
-    from sxpm.distribution import resolve_local
-    from sxpm.oci import ImageIndex
+    from sxpm.core.oci import ImageIndex
     from sxpm.runner.plan import choose_variant
+    from sxpm.store.refs import resolve_local
 
     try:
-        top = resolve_local(home, ref)
+        top = resolve_local(home.store, ref)
     except NotFoundError:
         return None  # not local yet: the install pulls its first variant
     if not top.is_index:
@@ -290,13 +290,13 @@ def _choose_variant_in_store(home: Home, ref: Reference, budget: Budget | None
 
 def _model_from_store(home: Home, ref: Reference, variant: str | None, budget: Budget | None,
                       install: bool, **install_kw: Any) -> ModelFiles:
-    from sxpm import oci
-    from sxpm.distribution import resolve_local
-    from sxpm.install import describe
-    from sxpm.install import install as do_install
+    from sxpm.artifacts.describe import describe
+    from sxpm.core import oci
+    from sxpm.ops.install import install as do_install
+    from sxpm.store.refs import resolve_local
 
     try:
-        top = resolve_local(home, ref)
+        top = resolve_local(home.store, ref)
     except NotFoundError:
         if not install:
             raise ModelNotInstalledError("model", str(ref), str(ref)) from None
@@ -341,7 +341,7 @@ def base_model_names(config: dict[str, Any]) -> tuple[str, ...]:
 def _expert_files(home: Home, manifest: Manifest, config: dict[str, Any], name: str,
                   version: str, locate: Callable[[Descriptor], Path], origin: str,
                   ref: str | None) -> ExpertFiles:
-    from sxpm import oci
+    from sxpm.core import oci
     from sxpm.runner.templates import PromptTemplate
 
     adapter: Path | None = None
@@ -365,7 +365,7 @@ def _expert_files(home: Home, manifest: Manifest, config: dict[str, Any], name: 
 def find_expert(home: Home, spec: str, model_name: str, *, install: bool = False,
                 **install_kw: Any) -> ExpertFiles:
     """The expert ``spec`` names, in the variant built for ``model_name``."""
-    from sxpm.installed import find_installed
+    from sxpm.installed.records import find_installed
 
     if is_reference(spec):
         return _expert_from_store(home, home.parse_ref(spec), model_name, install, **install_kw)
@@ -394,7 +394,7 @@ def find_expert(home: Home, spec: str, model_name: str, *, install: bool = False
 
 def variant_for_base(index: ImageIndex, model_name: str) -> str | None:
     """The variant of a v2 expert index built for ``model_name``, if any."""
-    from sxpm import oci
+    from sxpm.core import oci
 
     for desc in index.manifests:
         if desc.annotations.get(oci.ANN_BASE_MODEL) == model_name:
@@ -405,15 +405,16 @@ def variant_for_base(index: ImageIndex, model_name: str) -> str | None:
 def install_expert(home: Home, ref: Reference, model_name: str | None = None,
                    **install_kw: Any) -> Any:
     """Install an expert; for a v2 expert, the variant built for ``model_name``."""
-    from sxpm import oci
-    from sxpm.distribution import pull, resolve_local
-    from sxpm.install import install
-    from sxpm.oci import ImageIndex
+    from sxpm.core import oci
+    from sxpm.core.oci import ImageIndex
+    from sxpm.ops.install import install
+    from sxpm.ops.transfer import pull
+    from sxpm.store.refs import resolve_local
 
     variant: str | None = None
     if model_name is not None:
         try:
-            top = resolve_local(home, ref)
+            top = resolve_local(home.store, ref)
         except NotFoundError:
             top = pull(home, ref, **{k: v for k, v in install_kw.items()
                                      if k in ("options", "reporter",
@@ -432,13 +433,13 @@ def install_expert(home: Home, ref: Reference, model_name: str | None = None,
 
 def _expert_from_store(home: Home, ref: Reference, model_name: str, install: bool,
                        **install_kw: Any) -> ExpertFiles:
-    from sxpm import oci
-    from sxpm.distribution import resolve_local
-    from sxpm.install import describe
-    from sxpm.oci import ImageIndex
+    from sxpm.artifacts.describe import describe
+    from sxpm.core import oci
+    from sxpm.core.oci import ImageIndex
+    from sxpm.store.refs import resolve_local
 
     try:
-        top = resolve_local(home, ref)
+        top = resolve_local(home.store, ref)
     except NotFoundError:
         if not install:
             raise ModelNotInstalledError("expert", str(ref), f"{ref} --for {model_name}"

@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from sxpm.progress import Progress
+from sxpm.core.progress import Progress
 
 ALIGN = 4096
 """Offset, length and address alignment of a direct write (the page size, which

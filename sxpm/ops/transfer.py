@@ -14,27 +14,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from sxpm.core.oci import ANN_VARIANT, Descriptor, ImageIndex, Manifest, parse_manifest_bytes
+from sxpm.core.progress import SILENT, Progress, Reporter
+from sxpm.core.reference import Digest, Reference
 from sxpm.errors import CorruptBlobError, NotFoundError, StoreError
 from sxpm.home import Home
-from sxpm.layout import OCILayout
-from sxpm.oci import (
-    ANN_VARIANT,
-    Descriptor,
-    ImageIndex,
-    Manifest,
-    parse_manifest_bytes,
-)
-from sxpm.progress import SILENT, Progress, Reporter
-from sxpm.reference import Digest, Reference
+from sxpm.store.layout import OCILayout
+from sxpm.store.refs import resolve_local, store_name
 from sxpm.transport import Repository, TransportOptions, open_repository
+from sxpm.transport.referrers import push_referrers
+from sxpm.trust.enforce import check_pull
 
 if TYPE_CHECKING:
     from sxpm.trust.verify import VerifiedSigner
-
-
-def store_name(ref: Reference) -> str:
-    """The name a reference is kept under in the store's ``index.json``."""
-    return str(ref.with_digest(None)) if ref.tag else str(ref)
 
 
 @dataclass
@@ -56,33 +48,6 @@ class _Plan:
     manifests: list[tuple[Descriptor, bytes]] = field(default_factory=list)
     blobs: dict[str, Descriptor] = field(default_factory=dict)
     variants: list[str] = field(default_factory=list)
-
-
-def resolve_local(home: Home, ref: Reference) -> Descriptor:
-    """The descriptor a reference names in the store."""
-    store = home.store
-    if ref.tag:
-        found = store.resolve(store_name(ref))
-        if found is None:
-            raise NotFoundError(f"{ref} is not in the store",
-                                hint="pack or pull it first; `sxpm list` shows what is there")
-        if ref.digest and found.digest != ref.digest:
-            raise NotFoundError(f"{ref}: the tag points at {found.digest}, not {ref.digest}")
-        return found
-    if ref.digest:
-        for desc in store.refs().values():
-            if desc.digest == ref.digest:
-                return desc
-        if store.has_blob(ref.digest):
-            size = store.blob_size(ref.digest)
-            data = store.read_blob(Descriptor("application/octet-stream", ref.digest, size))
-            obj = parse_manifest_bytes(data, str(ref))
-            return Descriptor(obj.media_type, ref.digest, size, artifact_type=obj.artifact_type)
-    raise NotFoundError(f"{ref} is not in the store", hint="pull it first")
-
-
-def load_local(home: Home, desc: Descriptor) -> Manifest | ImageIndex:
-    return home.store.load_manifest(desc)
 
 
 def _pick(index: ImageIndex, variant: str | None, all_variants: bool) -> list[Descriptor]:
@@ -129,8 +94,6 @@ def pull(home: Home, ref: Reference, *, variant: str | None = None,
             plan.blobs[str(blob.digest)] = blob
     top = Descriptor(top.media_type, top.digest, top.size, artifact_type=obj.artifact_type)
     plan.manifests.append((top, data))
-
-    from sxpm.trust.enforce import check_pull
 
     signer = check_pull(home, ref, repo, plan.manifests, skip=insecure_skip_verify)
     result = TransferResult(ref, top, variants=plan.variants, signer=signer)
@@ -264,7 +227,7 @@ def push(home: Home, ref: Reference, *, target: Reference | None = None,
          reporter: Reporter = SILENT) -> TransferResult:
     """Send what the store holds under ``ref`` to ``target`` (default: ``ref`` itself)."""
     options = options or TransportOptions()
-    top = resolve_local(home, ref)
+    top = resolve_local(home.store, ref)
     dest = target or ref
     manifests, blobs, top = _collect_push(home.store, top, variant)
     absent = [b for b in blobs if not home.store.has_blob(b.digest)]
@@ -295,8 +258,6 @@ def push(home: Home, ref: Reference, *, target: Reference | None = None,
     for desc, data in manifests:
         tag = dest.tag if desc.digest == top.digest else None
         repo.push_manifest(desc, data, tag)
-    from sxpm.referrers import push_referrers
-
     push_referrers(home, ref, repo, top.digest)  # signatures travel with the artifact
     return result
 

@@ -34,8 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from sxpm.errors import CorruptBlobError, ManifestError, SizeMismatchError, StoreError
-from sxpm.oci import (
+from sxpm.core.oci import (
     ANN_REF_NAME,
     INDEX_TYPES,
     MANIFEST_TYPES,
@@ -46,10 +45,11 @@ from sxpm.oci import (
     canonical_json,
     parse_manifest_bytes,
 )
-from sxpm.reference import Digest
+from sxpm.core.reference import Digest
+from sxpm.errors import CorruptBlobError, ManifestError, SizeMismatchError, StoreError
 
 if TYPE_CHECKING:
-    from sxpm.blobsink import Sink
+    from sxpm.store.sink import Sink
 
 CHUNK = 1024 * 1024
 LOCK_TIMEOUT_S = 900.0
@@ -350,17 +350,17 @@ class BlobWriter:
             _start_writeback(self._fd, self._hashed, got)
             self._hashed += got
 
-    # --- pipelined (sxpm.blobsink) ----------------------------------------------------
+    # --- pipelined (sxpm.store.sink) ----------------------------------------------------
     def sink(self) -> Sink:
         """The fast path for received bytes: submit buffers at their offsets to the
-        returned :class:`~sxpm.blobsink.Sink` (from :meth:`Sink.lane`); they are
+        returned :class:`~sxpm.store.sink.Sink` (from :meth:`Sink.lane`); they are
         written (direct I/O where the file system has it) and hashed from memory on
         their own threads. Sequentially, submit from :attr:`written` on, in order;
         after :meth:`open_ranges`, submit the missing ranges in any order (each is
         recorded once written, and the hash reads an earlier attempt's ranges back
         from disk when it reaches them). Close the sink before :meth:`commit`.
         """
-        from sxpm.blobsink import Sink, aligned, open_direct, pwrite_all
+        from sxpm.store.sink import Sink, aligned, open_direct, pwrite_all
 
         assert self.expected is not None, "a sink needs the expected descriptor"
         size = self.expected.size

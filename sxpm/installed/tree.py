@@ -17,97 +17,19 @@ import re
 import shutil
 import tarfile
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from sxpm import oci
-from sxpm.errors import (
-    ArtifactInputError,
-    ManifestError,
-    NotFoundError,
-    SignatureError,
-    StoreError,
-)
-from sxpm.home import Home
-from sxpm.installed import INSTALL_RECORD as INSTALL_RECORD  # the install API, re-exported
-from sxpm.installed import Installed as Installed
-from sxpm.installed import find_installed as find_installed
-from sxpm.installed import install_dir as install_dir
-from sxpm.installed import list_installed as list_installed
-from sxpm.layout import CHUNK, OCILayout
-from sxpm.oci import Descriptor, ImageIndex, Manifest
-from sxpm.reference import Reference
+from sxpm.artifacts.describe import ArtifactInfo
+from sxpm.core import oci
+from sxpm.core.oci import Descriptor
+from sxpm.errors import ArtifactInputError, NotFoundError
+from sxpm.installed.records import INSTALL_RECORD, Installed, find_installed, install_dir
+from sxpm.store.layout import CHUNK, OCILayout
 
 MAX_PACKAGE_MEMBERS = 100_000
 MAX_PACKAGE_BYTES = 16 * 1024**3
 MAX_RATIO = 200  # unpacked bytes per packed byte before we call it a bomb
-
-
-@dataclass(frozen=True)
-class ArtifactInfo:
-    """What a manifest says about its artifact."""
-
-    kind: str
-    name: str
-    version: str
-    descriptor: Descriptor  # the manifest (one variant)
-    manifest: Manifest
-    variant: str | None
-    config: dict[str, Any]
-
-    @property
-    def size(self) -> int:
-        return sum(layer.size for layer in self.manifest.layers)
-
-    def dependencies(self) -> list[dict[str, str]]:
-        text = self.manifest.annotations.get(oci.ANN_DEPENDENCIES)
-        if not text:
-            return []
-        try:
-            deps = json.loads(text)
-        except ValueError:
-            raise ManifestError(str(self.descriptor.digest), "bad dependencies annotation"
-                                ) from None
-        if not isinstance(deps, list):
-            raise ManifestError(str(self.descriptor.digest), "bad dependencies annotation")
-        return [d for d in deps if isinstance(d, dict)]
-
-
-def describe(store: OCILayout, top: Descriptor, variant: str | None = None) -> ArtifactInfo:
-    """Read an artifact's manifest (picking ``variant`` of an index) and config."""
-    obj = store.load_manifest(top)
-    chosen_variant = None
-    if isinstance(obj, ImageIndex):
-        desc = obj.select(variant)
-        chosen_variant = desc.annotations.get(oci.ANN_VARIANT)
-        obj = store.load_manifest(desc)
-    else:
-        desc = top
-    if not isinstance(obj, Manifest):
-        raise ManifestError(str(desc.digest), "nested image indexes are not supported")
-    kind = obj.kind
-    if kind is None:
-        raise ManifestError(str(desc.digest), f"not an sxpm artifact (artifactType "
-                            f"{obj.artifact_type or obj.config.media_type!r})")
-    raw = store.read_blob(obj.config)  # its own error for a blob over the size limit
-    try:
-        config = json.loads(raw)
-    except ValueError:
-        raise ManifestError(str(obj.config.digest), "config blob is not JSON") from None
-    if not isinstance(config, dict) or not isinstance(config.get("descriptor", {}), dict):
-        raise ManifestError(str(obj.config.digest), "config blob is not a JSON object of "
-                            "the artifact's kind")
-    if kind == "model":
-        name = config.get("descriptor", {}).get("name")
-        version = config.get("descriptor", {}).get("version")
-    else:
-        name, version = config.get("name"), config.get("version")
-    name = obj.annotations.get(oci.ANN_NAME, name)
-    version = obj.annotations.get(oci.ANN_VERSION, version)
-    if not isinstance(name, str) or not isinstance(version, str):
-        raise ManifestError(str(desc.digest), "artifact has no name or version")
-    return ArtifactInfo(kind, name, version, desc, obj, chosen_variant, config)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -289,47 +211,3 @@ def remove_installed(root: Path, kind: str, name: str, version: str | None = Non
     return found
 
 
-def install(home: Home, ref: Reference, *, variant: str | None = None,
-            root: Path | None = None, pull_missing: bool = True,
-            insecure_skip_verify: bool = False, **pull_kw: Any) -> Installed:
-    """Install ``ref`` (pulling what is missing) as a tree under ``root`` (default: home).
-
-    When a trust policy covers the artifact, it must carry a valid signature from a
-    trusted signer (checked by the pull, or against the signatures the store keeps)
-    before anything is installed; the signer goes into the install record.
-    """
-    with home.store.in_use():  # gc waits: what this install links must stay in the store
-        return _install(home, ref, variant=variant, root=root, pull_missing=pull_missing,
-                        insecure_skip_verify=insecure_skip_verify, **pull_kw)
-
-
-def _install(home: Home, ref: Reference, *, variant: str | None, root: Path | None,
-             pull_missing: bool, insecure_skip_verify: bool, **pull_kw: Any) -> Installed:
-    from sxpm.distribution import pull, resolve_local
-    from sxpm.trust.enforce import check_local
-
-    pull_kw["insecure_skip_verify"] = insecure_skip_verify
-    try:
-        top: Descriptor | None = resolve_local(home, ref)
-    except NotFoundError:
-        if not pull_missing:
-            raise
-        top = None
-    if top is not None:
-        try:
-            signer = check_local(home, ref, top, skip=insecure_skip_verify)
-        except SignatureError:
-            if not pull_missing:
-                raise
-            top = None  # the registry may hold the signature the store lacks
-    if top is None:
-        pulled = pull(home, ref, variant=variant, **pull_kw)
-        top, signer = pulled.descriptor, pulled.signer
-    info = describe(home.store, top, variant)
-    if any(not home.store.has_blob(b.digest) for b in info.manifest.blobs()):
-        if not pull_missing:
-            raise StoreError(f"{ref}: some blobs are missing from the store",
-                             hint="run without --offline to fetch them")
-        pull(home, ref, variant=info.variant, **pull_kw)
-    return materialize(home.store, info, root or home.root, str(ref),
-                       signer=signer.to_dict() if signer else None)

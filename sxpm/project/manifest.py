@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sxpm.core.validation import validate
 from sxpm.errors import InputError, ManifestError, NotFoundError
-from sxpm.validation import validate
 
 if TYPE_CHECKING:
     from sxpm.resolver.model import Requirement
@@ -79,7 +79,7 @@ class Project:
         except UnicodeDecodeError:
             raise ManifestError(str(path), "not UTF-8 text") from None
         data = parse_toml(text, str(path))
-        from sxpm.validation import ValidationCache
+        from sxpm.core.validation import ValidationCache
 
         # The schema and every requirement are checked once per content of the file:
         # a file that passed both before (same bytes, same sxpm) passes again.
@@ -95,8 +95,8 @@ class Project:
         return project
 
     def requirements(self) -> list[Requirement]:
+        from sxpm.core.versions import VersionReq
         from sxpm.resolver.model import Requirement
-        from sxpm.versions import VersionReq
 
         out: list[Requirement] = []
         for table, kind in KIND_BY_TABLE.items():
@@ -169,8 +169,8 @@ def init(directory: Path, name: str | None = None, *, registry: str | None = Non
     path = directory / MANIFEST
     if path.exists():
         raise InputError(f"{path} already exists", hint="edit it, or use `sxpm add`")
-    from sxpm.layout import write_atomic
-    from sxpm.reference import validate_name
+    from sxpm.core.reference import validate_name
+    from sxpm.store.layout import write_atomic
 
     name = validate_name(name or _default_name(directory))
     lines = []
@@ -200,7 +200,7 @@ def _save(project: Project, doc: Any) -> None:
     text = tomlkit.dumps(doc)
     data = parse_toml(text, str(project.path))
     validate(data, "simplex-toml", str(project.path))
-    from sxpm.layout import write_atomic
+    from sxpm.store.layout import write_atomic
 
     Project(project.path, data).requirements()
     write_atomic(project.path, text.encode())
@@ -211,8 +211,8 @@ def add(project: Project, name: str, kind: str, req: str | None, *,
     """Add or change a requirement; returns the requirement text written."""
     import tomlkit
 
-    from sxpm.reference import validate_name
-    from sxpm.versions import VersionReq
+    from sxpm.core.reference import validate_name
+    from sxpm.core.versions import VersionReq
 
     validate_name(name)
     text = str(VersionReq.parse(req or "*"))

@@ -15,19 +15,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sxpm.core.progress import SILENT, Reporter
 from sxpm.errors import CorruptBlobError, InputError, ManifestError, NotFoundError, StoreError
-from sxpm.installed import INSTALL_RECORD, install_dir, list_installed
-from sxpm.lockfile import Lock, LockedArtifact, LockedLayer, changed_requirements
-from sxpm.progress import SILENT, Reporter
+from sxpm.installed.records import INSTALL_RECORD, install_dir, list_installed
+from sxpm.project.lock import Lock, LockedArtifact, LockedLayer, changed_requirements
 
 if TYPE_CHECKING:
+    from sxpm.artifacts.describe import ArtifactInfo
+    from sxpm.core.oci import Descriptor, ImageIndex, Manifest
+    from sxpm.core.versions import Version
     from sxpm.home import Home
-    from sxpm.install import ArtifactInfo
-    from sxpm.oci import Descriptor, ImageIndex, Manifest
-    from sxpm.project import Project
+    from sxpm.project.manifest import Project
     from sxpm.resolver import Candidate, Dep, Provider, Resolution, Variant
     from sxpm.transport import Repository, TransportOptions
-    from sxpm.versions import Version
 
 # The store, transports, resolver and version library load in the functions that use
 # them: a no-op `sxpm install --frozen` only reads the lock and the install records.
@@ -55,15 +55,15 @@ class ManifestSource:
 
     def repo(self, source: str) -> Repository:
         if source not in self._repos:
-            from sxpm.reference import Reference
+            from sxpm.core.reference import Reference
             from sxpm.transport import open_repository
 
             self._repos[source] = open_repository(Reference.parse(source), self.options)
         return self._repos[source]
 
     def get(self, source: str, digest: str) -> tuple[Descriptor, Manifest | ImageIndex]:
-        from sxpm.oci import Descriptor, parse_manifest_bytes
-        from sxpm.reference import Digest
+        from sxpm.core.oci import Descriptor, parse_manifest_bytes
+        from sxpm.core.reference import Digest
 
         d = Digest.parse(digest)
         store = self.home.store
@@ -100,8 +100,8 @@ class RegistryProvider:
         return f"{self.registry}/{name}"
 
     def candidates(self, name: str) -> Sequence[Candidate]:
-        from sxpm.oci import parse_manifest_bytes
-        from sxpm.versions import parse_version
+        from sxpm.core.oci import parse_manifest_bytes
+        from sxpm.core.versions import parse_version
 
         source = self._source(name)
         repo = self.manifests.repo(source)
@@ -122,10 +122,10 @@ class RegistryProvider:
 
     def _candidate(self, name: str, version: Version, source: str, desc: Descriptor,
                    obj: Manifest | ImageIndex) -> Candidate:
-        from sxpm import oci
-        from sxpm.oci import ImageIndex, Manifest
+        from sxpm.core import oci
+        from sxpm.core.oci import ImageIndex, Manifest
+        from sxpm.core.versions import VersionReq
         from sxpm.resolver import Candidate, Dep, Variant
-        from sxpm.versions import VersionReq
 
         variants: list[Variant] = []
         deps: dict[str, Dep] = {}
@@ -173,8 +173,8 @@ def check_trust(home: Home, manifests: ManifestSource, source: str, digest: str,
     """
     if skip:
         return None
+    from sxpm.core.reference import Digest, Reference
     from sxpm.errors import SignatureError
-    from sxpm.reference import Digest, Reference
     from sxpm.trust.enforce import check_local, check_pull, remote_manifests
     from sxpm.trust.policy import load_policy
 
@@ -205,7 +205,7 @@ class LockResult:
 
 def _pin(manifests: ManifestSource, cand: Candidate, variant: Variant | None,
          deps: Iterable[Dep]) -> LockedArtifact:
-    from sxpm.oci import ImageIndex, Manifest
+    from sxpm.core.oci import ImageIndex, Manifest
 
     top_desc, top = manifests.get(cand.ref, cand.digest)
     manifest_digest = cand.digest
@@ -335,7 +335,7 @@ def install_lock(home: Home, lock_: Lock, root: Path, *, offline: bool = False,
     locked = {(a.kind, a.name, a.version) for a in lock_.artifacts}
     for item in list_installed(root):
         if (item.kind, item.name, item.version) not in locked:
-            from sxpm.install import remove_installed
+            from sxpm.installed.tree import remove_installed
 
             remove_installed(root, item.kind, item.name, item.version)
             report.removed.append(f"{item.name} {item.version}")
@@ -345,9 +345,10 @@ def install_lock(home: Home, lock_: Lock, root: Path, *, offline: bool = False,
 def _install_todo(home: Home, todo: list[LockedArtifact], root: Path, report: InstallReport,
                   *, offline: bool, options: TransportOptions | None, reporter: Reporter,
                   insecure_skip_verify: bool, cwd: Path | None) -> None:
-    from sxpm.distribution import fetch_blobs
-    from sxpm.install import ArtifactInfo, materialize
-    from sxpm.oci import Manifest
+    from sxpm.artifacts.describe import ArtifactInfo
+    from sxpm.core.oci import Manifest
+    from sxpm.installed.tree import materialize
+    from sxpm.ops.transfer import fetch_blobs
     from sxpm.transport import TransportOptions
 
     if todo:

@@ -1,0 +1,80 @@
+"""What an artifact's manifest and config say: kind, name, version, variant, files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sxpm.core import oci
+from sxpm.core.oci import Descriptor, ImageIndex, Manifest
+from sxpm.errors import ManifestError
+from sxpm.store.layout import OCILayout
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """What a manifest says about its artifact."""
+
+    kind: str
+    name: str
+    version: str
+    descriptor: Descriptor  # the manifest (one variant)
+    manifest: Manifest
+    variant: str | None
+    config: dict[str, Any]
+
+    @property
+    def size(self) -> int:
+        return sum(layer.size for layer in self.manifest.layers)
+
+    def dependencies(self) -> list[dict[str, str]]:
+        text = self.manifest.annotations.get(oci.ANN_DEPENDENCIES)
+        if not text:
+            return []
+        try:
+            deps = json.loads(text)
+        except ValueError:
+            raise ManifestError(str(self.descriptor.digest), "bad dependencies annotation"
+                                ) from None
+        if not isinstance(deps, list):
+            raise ManifestError(str(self.descriptor.digest), "bad dependencies annotation")
+        return [d for d in deps if isinstance(d, dict)]
+
+
+def describe(store: OCILayout, top: Descriptor, variant: str | None = None) -> ArtifactInfo:
+    """Read an artifact's manifest (picking ``variant`` of an index) and config."""
+    obj = store.load_manifest(top)
+    chosen_variant = None
+    if isinstance(obj, ImageIndex):
+        desc = obj.select(variant)
+        chosen_variant = desc.annotations.get(oci.ANN_VARIANT)
+        obj = store.load_manifest(desc)
+    else:
+        desc = top
+    if not isinstance(obj, Manifest):
+        raise ManifestError(str(desc.digest), "nested image indexes are not supported")
+    kind = obj.kind
+    if kind is None:
+        raise ManifestError(str(desc.digest), f"not an sxpm artifact (artifactType "
+                            f"{obj.artifact_type or obj.config.media_type!r})")
+    raw = store.read_blob(obj.config)  # its own error for a blob over the size limit
+    try:
+        config = json.loads(raw)
+    except ValueError:
+        raise ManifestError(str(obj.config.digest), "config blob is not JSON") from None
+    if not isinstance(config, dict) or not isinstance(config.get("descriptor", {}), dict):
+        raise ManifestError(str(obj.config.digest), "config blob is not a JSON object of "
+                            "the artifact's kind")
+    if kind == "model":
+        name = config.get("descriptor", {}).get("name")
+        version = config.get("descriptor", {}).get("version")
+    else:
+        name, version = config.get("name"), config.get("version")
+    name = obj.annotations.get(oci.ANN_NAME, name)
+    version = obj.annotations.get(oci.ANN_VERSION, version)
+    if not isinstance(name, str) or not isinstance(version, str):
+        raise ManifestError(str(desc.digest), "artifact has no name or version")
+    return ArtifactInfo(kind, name, version, desc, obj, chosen_variant, config)
+
+
