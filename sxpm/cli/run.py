@@ -103,7 +103,7 @@ def run(model: str, prompt: str | None, system: str, max_tokens: int, temperatur
                 "n_gpu_layers": plan.n_gpu_layers, "plan": plan.reason,
             }, indent=2, sort_keys=True))
             return
-        out = click.get_text_stream("stdout")
+        out = sys.stdout
         if out.isatty() if stream is None else stream:
             for piece in session.generate(prompt, max_tokens=max_tokens,
                                           temperature=temperature, system=system, stream=True):
@@ -124,7 +124,7 @@ def _chat_loop(session: Any, system: str, max_tokens: int, temperature: float) -
         click.echo(f"chatting with {session.model.name}"
                    f"{' + ' + session.expert.name if session.expert else ''}; "
                    "an empty line or Ctrl-D ends", err=True)
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     while True:
         try:
             line = input("> " if tty else "")
