@@ -5,13 +5,14 @@
 #   registry, pull and install them into a fresh home, list, inspect and run them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
-python3 -m pip install -q --disable-pip-version-check -e '.[run]'
-sxpm() { python3 -m sxpm "$@"; }
+# sxpm goes into a virtual environment (scripts/venv): a stock Debian or Ubuntu Python
+# refuses system-wide pip installs. PYTHON picks the interpreter (default python3).
+venv="$(SXPM_VENV="${SXPM_VENV:-.venv-quickstart}" scripts/venv run)"
+sxpm() { "$venv/bin/sxpm" "$@"; }
 step() { printf '\n\033[1m$ sxpm %s\033[0m\n' "$*"; sxpm "$@"; }
 
 work="${QUICKSTART_DIR:-$(mktemp -d)}"
-python3 fixtures/samples.py "$work/samples" >/dev/null   # real GGUF files, made locally
+"$venv/bin/python" fixtures/samples.py "$work/samples" >/dev/null   # real GGUF files, made locally
 REG="oci:$work/registry"                                   # the embedded registry
 
 export SIMPLEX_HOME="$work/publisher"
