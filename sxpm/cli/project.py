@@ -226,13 +226,23 @@ def tree(manifest: Path | None, as_json: bool) -> None:
                      "dependencies": list(a.dependencies)} for a in found.lock.artifacts}})
         return
     click.echo(found.package)
+    lasts: list[bool] = []  # for each level above the row: was that row a last child
+    cut = False
     for row in found.rows:
-        prefix = "".join("    " if last else "│   " for last in row.lasts[:-1])
+        del lasts[row.depth:]
+        prefix = "".join("    " if last else "│   " for last in lasts)
         art = row.artifact
         label = (f"{row.name} {art.version} ({art.kind}"
                  + (f", {art.variant}" if art.variant else "") + ")"
                  if art else f"{row.name} (not locked)")
-        click.echo(f"{prefix}{'└── ' if row.lasts[-1] else '├── '}{label}")
+        mark = " (*)" if row.repeated else " (...)" if row.cut else ""
+        click.echo(f"{prefix}{'└── ' if row.last else '├── '}{label}{mark}")
+        lasts.append(row.last)
+        cut = cut or row.cut
+    if any(row.repeated for row in found.rows):
+        click.echo("(*) dependencies shown above")
+    if cut:
+        click.echo("(...) deeper dependencies not shown; `sxpm tree --json` lists them all")
 
 
 @click.command()
@@ -248,10 +258,15 @@ def why(name: str, manifest: Path | None, as_json: bool) -> None:
     """
     found = explain_why(_load(manifest), name)
     if as_json:
-        emit_json({"name": name, "chains": found.chains})
+        emit_json({"name": name, "chains": found.chains,
+                   **({"more": found.more} if found.more != 0 else {})})
         return
     for chain in found.chains:
         click.echo(" -> ".join(chain))
+    if found.more is None:
+        click.echo("... and more chains (the lock has a cycle; they are not counted)")
+    elif found.more:
+        click.echo(f"... and {found.more} more chains")
     if not found.chains:
         raise InputError(f"{name} is locked but nothing requires it",
                          hint="run `sxpm lock` to drop it")

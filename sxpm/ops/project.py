@@ -154,21 +154,28 @@ def install_project(project: str | PathLike[str] | Project | None = None,
 # --- tree and why -----------------------------------------------------------------
 
 
+# A hostile lock can make the tree deep or its paths many: each subtree is shown once,
+# no deeper than this, and `why` shows at most WHY_CHAINS chains (and counts the rest).
+TREE_DEPTH = 64
+WHY_CHAINS = 20
+
+
 @dataclass(frozen=True)
 class TreeRow:
-    """One line of the dependency tree.
+    """One line of the dependency tree, in the order printed.
 
-    ``lasts`` says, for each level down to this row, whether the row at that level is
-    the last child of its parent (the CLI draws the branches from it).
+    ``last``: the row is its parent's last child (the CLI draws the branches from it
+    and the rows above). ``repeated``: its subtree was shown before and is left out
+    here (cargo's ``(*)``). ``cut``: it is ``TREE_DEPTH`` deep and its dependencies
+    are not shown.
     """
 
     name: str
     artifact: LockedArtifact | None  # None: required but not in the lock
-    lasts: tuple[bool, ...]
-
-    @property
-    def depth(self) -> int:
-        return len(self.lasts) - 1
+    depth: int
+    last: bool
+    repeated: bool = False
+    cut: bool = False
 
 
 @dataclass
@@ -183,39 +190,97 @@ class LockTree:
 
 
 def tree(project: Project, lock_: Lock | None = None) -> LockTree:
-    """The locked dependency tree, from the requirements of ``simplex.toml`` down."""
+    """The locked dependency tree, from the requirements of ``simplex.toml`` down.
+
+    Each artifact's dependencies are listed where it first appears; later appearances
+    are marked ``repeated``. Rows are at most one per dependency edge.
+    """
     current = lock_ if lock_ is not None else read_lock(project)
     arts = current.by_name()
-    rows: list[TreeRow] = []
-
-    def show(name: str, lasts: tuple[bool, ...], seen: frozenset[str]) -> None:
-        art = arts.get(name)
-        rows.append(TreeRow(name, art, lasts))
-        if art is None or name in seen:
-            return
-        deps = list(art.dependencies)
-        for i, dep in enumerate(deps):
-            show(dep, (*lasts, i == len(deps) - 1), seen | {name})
-
     roots = [r["name"] for r in current.requirements]
-    for i, root in enumerate(roots):
-        show(root, (i == len(roots) - 1,), frozenset())
+    rows: list[TreeRow] = []
+    shown: set[str] = set()
+    # Depth first, without recursion (a chain may be thousands deep): (name, depth, last).
+    todo = [(root, 0, i == len(roots) - 1) for i, root in enumerate(roots)][::-1]
+    while todo:
+        name, depth, last = todo.pop()
+        art = arts.get(name)
+        deps = list(art.dependencies) if art is not None else []
+        repeated = bool(deps) and name in shown
+        cut = bool(deps) and not repeated and depth + 1 >= TREE_DEPTH
+        rows.append(TreeRow(name, art, depth, last, repeated, cut))
+        if not deps or repeated or cut:
+            continue
+        shown.add(name)
+        todo += [(dep, depth + 1, i == len(deps) - 1) for i, dep in enumerate(deps)][::-1]
     package = project.data.get("package", {}).get("name", project.root.name)
     return LockTree(str(package), current, rows)
 
 
 @dataclass
 class Why:
-    """Every chain from ``simplex.toml`` to ``name``, each step labelled with its
-    version (``simplex.toml`` first)."""
+    """Chains from ``simplex.toml`` to ``name``, each step labelled with its version
+    (``simplex.toml`` first), at most ``limit`` of them; ``more`` counts the others
+    (None: uncounted, the graph has a cycle)."""
 
     name: str
     chains: list[list[str]]
+    more: int | None = 0
 
 
-def why(project: Project, name: str, lock_: Lock | None = None) -> Why:
-    """Why ``name`` is locked (no chains: it is locked but nothing requires it);
-    :class:`NotFoundError` when it is not in the lock."""
+def _ancestors(name: str, parents: dict[str, list[str]]) -> set[str]:
+    seen = {name}
+    todo = [name]
+    while todo:
+        for parent in parents.get(todo.pop(), []):
+            if parent not in seen:
+                seen.add(parent)
+                todo.append(parent)
+    return seen
+
+
+def _reached(lock_: Lock, roots: set[str]) -> set[str]:
+    """Names the requirements reach through dependencies."""
+    children = {a.name: a.dependencies for a in lock_.artifacts}
+    todo = [r for r in roots if r in children]
+    seen = set(todo)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in seen:
+                seen.add(child)
+                todo.append(child)
+    return seen
+
+
+def _count_chains(name: str, parents: dict[str, list[str]], roots: set[str],
+                  useful: set[str]) -> int | None:
+    """Chains from a root down to ``name``; None when a cycle makes that uncountable
+    here. One pass over the ancestors (a diamond's 2^25 chains cost 52 steps)."""
+    count: dict[str, int] = {}
+    on_path: set[str] = set()
+    todo: list[tuple[str, bool]] = [(name, False)]
+    while todo:
+        node, done = todo.pop()
+        if done:
+            on_path.discard(node)
+            count[node] = int(node in roots) + sum(count[p] for p in parents.get(node, [])
+                                                   if p in useful)
+            continue
+        if node in count:
+            continue
+        if node in on_path:
+            return None
+        on_path.add(node)
+        todo.append((node, True))
+        todo += [(p, False) for p in parents.get(node, []) if p in useful and p not in count]
+    return count[name]
+
+
+def why(project: Project, name: str, lock_: Lock | None = None, *,
+        limit: int = WHY_CHAINS) -> Why:
+    """Why ``name`` is locked: the first ``limit`` chains from ``simplex.toml`` to it
+    (none: it is locked but nothing requires it); :class:`NotFoundError` when it is
+    not in the lock."""
     current = lock_ if lock_ is not None else read_lock(project)
     arts = current.by_name()
     if name not in arts:
@@ -225,18 +290,37 @@ def why(project: Project, name: str, lock_: Lock | None = None) -> Why:
         for dep in art.dependencies:
             parents.setdefault(dep, []).append(art.name)
     roots = {r["name"] for r in current.requirements}
+    # Only ancestors that a root reaches lead to simplex.toml: the walk skips the rest.
+    useful = _ancestors(name, parents) & _reached(current, roots)
     chains: list[list[str]] = []
-
-    def walk(node: str, chain: list[str]) -> None:
-        if node in chain:
-            return
-        chain = [node, *chain]
-        if node in roots:
-            chains.append(["simplex.toml", *chain])
-        for parent in parents.get(node, []):
-            walk(parent, chain)
-
-    walk(name, [])
+    finished = True
+    if name in useful:
+        # Depth first up the parents, without recursion; each node once per chain.
+        path = [name]
+        on_path = {name}
+        if name in roots:
+            chains.append(["simplex.toml", name])
+        # Parents left to try at each step, in reverse: the next is popped off the end.
+        stack = [[p for p in reversed(parents.get(name, [])) if p in useful]]
+        while stack:
+            if len(chains) >= limit:
+                finished = False
+                break
+            if not stack[-1]:
+                stack.pop()
+                on_path.discard(path.pop())
+                continue
+            parent = stack[-1].pop()
+            if parent in on_path:
+                continue
+            path.append(parent)
+            on_path.add(parent)
+            if parent in roots:
+                chains.append(["simplex.toml", *reversed(path)])
+            stack.append([p for p in reversed(parents.get(parent, [])) if p in useful])
     labelled = [[c if c == "simplex.toml" else f"{c} {arts[c].version}" for c in chain]
                 for chain in chains]
-    return Why(name, labelled)
+    if finished:
+        return Why(name, labelled, 0)
+    total = _count_chains(name, parents, roots, useful)
+    return Why(name, labelled, None if total is None else total - len(labelled))
