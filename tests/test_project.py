@@ -18,10 +18,24 @@ def tree_digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture
-def published(cli, sample_dir: Path, registry_dir: Path) -> Path:  # noqa: ANN001
-    """A registry with tiny-llama 1.0.0 (F32, F16), 1.1.0, 2.0.0 and sql-expert 2.1.0."""
-    reg = f"oci:{registry_dir}"
+@pytest.fixture(scope="module")
+def _published_once(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path
+                    ) -> tuple[Path, Path, Path]:
+    """Built once per module: a registry with tiny-llama 1.0.0 (F32, F16), 1.1.0, 2.0.0,
+    sql-expert 2.1.0 and simplex-hello 0.1.0, and the home that packed them.
+
+    Returns (the pristine registry, the pristine home, the path tests see the registry
+    at). Tests change both (move tags, sign, delete), so each gets fresh copies, put
+    back at the same path: the home's refs name the registry by its path.
+    """
+    from conftest import Cli
+
+    base = tmp_path_factory.mktemp("published")
+    live = base / "registry"
+    home = base / "home"
+    home.mkdir()
+    cli = Cli(home, base)
+    reg = f"oci:{live}"
     for vers in ("1.0.0", "1.1.0", "2.0.0"):
         ref = f"{reg}/tiny-llama:{vers}"
         cli("pack", "model", sample_dir / "tiny-llama", "--ref", ref, "--variant", "F32")
@@ -33,7 +47,21 @@ def published(cli, sample_dir: Path, registry_dir: Path) -> Path:  # noqa: ANN00
     cli("pack", "package", sample_dir / "simplex-hello", "--ref",
         f"{reg}/simplex-hello:0.1.0")
     cli("push", f"{reg}/simplex-hello:0.1.0")
-    return registry_dir
+    pristine = base / "registry.pristine"
+    live.rename(pristine)
+    return pristine, home, live
+
+
+@pytest.fixture
+def published(cli, _published_once: tuple[Path, Path, Path]) -> Path:  # noqa: ANN001
+    """A registry with tiny-llama 1.0.0 (F32, F16), 1.1.0, 2.0.0 and sql-expert 2.1.0,
+    and ``cli``'s home holding what was packed, as if this test had published them."""
+    pristine, home, live = _published_once
+    if live.exists():
+        shutil.rmtree(live)
+    shutil.copytree(pristine, live, symlinks=True)
+    shutil.copytree(home, cli.home, symlinks=True, dirs_exist_ok=True)
+    return live
 
 
 @pytest.fixture

@@ -8,8 +8,11 @@ from typing import Any
 
 from sxpm.core import oci
 from sxpm.core.oci import Descriptor, ImageIndex, Manifest
+from sxpm.core.reference import Reference
 from sxpm.errors import ManifestError
+from sxpm.home import Home
 from sxpm.store.layout import OCILayout
+from sxpm.store.refs import resolve_local
 
 
 @dataclass(frozen=True)
@@ -78,3 +81,11 @@ def describe(store: OCILayout, top: Descriptor, variant: str | None = None) -> A
     return ArtifactInfo(kind, name, version, desc, obj, chosen_variant, config)
 
 
+
+
+def describe_ref(home: Home, ref: Reference | str, variant: str | None = None) -> ArtifactInfo:
+    """What the store holds under ``ref`` (a :class:`Reference`, or text parsed against
+    the home's default registry); :class:`~sxpm.errors.NotFoundError` when nothing."""
+    if isinstance(ref, str):
+        ref = home.parse_ref(ref)
+    return describe(home.store, resolve_local(home.store, ref), variant)

@@ -33,13 +33,6 @@ def read_options(f: F) -> F:
     return index_option(f)
 
 
-def _client(index: str | None, offline: bool, insecure: bool) -> Any:
-    from sxpm.index.client import IndexClient
-    from sxpm.index.location import find_index
-
-    return IndexClient(find_index(index), offline=offline, insecure=insecure)
-
-
 def _local_index(index: str | None, directory: Path | None) -> Path:
     from sxpm.errors import IndexLocationError
     from sxpm.index.client import is_url
@@ -73,16 +66,17 @@ def search(query: tuple[str, ...], kind: str | None, limit: int, index: str | No
       sxpm search llama --kind model --json
     """
     from sxpm.core.humanize import human_size
-    from sxpm.index.format import CATALOG_FILE
+    from sxpm.ops.query import search as do_search
 
-    client = _client(index, offline, insecure)
-    hits = client.search(" ".join(query), kind=kind, limit=limit)
+    result = do_search(" ".join(query), kind=kind, limit=limit, index=index,
+                       offline=offline, insecure=insecure)
+    hits = result.hits
     if as_json:
         _echo_json([h.to_dict() for h in hits])
         return
     if not hits:
         click.echo("no match" + (" (the index has no search.json; run `sxpm index build`)"
-                                 if client.read_text(CATALOG_FILE) is None else ""))
+                                 if not result.has_catalog else ""))
         return
     rows = [[h.name, h.kind, h.vers, human_size(h.size), h.description] for h in hits]
     header = ["NAME", "KIND", "VERSION", "SIZE", "DESCRIPTION"]
@@ -106,11 +100,11 @@ def info(spec: str, index: str | None, offline: bool, insecure: bool, as_json: b
       sxpm info tiny-llama@1.0.0 --json
     """
     from sxpm.core.humanize import human_size
+    from sxpm.ops.query import info as do_info
 
     name, _, version = spec.partition("@")
-    client = _client(index, offline, insecure)
-    entry = client.entry(name, version or None)
-    versions = client.entries(name)
+    found = do_info(name, version or None, index=index, offline=offline, insecure=insecure)
+    entry, versions = found.entry, found.versions
     if as_json:
         _echo_json({"name": entry.name, "kind": entry.kind,
                     "versions": [{"version": e.vers, "yanked": e.yanked} for e in versions],

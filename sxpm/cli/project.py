@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,15 +17,14 @@ from sxpm.cli._common import (
     transfer_options,
     transport,
 )
-from sxpm.errors import InputError, NotFoundError
+from sxpm.errors import InputError
+from sxpm.ops.project import install_project, lock_project
+from sxpm.ops.project import tree as project_tree
+from sxpm.ops.project import why as explain_why
+from sxpm.project.manifest import Project
 
 if TYPE_CHECKING:
-    from sxpm.home import Home
     from sxpm.ops.lock import LockResult
-    from sxpm.project.lock import Lock
-    from sxpm.project.manifest import Project
-    from sxpm.resolver import Provider
-    from sxpm.transport import TransportOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,32 +41,7 @@ def _index_option(f: F) -> F:
 
 
 def _load(manifest: Path | None) -> Project:
-    from sxpm.project.manifest import Project
-
     return Project.load(manifest)
-
-
-def _provider(project: Project, h: Home, index: str | None, offline: bool,
-              options: TransportOptions) -> tuple[Provider, str, str]:
-    """The index when one is configured, else the default registry's tag lists."""
-    from sxpm.errors import IndexLocationError
-    from sxpm.index.location import find_index
-    from sxpm.index.provider import IndexProvider
-    from sxpm.ops.lock import ManifestSource, RegistryProvider
-
-    try:
-        location = find_index(index, cwd=project.root)
-    except IndexLocationError:
-        registry = project.registries.get("default") or h.default_registry
-        return RegistryProvider(registry, ManifestSource(h, options, offline)), "", ""
-    return IndexProvider.open(location, offline=offline, insecure=options.insecure), \
-        location, ""
-
-
-def _memory_budget() -> int | None:
-    """Bytes a model may use here: accelerator memory when one is found, else RAM."""
-    pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-    return int(pages * size * 0.75)
 
 
 @click.command()
@@ -134,18 +107,10 @@ def remove(name: str, manifest: Path | None) -> None:
     click.echo(f"removed {kind} {name} from {project.path}")
 
 
-def _do_lock(manifest: Path | None, index: str | None, offline: bool, insecure: bool,
-             jobs: int, update: list[str] | None, skip_verify: bool = False
-             ) -> tuple[Project, LockResult]:
-    from sxpm.ops.lock import lock as do_lock
-
-    project = _load(manifest)
-    h = home()
-    options = transport(insecure, jobs)
-    provider, source, state = _provider(project, h, index, offline, options)
-    return project, do_lock(project, h, provider, index_source=source,
-                            update=update, memory_budget=_memory_budget(), options=options,
-                            offline=offline, insecure_skip_verify=skip_verify)
+def _do_lock(project: Project, index: str | None, offline: bool, insecure: bool,
+             jobs: int, update: list[str] | None) -> LockResult:
+    return lock_project(project, home(), index=index, update=update, offline=offline,
+                        options=transport(insecure, jobs))
 
 
 @click.command(name="lock")
@@ -162,8 +127,8 @@ def lock_cmd(manifest: Path | None, index: str | None, offline: bool, quiet: boo
     Example:
       sxpm lock
     """
-    project, result = _do_lock(manifest, index, offline, insecure, jobs, None)
-    _print_lock(project, result, as_json)
+    project = _load(manifest)
+    _print_lock(project, _do_lock(project, index, offline, insecure, jobs, None), as_json)
 
 
 def _print_lock(project: Project, result: LockResult, as_json: bool) -> None:
@@ -193,8 +158,9 @@ def update(names: tuple[str, ...], manifest: Path | None, index: str | None, off
     Example:
       sxpm update cognitive-1b
     """
-    project, result = _do_lock(manifest, index, offline, insecure, jobs, list(names))
-    _print_lock(project, result, as_json)
+    project = _load(manifest)
+    _print_lock(project, _do_lock(project, index, offline, insecure, jobs, list(names)),
+                as_json)
 
 
 @click.command()
@@ -218,29 +184,15 @@ def install(manifest: Path | None, index: str | None, locked: bool, frozen: bool
     Example:
       sxpm install --locked
     """
-    from sxpm.ops.lock import check_fresh, install_lock
-    from sxpm.project.lock import Lock
-
     project = _load(manifest)
-    h = home()
-    options = transport(insecure, jobs)
     if insecure_skip_verify:
         click.echo("warning: --insecure-skip-verify: signatures are not checked against the "
                    "trust policy", err=True)
-    if frozen or locked:
-        if not project.lock_path.exists():
-            raise NotFoundError(f"{project.lock_path} does not exist",
-                                hint="run `sxpm lock` first")
-        current = Lock.read(project.lock_path)
-        if locked:
-            check_fresh(project, current)
-    else:
-        _, result = _do_lock(manifest, index, offline, insecure, jobs, None,
-                             insecure_skip_verify)
-        current = result.lock
-    report = install_lock(h, current, project.install_root, offline=offline, options=options,
+    done = install_project(project, home(), frozen=frozen, locked=locked, index=index,
+                          offline=offline, options=transport(insecure, jobs),
                           reporter=reporter(quiet or as_json),
-                          insecure_skip_verify=insecure_skip_verify, cwd=project.root)
+                          insecure_skip_verify=insecure_skip_verify)
+    report = done.report
     if as_json:
         emit_json({"installed": [a.name for a in report.installed],
                    "unchanged": [a.name for a in report.unchanged],
@@ -257,15 +209,6 @@ def install(manifest: Path | None, index: str | None, locked: bool, frozen: bool
                f"in {project.install_root}")
 
 
-def _read_lock(manifest: Path | None) -> tuple[Project, Lock]:
-    from sxpm.project.lock import Lock
-
-    project = _load(manifest)
-    if not project.lock_path.exists():
-        raise NotFoundError(f"{project.lock_path} does not exist", hint="run `sxpm lock`")
-    return project, Lock.read(project.lock_path)
-
-
 @click.command()
 @_project_option
 @json_option
@@ -276,30 +219,30 @@ def tree(manifest: Path | None, as_json: bool) -> None:
     Example:
       sxpm tree
     """
-    project, current = _read_lock(manifest)
-    arts = current.by_name()
-    roots = [r["name"] for r in current.requirements]
+    found = project_tree(_load(manifest))
     if as_json:
-        emit_json({"roots": roots, "artifacts": {
+        emit_json({"roots": found.roots, "artifacts": {
             a.name: {"kind": a.kind, "version": a.version, "variant": a.variant,
-                     "dependencies": list(a.dependencies)} for a in current.artifacts}})
+                     "dependencies": list(a.dependencies)} for a in found.lock.artifacts}})
         return
-    click.echo(f"{project.data.get('package', {}).get('name', project.root.name)}")
-
-    def show(name: str, prefix: str, last: bool, seen: frozenset[str]) -> None:
-        art = arts.get(name)
-        label = f"{name} {art.version} ({art.kind}" + (f", {art.variant}" if art and
-                                                       art.variant else "") + ")" \
-            if art else f"{name} (not locked)"
-        click.echo(f"{prefix}{'└── ' if last else '├── '}{label}")
-        if art is None or name in seen:
-            return
-        deps = list(art.dependencies)
-        for i, dep in enumerate(deps):
-            show(dep, prefix + ("    " if last else "│   "), i == len(deps) - 1, seen | {name})
-
-    for i, root in enumerate(roots):
-        show(root, "", i == len(roots) - 1, frozenset())
+    click.echo(found.package)
+    lasts: list[bool] = []  # for each level above the row: was that row a last child
+    cut = False
+    for row in found.rows:
+        del lasts[row.depth:]
+        prefix = "".join("    " if last else "│   " for last in lasts)
+        art = row.artifact
+        label = (f"{row.name} {art.version} ({art.kind}"
+                 + (f", {art.variant}" if art.variant else "") + ")"
+                 if art else f"{row.name} (not locked)")
+        mark = " (*)" if row.repeated else " (...)" if row.cut else ""
+        click.echo(f"{prefix}{'└── ' if row.last else '├── '}{label}{mark}")
+        lasts.append(row.last)
+        cut = cut or row.cut
+    if any(row.repeated for row in found.rows):
+        click.echo("(*) dependencies shown above")
+    if cut:
+        click.echo("(...) deeper dependencies not shown; `sxpm tree --json` lists them all")
 
 
 @click.command()
@@ -313,34 +256,17 @@ def why(name: str, manifest: Path | None, as_json: bool) -> None:
     Example:
       sxpm why cognitive-1b
     """
-    _, current = _read_lock(manifest)
-    arts = current.by_name()
-    if name not in arts:
-        raise NotFoundError(f"{name} is not in the lock", hint="`sxpm tree` shows the lock")
-    parents: dict[str, list[str]] = {}
-    for art in current.artifacts:
-        for dep in art.dependencies:
-            parents.setdefault(dep, []).append(art.name)
-    roots = {r["name"]: r for r in current.requirements}
-    chains: list[list[str]] = []
-
-    def walk(node: str, chain: list[str]) -> None:
-        if node in chain:
-            return
-        chain = [node, *chain]
-        if node in roots:
-            chains.append(["simplex.toml", *chain])
-        for parent in parents.get(node, []):
-            walk(parent, chain)
-
-    walk(name, [])
-    labelled = [[c if c == "simplex.toml" else f"{c} {arts[c].version}" for c in chain]
-                for chain in chains]
+    found = explain_why(_load(manifest), name)
     if as_json:
-        emit_json({"name": name, "chains": labelled})
+        emit_json({"name": name, "chains": found.chains,
+                   **({"more": found.more} if found.more != 0 else {})})
         return
-    for chain in labelled:
+    for chain in found.chains:
         click.echo(" -> ".join(chain))
-    if not labelled:
+    if found.more is None:
+        click.echo("... and more chains (the lock has a cycle; they are not counted)")
+    elif found.more:
+        click.echo(f"... and {found.more} more chains")
+    if not found.chains:
         raise InputError(f"{name} is locked but nothing requires it",
                          hint="run `sxpm lock` to drop it")

@@ -94,6 +94,20 @@ class Project:
             checked.remember(key)
         return project
 
+    @classmethod
+    def nearest(cls, start: Path | None = None) -> Project | None:
+        """The nearest ``simplex.toml`` at or above ``start``, parsed but not checked
+        against the schema (None when there is none): for commands that need one table
+        and must stay cheap, such as finding the index for a search."""
+        found = find_manifest(start)
+        if found is None:
+            return None
+        try:
+            text = found.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ManifestError(str(found), "not UTF-8 text") from None
+        return cls(found, parse_toml(text, str(found)))
+
     def requirements(self) -> list[Requirement]:
         from sxpm.core.versions import VersionReq
         from sxpm.resolver.model import Requirement
