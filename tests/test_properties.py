@@ -207,3 +207,4 @@ def test_project_parse(text: str) -> None:
         project.requirements_hash()
 
     _only_ours(load)
+

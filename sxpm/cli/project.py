@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -13,6 +12,7 @@ from sxpm.cli._common import (
     emit_json,
     home,
     json_option,
+    memory_budget,
     reporter,
     skip_verify_option,
     transfer_options,
@@ -66,9 +66,9 @@ def _provider(project: Project, h: Home, index: str | None, offline: bool,
 
 
 def _memory_budget() -> int | None:
-    """Bytes a model may use here: accelerator memory when one is found, else RAM."""
-    pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-    return int(pages * size * 0.75)
+    """Usable bytes for a model here: accelerator free memory when one is found, else
+    available RAM, less the variant policy's headroom (sxpm.core.variants)."""
+    return memory_budget()
 
 
 @click.command()

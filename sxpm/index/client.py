@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sxpm.core.names import normalize_name
 from sxpm.core.reference import is_loopback
+from sxpm.core.versions import version_key
 from sxpm.errors import IndexFormatError, IndexLocationError, IndexUnavailableError
 from sxpm.index.format import (
     CATALOG_FILE,
@@ -26,9 +28,7 @@ from sxpm.index.format import (
     IndexConfig,
     IndexEntry,
     index_path,
-    normalize_name,
     parse_lines,
-    version_key,
 )
 
 

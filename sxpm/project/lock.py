@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sxpm.core.reference import Digest, validate_name
+from sxpm.core.names import validate_name
+from sxpm.core.reference import Digest
 from sxpm.errors import ManifestError, NotFoundError
 
 LOCK_VERSION = 1
@@ -26,7 +27,7 @@ HEADER = "# simplex.lock: written by sxpm from simplex.toml; do not edit by hand
 @dataclass(frozen=True)
 class LockedLayer:
     path: str
-    digest: str
+    digest: Digest
     size: int
     media_type: str
 
@@ -37,8 +38,8 @@ class LockedArtifact:
     kind: str
     version: str
     source: str  # registry repository, e.g. localhost:5000/simplex/tiny-llama
-    digest: str  # what the index published: manifest or image index
-    manifest: str  # the manifest installed (a variant's, for an index)
+    digest: Digest  # what the index published: manifest or image index
+    manifest: Digest  # the manifest installed (a variant's, for an index)
     variant: str | None = None
     dependencies: tuple[str, ...] = ()
     layers: tuple[LockedLayer, ...] = ()
@@ -78,7 +79,7 @@ class Lock:
             out.append("\n[[artifact]]\n")
             out.append(f"name = {q(art.name)}\nkind = {q(art.kind)}\n"
                        f"version = {q(art.version)}\nsource = {q(art.source)}\n"
-                       f"digest = {q(art.digest)}\nmanifest = {q(art.manifest)}\n")
+                       f"digest = {q(str(art.digest))}\nmanifest = {q(str(art.manifest))}\n")
             if art.variant:
                 out.append(f"variant = {q(art.variant)}\n")
             out.append("dependencies = [" + ", ".join(q(d) for d in sorted(art.dependencies))
@@ -87,7 +88,7 @@ class Lock:
                 out.append(f"signer = {q(art.signer)}\n")
             out.append("layers = [\n")
             for layer in art.layers:
-                out.append(f"  {{ path = {q(layer.path)}, digest = {q(layer.digest)}, "
+                out.append(f"  {{ path = {q(layer.path)}, digest = {q(str(layer.digest))}, "
                            f"size = {layer.size}, media-type = {q(layer.media_type)} }},\n")
             out.append("]\n")
         return "".join(out)
@@ -138,11 +139,11 @@ class Lock:
                 raise fail(f"{where}.{key}", "must be a non-empty string")
             return value
 
-        def digest(obj: dict[str, Any], key: str, where: str) -> str:
+        def digest(obj: dict[str, Any], key: str, where: str) -> Digest:
             value = text(obj, key, where)
             assert value is not None
             try:
-                return str(Digest.parse(value))
+                return Digest.parse(value)
             except ValueError as exc:
                 raise fail(f"{where}.{key}", str(exc)) from None
 
