@@ -16,12 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sxpm.core.names import validate_name
+from sxpm.core.names import check_name, normalize_name
 from sxpm.core.reference import Digest
 from sxpm.errors import ManifestError, NotFoundError
 
 LOCK_VERSION = 1
 HEADER = "# simplex.lock: written by sxpm from simplex.toml; do not edit by hand.\n"
+
+
+def toml_string(text: str) -> str:
+    """``text`` as a TOML basic string that reads back as ``text``.
+
+    A JSON string is one, but for two spellings TOML refuses: ``\\ud83d\\ude00``
+    (JSON's surrogate escapes for characters outside the BMP, such as an emoji in a file
+    name) and a raw DEL. So characters stay as they are and only DEL is escaped.
+    """
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,7 @@ class Lock:
 
     # --- writing ---------------------------------------------------------------
     def dumps(self) -> str:
-        q = json.dumps  # a JSON string is a valid TOML basic string
+        q = toml_string
         out = [HEADER, f"version = {self.version}\n",
                f"requirements-hash = {q(self.requirements_hash)}\n"]
         if self.index_source or self.index_state:
@@ -173,12 +183,12 @@ class Lock:
             name = text(a, "name", where)
             assert name is not None
             try:
-                validate_name(name)
+                check_name(name)
             except ValueError as exc:
                 raise fail(f"{where}.name", str(exc)) from None
-            if name in seen:
+            if normalize_name(name) in seen:  # Foo_Bar and foo-bar are one name
                 raise fail(f"{where}.name", f"{name!r} is locked twice")
-            seen.add(name)
+            seen.add(normalize_name(name))
             kind = text(a, "kind", where)
             if kind not in ("model", "expert", "package"):
                 raise fail(f"{where}.kind", f"unknown kind {kind!r}")
