@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 from static_server import NGINX, Nginx, serve_static
 
-from sxpm.index.format import index_path, normalize_name, version_key
+from sxpm.core.names import normalize_name
+from sxpm.core.versions import version_key
+from sxpm.index.format import index_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "registry-index"

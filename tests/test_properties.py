@@ -207,3 +207,67 @@ def test_project_parse(text: str) -> None:
         project.requirements_hash()
 
     _only_ours(load)
+
+
+# --- whatever sxpm writes, it reads back --------------------------------------------
+
+any_text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=24)
+names = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,20}", fullmatch=True)
+digests = st.builds(lambda b: f"sha256:{b.hex()}", st.binary(min_size=32, max_size=32))
+
+
+@st.composite
+def locks(draw: st.DrawFn) -> object:
+    from sxpm.core.reference import Digest
+    from sxpm.project.lock import Lock, LockedArtifact, LockedLayer
+
+    arts = []
+    for name in draw(st.lists(names, max_size=3, unique_by=lambda n: n.replace("_", "-"))):
+        layers = tuple(LockedLayer(draw(any_text), Digest.parse(draw(digests)),
+                                   draw(st.integers(0, 2**40)), draw(any_text))
+                       for _ in range(draw(st.integers(0, 3))))
+        arts.append(LockedArtifact(
+            name, draw(st.sampled_from(["model", "expert", "package"])), draw(any_text),
+            draw(any_text), Digest.parse(draw(digests)), Digest.parse(draw(digests)),
+            draw(st.none() | any_text), tuple(sorted(draw(st.lists(names, max_size=3)))),
+            layers, draw(st.none() | any_text)))
+    reqs = [{"name": draw(names), "kind": "model", "req": draw(any_text),
+             **({"variant": draw(any_text)} if draw(st.booleans()) else {})}
+            for _ in range(draw(st.integers(0, 2)))]
+    return Lock(draw(digests), reqs, arts, draw(any_text), draw(any_text))
+
+
+@SETTINGS
+@given(locks())
+def test_every_lock_sxpm_writes_reads_back(lock: object) -> None:
+    """An emoji (or any character) in a file name, a source or a signer: the lock
+    sxpm writes is the lock it reads."""
+    from sxpm.project.lock import Lock
+
+    assert isinstance(lock, Lock)
+    back = Lock.loads(lock.dumps())
+    assert back.dumps() == lock.dumps()
+    assert sorted(back.artifacts, key=lambda a: a.name) == sorted(lock.artifacts,
+                                                                  key=lambda a: a.name)
+
+
+@SETTINGS
+@given(names, st.from_regex(r"(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})",
+                            fullmatch=True), digests, any_text, any_text,
+       st.lists(any_text, max_size=3))
+def test_every_index_line_sxpm_writes_reads_back(name: str, vers: str, digest: str,
+                                                 description: str, license: str,
+                                                 tags: list[str]) -> None:
+    from sxpm.core.artifact import Dependency, Variant
+    from sxpm.core.reference import Digest
+    from sxpm.core.versions import VersionReq
+    from sxpm.index.format import IndexEntry, load_line
+
+    entry = IndexEntry(name, vers, "model", f"localhost:5000/ns/{name}", Digest.parse(digest),
+                       "application/vnd.cncf.model.manifest.v1+json", 1,
+                       (Dependency(name, VersionReq.parse("^1")),),
+                       (Variant(description, Digest.parse(digest), 3, None, None),),
+                       description, license, tuple(tags))
+    line = entry.to_line()
+    back = IndexEntry.from_dict(load_line(line, source="x", line=1), check=False)
+    assert back.to_line() == line and back == entry

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from sxpm.core.reference import Digest, Reference, validate_name
+from sxpm.core.names import validate_name
+from sxpm.core.reference import Digest, Reference
 from sxpm.errors import InvalidDigestError, InvalidNameError, InvalidReferenceError
 
 HEX = "a" * 64

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from sxpm.core import oci
+from sxpm.core.names import validate_name
 from sxpm.core.oci import Descriptor, ImageIndex, Manifest, canonical_json
-from sxpm.core.reference import Reference, validate_name
+from sxpm.core.reference import Reference
 from sxpm.core.validation import validate
 from sxpm.core.versions import parse_version
 from sxpm.errors import ArtifactInputError, InputError, InvalidVersionError, ManifestError

@@ -12,6 +12,7 @@ from sxpm.cli._common import (
     emit_json,
     home,
     json_option,
+    memory_budget,
     reporter,
     skip_verify_option,
     table,
@@ -74,7 +75,8 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
                                         ' --variant F16'}
     """)
     @click.argument("ref_text", metavar="REF")
-    @click.option("--variant", help="Variant to install (default: the first).")
+    @click.option("--variant", help="Variant to install (default for a model: the largest "
+                  "that fits this machine's accelerator, or RAM; else the first).")
     @click.option("--root", type=click.Path(path_type=Path),
                   help="Install root (default: home).")
     @transfer_options
@@ -99,6 +101,8 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
 
             installed = install_expert(h, h.parse_ref(ref_text), for_model, **kw)
         else:
+            if kind == "model" and variant is None:
+                kw["memory_budget"] = memory_budget()
             installed = install(h, h.parse_ref(ref_text), variant=variant, **kw)
         if installed.kind != kind:
             raise InputError(f"{ref_text} is {installed.kind!r}, not {_a(kind)} (installed "

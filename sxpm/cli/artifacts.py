@@ -13,6 +13,7 @@ from sxpm.cli._common import (
     emit_json,
     home,
     json_option,
+    memory_budget,
     reporter,
     skip_verify_option,
     table,
@@ -108,7 +109,8 @@ def _report(result: object, verb: str, as_json: bool, moved: str = "sent") -> No
 
 @click.command()
 @click.argument("ref_text", metavar="REF")
-@click.option("--variant", help="Fetch the layers of this variant (default: the first).")
+@click.option("--variant", help="Fetch the layers of this variant (default: the largest "
+              "that fits this machine's accelerator, or RAM).")
 @click.option("--all-variants", is_flag=True, help="Fetch the layers of every variant.")
 @transfer_options
 @skip_verify_option
@@ -133,7 +135,8 @@ def pull(ref_text: str, variant: str | None, all_variants: bool, quiet: bool, in
         warn_skip_verify(ref)
     result = do_pull(h, ref, variant=variant, all_variants=all_variants,
                      options=transport(insecure, jobs), reporter=reporter(quiet or as_json),
-                     insecure_skip_verify=insecure_skip_verify)
+                     insecure_skip_verify=insecure_skip_verify,
+                     memory_budget=None if variant or all_variants else memory_budget())
     _report(result, "pulled", as_json, moved="fetched")
 
 

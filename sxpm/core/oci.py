@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sxpm.core.artifact import Variant
 from sxpm.core.reference import Digest
 from sxpm.errors import ManifestError
 
@@ -52,6 +53,7 @@ ANN_NAME = "org.simplex.name"
 ANN_KIND = "org.simplex.kind"
 ANN_DEPENDENCIES = "org.simplex.dependencies"
 ANN_MEMORY = "org.simplex.memory"
+ANN_SIZE = "org.simplex.size"
 
 KIND_BY_ARTIFACT = {MODEL_ARTIFACT: "model", EXPERT_ARTIFACT: "expert", PACKAGE_ARTIFACT: "package"}
 ARTIFACT_BY_KIND = {v: k for k, v in KIND_BY_ARTIFACT.items()}
@@ -245,6 +247,15 @@ class ImageIndex:
 
     def variants(self) -> dict[str, Descriptor]:
         return {d.annotations.get(ANN_VARIANT, str(d.digest)): d for d in self.manifests}
+
+    def variant_values(self) -> list[Variant]:
+        """Each manifest as a :class:`Variant`, with the sizes its annotations declare."""
+        def num(text: str | None) -> int | None:
+            return int(text) if text and text.isdigit() else None
+
+        return [Variant(d.annotations.get(ANN_VARIANT, str(d.digest)), d.digest,
+                        num(d.annotations.get(ANN_SIZE)) or 0, num(d.annotations.get(ANN_MEMORY)),
+                        d.annotations.get(ANN_BASE_MODEL)) for d in self.manifests]
 
     def select(self, variant: str | None) -> Descriptor:
         """The manifest of ``variant``, or the first one when none is asked for."""

@@ -18,11 +18,10 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 
-from sxpm.errors import InvalidDigestError, InvalidNameError, InvalidReferenceError
+from sxpm.errors import InvalidDigestError, InvalidReferenceError
 
 _HEX = {"sha256": 64, "sha512": 128}
 _DIGEST_RE = re.compile(r"^([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$")
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 _REPO_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$")
 _HOST_RE = re.compile(
@@ -43,7 +42,7 @@ class Digest:
     def parse(cls, text: str) -> Digest:
         if not isinstance(text, str):
             raise InvalidDigestError(repr(text), "not a string")
-        m = _DIGEST_RE.match(text)
+        m = _DIGEST_RE.fullmatch(text)
         if not m:
             raise InvalidDigestError(text, "expected ALGORITHM:HEX")
         algorithm, value = m.groups()
@@ -63,15 +62,8 @@ class Digest:
         return f"{self.algorithm}:{self.hex[:12]}"
 
 
-def validate_name(name: str) -> str:
-    """Check an artifact name: ``[a-z0-9][a-z0-9._-]{0,63}``."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise InvalidNameError(str(name))
-    return name
-
-
 def is_valid_tag(tag: str) -> bool:
-    return bool(_TAG_RE.match(tag))
+    return bool(_TAG_RE.fullmatch(tag))
 
 
 @dataclass(frozen=True)
@@ -178,13 +170,13 @@ def _parse_layout(original: str, rest: str, digest: Digest | None) -> Reference:
 
 def _parse_remote(original: str, rest: str, digest: Digest | None) -> Reference:
     host, _, path = rest.partition("/")
-    if not _HOST_RE.match(host):
+    if not _HOST_RE.fullmatch(host):
         raise InvalidReferenceError(original, f"invalid registry host {host!r}")
     repository, tag = _split_tag(original, path)
     if not repository:
         raise InvalidReferenceError(original, "missing repository")
     for component in repository.split("/"):
-        if not _REPO_COMPONENT_RE.match(component):
+        if not _REPO_COMPONENT_RE.fullmatch(component):
             raise InvalidReferenceError(
                 original, f"invalid repository component {component!r} (use [a-z0-9._-])"
             )

@@ -107,11 +107,11 @@ class ValidationCache:
         from sxpm._version import __version__
 
         try:
-            package = Path(__file__).parent.parent  # sxpm/
+            package = Path(__file__).parent.parent
             schema_bytes = (package / "schemas" / f"{schema}.schema.json").read_bytes()
             stamps = ",".join(str(os.stat(package / f).st_mtime_ns) for f in
-                              ("core/validation.py", "project/manifest.py",
-                               "core/versions.py"))
+                              ("core/validation.py", "project/manifest.py", "core/versions.py",
+                               "core/names.py"))
         except OSError:
             return None
         # The code that checks is in the key too: an upgrade or an edit checks afresh.

@@ -1,9 +1,15 @@
-"""Versions and version requirements with Cargo's meaning, on ``semantic_version``.
+"""Versions and version requirements with Cargo's meaning; the one version module.
 
-``semantic_version.SimpleSpec`` already implements ``^``, ``~``, comparisons, ``*``
-and wildcards with Cargo's meaning; two spellings differ and are translated first:
-a bare version (``1.2``) is a caret requirement in Cargo (``==`` in SimpleSpec), and
-Cargo writes exact matches as ``=1.2.3`` (partial: ``=1.2`` means ``>=1.2.0, <1.3.0``).
+A version is strict SemVer, ``MAJOR.MINOR.PATCH[-pre][+build]``. Checking one, its
+precedence (:func:`version_key`) and whether it is a pre-release are pure functions here,
+so the lean paths (``sxpm run NAME``, a no-op ``install --frozen``) compare versions
+without loading ``semantic_version``.
+
+Requirements are matched by ``semantic_version.SimpleSpec``, which already implements
+``^``, ``~``, comparisons, ``*`` and wildcards with Cargo's meaning; two spellings differ
+and are translated first: a bare version (``1.2``) is a caret requirement in Cargo
+(``==`` in SimpleSpec), and Cargo writes exact matches as ``=1.2.3`` (partial: ``=1.2``
+means ``>=1.2.0, <1.3.0``).
 """
 
 from __future__ import annotations
@@ -11,28 +17,63 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
-
-import semantic_version
+from typing import TYPE_CHECKING, Any
 
 from sxpm.errors import InputError, InvalidVersionError
 
-Version = semantic_version.Version
+if TYPE_CHECKING:
+    from semantic_version import Version as Version
+
+# Checked with fullmatch: ``$`` would let a trailing newline through.
+VERSION_RE = re.compile(
+    r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?")
 _BARE = re.compile(r"^v?\d+(\.\d+){0,2}(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
 _FULL = re.compile(r"^\d+\.\d+\.\d+")
 
 
-def parse_version(text: str) -> semantic_version.Version:
-    """A strict ``MAJOR.MINOR.PATCH[-pre][+build]`` version."""
+def check_version(text: str) -> str:
+    """``text`` if it is a strict ``MAJOR.MINOR.PATCH[-pre][+build]`` version, else raise."""
+    if not isinstance(text, str):
+        raise InvalidVersionError(repr(text), "not a string")
+    if not VERSION_RE.fullmatch(text):
+        raise InvalidVersionError(text)
+    return text
+
+
+def version_key(vers: str) -> tuple[Any, ...]:
+    """Semantic-version precedence as a sort key (build metadata ignored).
+
+    Unparsable versions sort first.
+    """
+    m = VERSION_RE.fullmatch(vers)
+    if not m:
+        return (-1,)
+    major, minor, patch, pre = m.groups()
+    if pre is None:
+        return (int(major), int(minor), int(patch), 1, ())
+    ids = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split("."))
+    return (int(major), int(minor), int(patch), 0, ids)
+
+
+def is_prerelease(vers: str) -> bool:
+    return "-" in vers.split("+", 1)[0]
+
+
+def parse_version(text: str) -> Version:
+    """A strict ``MAJOR.MINOR.PATCH[-pre][+build]`` version (a leading ``v`` is allowed)."""
     if not isinstance(text, str):
         raise InvalidVersionError(repr(text), "not a string")
     return _parse_version(text)
 
 
 @lru_cache(maxsize=65536)
-def _parse_version(text: str) -> semantic_version.Version:
+def _parse_version(text: str) -> Version:
+    import semantic_version  # heavy: kept off the lean paths, which only compare keys
+
+    if not VERSION_RE.fullmatch(text.removeprefix("v")):
+        raise InvalidVersionError(text)
     try:
-        return semantic_version.Version(text.strip().removeprefix("v"))
+        return semantic_version.Version(text.removeprefix("v"))
     except ValueError:
         raise InvalidVersionError(text) from None
 
@@ -76,6 +117,8 @@ class VersionReq:
             raise InvalidRequirementError(str(text), "empty")
         if len(text) > 128:
             raise InvalidRequirementError(text[:40] + "...", "too long")
+        import semantic_version  # heavy: kept off the lean paths
+
         translated = ",".join(_translate(part) for part in text.split(","))
         try:
             spec = semantic_version.SimpleSpec(translated)
@@ -83,7 +126,7 @@ class VersionReq:
             raise InvalidRequirementError(text, str(exc)) from None
         return cls(text.strip(), spec)
 
-    def matches(self, version: semantic_version.Version | str) -> bool:
+    def matches(self, version: Version | str) -> bool:
         known = self._seen.get(version)
         if known is not None:
             return known
@@ -105,5 +148,3 @@ def _parse_req(text: str) -> VersionReq:
     # Index lines repeat a few requirement texts many times; parse each once.
     return VersionReq._parse(text)
 
-
-ANY = VersionReq.parse("*")

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sxpm.core.names import normalize_name
+from sxpm.core.versions import is_prerelease, version_key
 from sxpm.errors import IndexFormatError, InvalidNameError, SxpmError
 from sxpm.index.format import (
     CATALOG_FIELDS,
@@ -25,10 +27,7 @@ from sxpm.index.format import (
     IndexConfig,
     IndexEntry,
     index_path,
-    is_prerelease,
     load_line,
-    normalize_name,
-    version_key,
 )
 
 
@@ -208,7 +207,7 @@ def verify(root: Path, *, check_registry: bool = False, insecure: bool = False
 def _check_registry(entries: list[tuple[str, int, IndexEntry]], root: Path,
                     report: VerifyReport,
                     insecure: bool) -> None:
-    from sxpm.core.reference import Digest, Reference
+    from sxpm.core.reference import Reference
     from sxpm.transport import TransportOptions, open_repository
 
     options = TransportOptions(insecure=insecure)
@@ -216,11 +215,11 @@ def _check_registry(entries: list[tuple[str, int, IndexEntry]], root: Path,
         try:
             ref = Reference.parse(entry.ref)
             repo = open_repository(ref, options)
-            desc, _ = repo.get_manifest(entry.digest)
-            if desc.digest != Digest.parse(entry.digest):
+            desc, _ = repo.get_manifest(str(entry.digest))
+            if desc.digest != entry.digest:
                 raise SxpmError(f"the registry returned {desc.digest}")
             for variant in entry.variants:
-                repo.get_manifest(variant.digest)
+                repo.get_manifest(str(variant.digest))
         except SxpmError as exc:
             report.problems.append(Problem(
                 rel, number, f"{entry.name} {entry.vers}: {entry.reference} is not in its "

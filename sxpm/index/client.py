@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sxpm.core.names import normalize_name
 from sxpm.core.reference import is_loopback
+from sxpm.core.versions import version_key
 from sxpm.errors import IndexFormatError, IndexLocationError, IndexUnavailableError
 from sxpm.index.format import (
     CATALOG_FILE,
@@ -26,9 +28,7 @@ from sxpm.index.format import (
     IndexConfig,
     IndexEntry,
     index_path,
-    normalize_name,
     parse_lines,
-    version_key,
 )
 
 
@@ -218,7 +218,9 @@ class IndexClient:
         """Every published version of ``name``, lowest version first, yanked included.
 
         ``name`` is compared normalised (case, ``_``/``-``). An unknown name gives
-        ``[]``. Lines are checked against the schema and the config's registries.
+        ``[]``. Lines are checked against the schema and the config's registries, and
+        every line must carry the file's name exactly as its first line spells it: a
+        ``Foo_Bar`` line in ``foo-bar``'s file is another publisher's name, refused.
         """
         rel = index_path(name)
         text = self.read_text(rel)
@@ -233,8 +235,12 @@ class IndexClient:
             problem = config.ref_problem(entry.ref)
             if problem is not None:
                 raise IndexFormatError(source, number, problem)
-            if normalize_name(entry.name) == wanted:
-                out.append(entry)
+            if normalize_name(entry.name) != wanted or entry.name != found[0].name:
+                raise IndexFormatError(source, number, f"the line names {entry.name!r}, "
+                                       f"not {found[0].name!r}, the name of this file",
+                                       hint="names that differ only in case or _/- are "
+                                            "one name; the index must be fixed")
+            out.append(entry)
         out.sort(key=lambda e: version_key(e.vers))
         return out
 

@@ -11,12 +11,15 @@ is checked against the schema.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sxpm.errors import IndexFormatError, InvalidNameError
+from sxpm.core.artifact import Dependency, Variant
+from sxpm.core.names import check_name, normalize_name
+from sxpm.core.reference import Digest
+from sxpm.core.versions import check_version, is_prerelease, version_key
+from sxpm.errors import IndexFormatError, InputError
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -25,23 +28,6 @@ CATALOG_FORMAT = 1
 # search.json rows: one array per name, fields in this order.
 CATALOG_FIELDS = ("name", "kind", "vers", "size", "description", "tags", "versions")
 PACKAGES_DIR = "packages"
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_VERSION_RE = re.compile(
-    r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
-
-
-def normalize_name(name: str) -> str:
-    """The form names are compared and stored under: lower case, ``_`` as ``-``."""
-    return name.lower().replace("_", "-")
-
-
-def check_name(name: str) -> str:
-    """Refuse names that could escape the index or are not names at all."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
-        raise InvalidNameError(str(name))
-    return name
-
 
 def index_path(name: str) -> str:
     """The file of ``name``, relative to the index root (crates.io's layout).
@@ -58,54 +44,6 @@ def index_path(name: str) -> str:
     return f"{PACKAGES_DIR}/{n[:2]}/{n[2:4]}/{n}"
 
 
-def version_key(vers: str) -> tuple[Any, ...]:
-    """Semantic-version precedence as a sort key (build metadata ignored).
-
-    Unparsable versions sort first; the schema refuses them anyway.
-    """
-    m = _VERSION_RE.match(vers)
-    if not m:
-        return (-1,)
-    major, minor, patch, pre = m.groups()
-    if pre is None:
-        return (int(major), int(minor), int(patch), 1, ())
-    ids = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split("."))
-    return (int(major), int(minor), int(patch), 0, ids)
-
-
-def is_prerelease(vers: str) -> bool:
-    return "-" in vers.split("+", 1)[0]
-
-
-@dataclass(frozen=True)
-class Dependency:
-    name: str
-    req: str
-    kind: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"name": self.name, "req": self.req, "kind": self.kind}
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One manifest of an image index: a quantization, or a base model of an expert."""
-
-    name: str
-    digest: str
-    size: int
-    memory: int | None = None
-    base_model: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "digest": self.digest, "size": self.size}
-        if self.memory is not None:
-            out["memory"] = self.memory
-        if self.base_model is not None:
-            out["base_model"] = self.base_model
-        return out
-
-
 @dataclass(frozen=True)
 class IndexEntry:
     """One published version of one name: one line of the index.
@@ -120,7 +58,7 @@ class IndexEntry:
     vers: str
     kind: str
     ref: str
-    digest: str
+    digest: Digest
     artifact_type: str
     size: int
     deps: tuple[Dependency, ...] = ()
@@ -141,7 +79,7 @@ class IndexEntry:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": self.name, "vers": self.vers, "kind": self.kind, "ref": self.ref,
-            "digest": self.digest, "artifactType": self.artifact_type, "size": self.size,
+            "digest": str(self.digest), "artifactType": self.artifact_type, "size": self.size,
             "deps": [d.to_dict() for d in self.deps],
             "variants": [v.to_dict() for v in self.variants],
         }
@@ -172,16 +110,18 @@ class IndexEntry:
             raise IndexFormatError(source, line, "a line must be a JSON object")
         try:
             return cls(
-                name=obj["name"], vers=obj["vers"], kind=obj["kind"], ref=obj["ref"],
-                digest=obj["digest"], artifact_type=obj["artifactType"], size=obj["size"],
-                deps=tuple(Dependency(d["name"], d["req"], d["kind"]) for d in obj["deps"]),
-                variants=tuple(Variant(v["name"], v["digest"], v["size"], v.get("memory"),
-                                       v.get("base_model")) for v in obj["variants"]),
+                name=check_name(obj["name"]), vers=check_version(obj["vers"]), kind=obj["kind"],
+                ref=obj["ref"], digest=Digest.parse(obj["digest"]),
+                artifact_type=obj["artifactType"], size=obj["size"],
+                deps=tuple(Dependency.from_dict(d) for d in obj["deps"]),
+                variants=tuple(Variant.from_dict(v) for v in obj["variants"]),
                 description=obj.get("description", ""), license=obj.get("license", ""),
                 tags=tuple(obj.get("tags", ())), yanked=bool(obj["yanked"]),
             )
         except (KeyError, TypeError) as exc:
             raise IndexFormatError(source, line, f"missing or malformed field {exc}") from None
+        except InputError as exc:
+            raise IndexFormatError(source, line, exc.message) from None
 
 
 def dump_line(obj: Mapping[str, Any]) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sxpm.index.format import normalize_name
+from sxpm.core.names import normalize_name
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,13 @@ from sxpm.project.lock import Lock, LockedArtifact, LockedLayer, changed_require
 
 if TYPE_CHECKING:
     from sxpm.artifacts.describe import ArtifactInfo
+    from sxpm.core.artifact import Dependency, Variant
     from sxpm.core.oci import Descriptor, ImageIndex, Manifest
+    from sxpm.core.reference import Digest
     from sxpm.core.versions import Version
     from sxpm.home import Home
     from sxpm.project.manifest import Project
-    from sxpm.resolver import Candidate, Dep, Provider, Resolution, Variant
+    from sxpm.resolver import Candidate, Provider, Resolution
     from sxpm.transport import Repository, TransportOptions
 
 # The store, transports, resolver and version library load in the functions that use
@@ -61,11 +63,11 @@ class ManifestSource:
             self._repos[source] = open_repository(Reference.parse(source), self.options)
         return self._repos[source]
 
-    def get(self, source: str, digest: str) -> tuple[Descriptor, Manifest | ImageIndex]:
+    def get(self, source: str, digest: Digest | str) -> tuple[Descriptor, Manifest | ImageIndex]:
         from sxpm.core.oci import Descriptor, parse_manifest_bytes
         from sxpm.core.reference import Digest
 
-        d = Digest.parse(digest)
+        d = Digest.parse(digest) if isinstance(digest, str) else digest
         store = self.home.store
         if store.has_blob(d):
             size = store.blob_size(d)
@@ -74,9 +76,9 @@ class ManifestSource:
             if self.offline:
                 raise StoreError(f"{source}@{digest} is not in the store and --offline was "
                                  "given", hint="run once without --offline")
-            desc, data = self.repo(source).get_manifest(digest)
+            desc, data = self.repo(source).get_manifest(str(d))
             if desc.digest != d:
-                raise CorruptBlobError(digest, str(desc.digest), where=source)
+                raise CorruptBlobError(str(d), str(desc.digest), where=source)
             store.put_bytes(data, desc.media_type)
         obj = parse_manifest_bytes(data, f"{source}@{digest}")
         return Descriptor(obj.media_type, d, len(data), artifact_type=obj.artifact_type), obj
@@ -123,21 +125,22 @@ class RegistryProvider:
     def _candidate(self, name: str, version: Version, source: str, desc: Descriptor,
                    obj: Manifest | ImageIndex) -> Candidate:
         from sxpm.core import oci
+        from sxpm.core.artifact import Dependency, Variant
         from sxpm.core.oci import ImageIndex, Manifest
-        from sxpm.core.versions import VersionReq
-        from sxpm.resolver import Candidate, Dep, Variant
+        from sxpm.resolver import Candidate
 
         variants: list[Variant] = []
-        deps: dict[str, Dep] = {}
+        deps: dict[str, Dependency] = {}
         manifests: list[Manifest] = []
         if isinstance(obj, ImageIndex):
             for entry in obj.manifests:
                 ann = entry.annotations
+                memory = ann.get(oci.ANN_MEMORY)
                 variants.append(Variant(ann.get(oci.ANN_VARIANT, str(entry.digest)),
-                                        str(entry.digest), int(ann.get("org.simplex.size", 0)),
-                                        int(ann.get(oci.ANN_MEMORY, 0) or 0),
+                                        entry.digest, int(ann.get("org.simplex.size", 0)),
+                                        int(memory) if memory else None,
                                         ann.get(oci.ANN_BASE_MODEL)))
-                _, child = self.manifests.get(source, str(entry.digest))
+                _, child = self.manifests.get(source, entry.digest)
                 if isinstance(child, Manifest):
                     manifests.append(child)
         else:
@@ -148,12 +151,12 @@ class RegistryProvider:
             try:
                 listed = json.loads(m.annotations.get(oci.ANN_DEPENDENCIES, "[]"))
                 for d in listed:
-                    deps[d["name"]] = Dep(d["name"], VersionReq.parse(d.get("req", "*")),
-                                          d.get("kind", "package"))
+                    dep = Dependency.from_dict(d)
+                    deps[dep.name] = dep
             except (ValueError, TypeError, KeyError, AttributeError):
                 raise ManifestError(f"{source}:{version}", "bad dependencies annotation",
                                     hint="the registry serves a malformed artifact") from None
-        return Candidate(name, kind, version, str(desc.digest), source,
+        return Candidate(name, kind, version, desc.digest, source,
                          tuple(deps.values()), tuple(variants))
 
     def known_names(self) -> Iterable[str]:
@@ -163,7 +166,7 @@ class RegistryProvider:
 # --- trust ----------------------------------------------------------------------
 
 
-def check_trust(home: Home, manifests: ManifestSource, source: str, digest: str,
+def check_trust(home: Home, manifests: ManifestSource, source: str, digest: Digest,
                 cwd: Path | None, skip: bool = False) -> str | None:
     """The verified signer of ``source@digest`` when a trust policy covers it.
 
@@ -173,14 +176,14 @@ def check_trust(home: Home, manifests: ManifestSource, source: str, digest: str,
     """
     if skip:
         return None
-    from sxpm.core.reference import Digest, Reference
+    from sxpm.core.reference import Reference
     from sxpm.errors import SignatureError
     from sxpm.trust.enforce import check_local, check_pull, remote_manifests
     from sxpm.trust.policy import load_policy
 
     if not load_policy(home, cwd).covers_anything():
         return None
-    ref = Reference.parse(source).with_digest(Digest.parse(digest))
+    ref = Reference.parse(source).with_digest(digest)
     top, _ = manifests.get(source, digest)
     try:
         signer = check_local(home, ref, top, cwd=cwd)
@@ -204,21 +207,21 @@ class LockResult:
 
 
 def _pin(manifests: ManifestSource, cand: Candidate, variant: Variant | None,
-         deps: Iterable[Dep]) -> LockedArtifact:
+         deps: Iterable[Dependency]) -> LockedArtifact:
     from sxpm.core.oci import ImageIndex, Manifest
 
     top_desc, top = manifests.get(cand.ref, cand.digest)
     manifest_digest = cand.digest
     if isinstance(top, ImageIndex):
         entry = top.select(variant.name if variant else None)
-        manifest_digest = str(entry.digest)
+        manifest_digest = entry.digest
         _, obj = manifests.get(cand.ref, manifest_digest)
     else:
         obj = top
     if not isinstance(obj, Manifest):
         raise ManifestError(f"{cand.ref}@{manifest_digest}", "nested indexes are not supported")
     layers = tuple(
-        LockedLayer(layer.title or str(layer.digest), str(layer.digest), layer.size,
+        LockedLayer(layer.title or str(layer.digest), layer.digest, layer.size,
                     layer.media_type) for layer in obj.layers)
     return LockedArtifact(
         name=cand.name, kind=cand.kind, version=str(cand.version), source=cand.ref,
@@ -309,7 +312,7 @@ class InstallReport:
 def _is_installed(root: Path, art: LockedArtifact) -> bool:
     record = install_dir(root, art.kind, art.name, art.version) / INSTALL_RECORD
     try:
-        return bool(json.loads(record.read_text()).get("digest") == art.manifest)
+        return bool(json.loads(record.read_text()).get("digest") == str(art.manifest))
     except (OSError, ValueError):
         return False
 
@@ -362,9 +365,9 @@ def _install_todo(home: Home, todo: list[LockedArtifact], root: Path, report: In
             if not isinstance(obj, Manifest):
                 raise ManifestError(f"{art.source}@{art.manifest}", "expected a manifest")
             pinned = [(layer.digest, layer.size) for layer in art.layers]
-            actual = [(str(layer.digest), layer.size) for layer in obj.layers]
+            actual = [(layer.digest, layer.size) for layer in obj.layers]
             if pinned != actual:
-                raise CorruptBlobError(art.manifest, "a manifest whose layers differ from "
+                raise CorruptBlobError(str(art.manifest), "a manifest whose layers differ from "
                                        "the lock", where=art.source)
             try:
                 config = json.loads(home.store.read_blob(obj.config)) if home.store.has_blob(

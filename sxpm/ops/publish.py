@@ -20,9 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from sxpm.core import oci
+from sxpm.core.artifact import Dependency, Variant
+from sxpm.core.names import normalize_name
 from sxpm.core.oci import Descriptor, ImageIndex, Manifest
 from sxpm.core.progress import SILENT, Reporter
 from sxpm.core.reference import LAYOUT_SCHEME, Reference
+from sxpm.core.versions import version_key
 from sxpm.errors import (
     ArtifactInputError,
     CheckoutError,
@@ -34,16 +37,12 @@ from sxpm.errors import (
 from sxpm.home import Home
 from sxpm.index.format import (
     CONFIG_FILE,
-    Dependency,
     IndexConfig,
     IndexEntry,
-    Variant,
     dump_line,
     index_path,
     load_line,
-    normalize_name,
     parse_lines,
-    version_key,
 )
 from sxpm.transport import TransportOptions
 
@@ -193,7 +192,7 @@ def entry_from_store(home: Home, top: Descriptor, *, ref: str, description: str 
             size = _int(ann.get("org.simplex.size")) or sum(layer.size for layer in
                                                             manifest.layers)
             variants.append(Variant(
-                ann.get(oci.ANN_VARIANT, str(child.digest)), str(child.digest), size,
+                ann.get(oci.ANN_VARIANT, str(child.digest)), child.digest, size,
                 _int(ann.get(oci.ANN_MEMORY)),
                 ann.get(oci.ANN_BASE_MODEL) or manifest.annotations.get(oci.ANN_BASE_MODEL)))
     else:
@@ -202,7 +201,7 @@ def entry_from_store(home: Home, top: Descriptor, *, ref: str, description: str 
     for manifest in manifests:
         text = manifest.annotations.get(oci.ANN_DEPENDENCIES)
         for dep in json.loads(text) if text else []:
-            d = Dependency(dep["name"], dep.get("req", "*"), dep.get("kind", "package"))
+            d = Dependency.from_dict(dep)
             deps.setdefault((d.kind, d.name), d)
     config = info.config
     if info.kind == "model":
@@ -216,7 +215,7 @@ def entry_from_store(home: Home, top: Descriptor, *, ref: str, description: str 
         default_license = config.get("license", "")
         default_tags = list(config.get("tags", []))
     return IndexEntry(
-        name=info.name, vers=info.version, kind=info.kind, ref=ref, digest=str(top.digest),
+        name=info.name, vers=info.version, kind=info.kind, ref=ref, digest=top.digest,
         artifact_type=obj.artifact_type or oci.ARTIFACT_BY_KIND[info.kind],
         size=_manifest_size(manifests[0]), deps=tuple(deps.values()), variants=tuple(variants),
         description=description if description is not None else default_desc,
@@ -371,12 +370,12 @@ def publish(home: Home, paths: list[Path], *, index_dir: Path, registry: str | N
     committed = checkout.committed_text(rel)
     existing = _line_state(committed, entry, rel) if committed else None
     if existing is not None:
-        raise VersionExistsError(entry.name, existing.vers, existing.digest)
+        raise VersionExistsError(entry.name, existing.vers, str(existing.digest))
     current = file.read_text(encoding="utf-8") if file.exists() else ""
     written = _line_state(current, entry, rel) if current else None
     if written is not None and written != entry:
         raise VersionExistsError(
-            entry.name, written.vers, written.digest,
+            entry.name, written.vers, str(written.digest),
             hint=f"an uncommitted line in {file} differs from this artifact; "
                  "remove it (git checkout -- FILE) and publish again")
     # The only uncommitted change allowed in the file is this very line.

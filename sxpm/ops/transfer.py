@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from sxpm.core import variants
 from sxpm.core.oci import ANN_VARIANT, Descriptor, ImageIndex, Manifest, parse_manifest_bytes
 from sxpm.core.progress import SILENT, Progress, Reporter
 from sxpm.core.reference import Digest, Reference
@@ -50,20 +51,23 @@ class _Plan:
     variants: list[str] = field(default_factory=list)
 
 
-def _pick(index: ImageIndex, variant: str | None, all_variants: bool) -> list[Descriptor]:
+def _pick(index: ImageIndex, variant: str | None, all_variants: bool,
+          memory_budget: int | None) -> list[Descriptor]:
     if all_variants:
         return list(index.manifests)
-    return [index.select(variant)]
+    return [variants.select(index, explicit=variant, budget=memory_budget)]
 
 
 def pull(home: Home, ref: Reference, *, variant: str | None = None,
          all_variants: bool = False, options: TransportOptions | None = None,
-         reporter: Reporter = SILENT, insecure_skip_verify: bool = False) -> TransferResult:
+         reporter: Reporter = SILENT, insecure_skip_verify: bool = False,
+         memory_budget: int | None = None) -> TransferResult:
     """Fetch an artifact into the store, fetching only the blobs that are missing.
 
     For an image index every variant's manifest is stored (so the index keeps its
-    digest), but only the layers of ``variant`` (default: the first) unless
-    ``all_variants``. When a trust policy covers the artifact, its signature is
+    digest), but only the layers of ``variant`` unless ``all_variants``; with no
+    ``variant`` the rule of :mod:`sxpm.core.variants` picks one for
+    ``memory_budget`` (usable bytes). When a trust policy covers the artifact, its signature is
     checked against the manifest digest before any layer is fetched
     (``insecure_skip_verify`` skips that).
     """
@@ -76,7 +80,7 @@ def pull(home: Home, ref: Reference, *, variant: str | None = None,
     plan = _Plan()
     obj = parse_manifest_bytes(data, f"{ref}")
     if isinstance(obj, ImageIndex):
-        chosen = {d.digest for d in _pick(obj, variant, all_variants)}
+        chosen = {d.digest for d in _pick(obj, variant, all_variants, memory_budget)}
         for child in obj.manifests:
             cdesc, cdata = repo.get_manifest(str(child.digest))
             if cdesc.digest != child.digest:

@@ -16,17 +16,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sxpm.core.reference import Digest, validate_name
+from sxpm.core.names import check_name, normalize_name
+from sxpm.core.reference import Digest
 from sxpm.errors import ManifestError, NotFoundError
 
 LOCK_VERSION = 1
 HEADER = "# simplex.lock: written by sxpm from simplex.toml; do not edit by hand.\n"
 
 
+def toml_string(text: str) -> str:
+    """``text`` as a TOML basic string that reads back as ``text``.
+
+    A JSON string is one, but for two spellings TOML refuses: ``\\ud83d\\ude00``
+    (JSON's surrogate escapes for characters outside the BMP, such as an emoji in a file
+    name) and a raw DEL. So characters stay as they are and only DEL is escaped.
+    """
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
 @dataclass(frozen=True)
 class LockedLayer:
     path: str
-    digest: str
+    digest: Digest
     size: int
     media_type: str
 
@@ -37,8 +48,8 @@ class LockedArtifact:
     kind: str
     version: str
     source: str  # registry repository, e.g. localhost:5000/simplex/tiny-llama
-    digest: str  # what the index published: manifest or image index
-    manifest: str  # the manifest installed (a variant's, for an index)
+    digest: Digest  # what the index published: manifest or image index
+    manifest: Digest  # the manifest installed (a variant's, for an index)
     variant: str | None = None
     dependencies: tuple[str, ...] = ()
     layers: tuple[LockedLayer, ...] = ()
@@ -63,7 +74,7 @@ class Lock:
 
     # --- writing ---------------------------------------------------------------
     def dumps(self) -> str:
-        q = json.dumps  # a JSON string is a valid TOML basic string
+        q = toml_string
         out = [HEADER, f"version = {self.version}\n",
                f"requirements-hash = {q(self.requirements_hash)}\n"]
         if self.index_source or self.index_state:
@@ -78,7 +89,7 @@ class Lock:
             out.append("\n[[artifact]]\n")
             out.append(f"name = {q(art.name)}\nkind = {q(art.kind)}\n"
                        f"version = {q(art.version)}\nsource = {q(art.source)}\n"
-                       f"digest = {q(art.digest)}\nmanifest = {q(art.manifest)}\n")
+                       f"digest = {q(str(art.digest))}\nmanifest = {q(str(art.manifest))}\n")
             if art.variant:
                 out.append(f"variant = {q(art.variant)}\n")
             out.append("dependencies = [" + ", ".join(q(d) for d in sorted(art.dependencies))
@@ -87,7 +98,7 @@ class Lock:
                 out.append(f"signer = {q(art.signer)}\n")
             out.append("layers = [\n")
             for layer in art.layers:
-                out.append(f"  {{ path = {q(layer.path)}, digest = {q(layer.digest)}, "
+                out.append(f"  {{ path = {q(layer.path)}, digest = {q(str(layer.digest))}, "
                            f"size = {layer.size}, media-type = {q(layer.media_type)} }},\n")
             out.append("]\n")
         return "".join(out)
@@ -138,11 +149,11 @@ class Lock:
                 raise fail(f"{where}.{key}", "must be a non-empty string")
             return value
 
-        def digest(obj: dict[str, Any], key: str, where: str) -> str:
+        def digest(obj: dict[str, Any], key: str, where: str) -> Digest:
             value = text(obj, key, where)
             assert value is not None
             try:
-                return str(Digest.parse(value))
+                return Digest.parse(value)
             except ValueError as exc:
                 raise fail(f"{where}.{key}", str(exc)) from None
 
@@ -172,12 +183,12 @@ class Lock:
             name = text(a, "name", where)
             assert name is not None
             try:
-                validate_name(name)
+                check_name(name)
             except ValueError as exc:
                 raise fail(f"{where}.name", str(exc)) from None
-            if name in seen:
+            if normalize_name(name) in seen:  # Foo_Bar and foo-bar are one name
                 raise fail(f"{where}.name", f"{name!r} is locked twice")
-            seen.add(name)
+            seen.add(normalize_name(name))
             kind = text(a, "kind", where)
             if kind not in ("model", "expert", "package"):
                 raise fail(f"{where}.kind", f"unknown kind {kind!r}")

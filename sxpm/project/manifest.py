@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sxpm.core.names import validate_name
 from sxpm.core.validation import validate
 from sxpm.errors import InputError, ManifestError, NotFoundError
 
@@ -183,7 +184,6 @@ def init(directory: Path, name: str | None = None, *, registry: str | None = Non
     path = directory / MANIFEST
     if path.exists():
         raise InputError(f"{path} already exists", hint="edit it, or use `sxpm add`")
-    from sxpm.core.reference import validate_name
     from sxpm.store.layout import write_atomic
 
     name = validate_name(name or _default_name(directory))
@@ -225,7 +225,6 @@ def add(project: Project, name: str, kind: str, req: str | None, *,
     """Add or change a requirement; returns the requirement text written."""
     import tomlkit
 
-    from sxpm.core.reference import validate_name
     from sxpm.core.versions import VersionReq
 
     validate_name(name)

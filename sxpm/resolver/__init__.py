@@ -5,20 +5,19 @@
 * :mod:`sxpm.resolver.resolve` - the backtracking resolver.
 """
 
+from sxpm.core.artifact import Dependency, Variant
 from sxpm.resolver.model import (
     Candidate,
-    Dep,
     Requirement,
     Resolution,
     Resolved,
-    Variant,
 )
 from sxpm.resolver.provider import Provider, Reporter
 from sxpm.resolver.resolve import ResolutionImpossible, resolve
 
 __all__ = [
     "Candidate",
-    "Dep",
+    "Dependency",
     "Provider",
     "Reporter",
     "Requirement",

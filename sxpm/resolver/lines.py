@@ -5,23 +5,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sxpm.core.versions import VersionReq, parse_version
+from sxpm.core.artifact import Dependency, Variant
+from sxpm.core.reference import Digest
+from sxpm.core.versions import parse_version
 from sxpm.errors import ManifestError
-from sxpm.resolver.model import Candidate, Dep, Variant
+from sxpm.resolver.model import Candidate
 
 
 def candidate_from_line(line: Mapping[str, Any], source: str = "index") -> Candidate:
     """Build a :class:`Candidate` from one index line (``name``, ``vers``, ``deps``...)."""
     try:
-        deps = tuple(Dep(d["name"], VersionReq.parse(d.get("req", "*")),
-                         d.get("kind", "package")) for d in line.get("deps", []))
-        variants = tuple(
-            Variant(v["name"], v.get("digest", ""), int(v.get("size", 0)),
-                    int(v.get("memory", 0) or 0), v.get("base_model"))
-            for v in line.get("variants", []))
+        deps = tuple(Dependency.from_dict(d) for d in line.get("deps", []))
+        variants = tuple(Variant.from_dict(v) for v in line.get("variants", []))
         return Candidate(
             name=line["name"], kind=line.get("kind", "package"),
-            version=parse_version(line["vers"]), digest=line.get("digest", ""),
+            version=parse_version(line["vers"]), digest=Digest.parse(line["digest"]),
             ref=line.get("ref", ""), deps=deps, variants=variants,
             yanked=bool(line.get("yanked", False)), size=int(line.get("size", 0)))
     except (KeyError, TypeError, ValueError) as exc:

@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from sxpm.core.versions import Version, VersionReq
+from sxpm.core.artifact import Dependency, Variant
+from sxpm.core.reference import Digest
+from sxpm.core.versions import VersionReq
+
+if TYPE_CHECKING:
+    from sxpm.core.versions import Version
 
 ROOT = "simplex.toml"
-
-
-@dataclass(frozen=True)
-class Dep:
-    """``name`` at ``req``, of ``kind`` (model, expert or package)."""
-
-    name: str
-    req: VersionReq
-    kind: str = "package"
-
-    def __str__(self) -> str:
-        return f"{self.name} {self.req}"
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One manifest of an image index: a quantization, or an expert's base model."""
-
-    name: str
-    digest: str
-    size: int = 0
-    memory: int = 0
-    base_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -39,9 +22,9 @@ class Candidate:
     name: str
     kind: str
     version: Version
-    digest: str
+    digest: Digest
     ref: str
-    deps: tuple[Dep, ...] = ()
+    deps: tuple[Dependency, ...] = ()
     variants: tuple[Variant, ...] = ()
     yanked: bool = False
     size: int = 0
@@ -55,7 +38,7 @@ class Candidate:
     def for_base(self, base: str) -> Variant | None:
         return next((v for v in self.variants if v.base_model == base), None)
 
-    def deps_for(self, variant: Variant | None) -> tuple[Dep, ...]:
+    def deps_for(self, variant: Variant | None) -> tuple[Dependency, ...]:
         """Dependencies of one variant: an expert needs only the base model it runs on."""
         if variant is None or variant.base_model is None:
             return self.deps
@@ -95,7 +78,7 @@ class Resolved:
     candidate: Candidate
     variant: Variant | None
     required_by: tuple[str, ...] = ()
-    deps: tuple[Dep, ...] = ()
+    deps: tuple[Dependency, ...] = ()
 
 
 @dataclass

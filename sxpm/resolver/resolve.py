@@ -15,6 +15,8 @@ import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from sxpm.core.artifact import Variant
+from sxpm.core.variants import choose_variant
 from sxpm.errors import InputError, NotFoundError
 from sxpm.resolver.model import (
     ROOT,
@@ -23,7 +25,6 @@ from sxpm.resolver.model import (
     Requirement,
     Resolution,
     Resolved,
-    Variant,
 )
 from sxpm.resolver.provider import Provider, Reporter
 
@@ -145,11 +146,8 @@ class _Solver:
                 if v.base_model and v.base_model in wanted:
                     return v
             return cand.variants[0]
-        if cand.kind == "model" and self.memory_budget is not None:
-            fitting = [v for v in cand.variants if v.memory and v.memory <= self.memory_budget]
-            if fitting:
-                return max(fitting, key=lambda v: v.memory)
-            return min(cand.variants, key=lambda v: v.memory or v.size)
+        if cand.kind == "model":
+            return choose_variant(cand.variants, budget=self.memory_budget)
         return cand.variants[0]
 
     def record(self, depth: int, name: str, cons: list[Constraint]) -> None:
@@ -262,8 +260,9 @@ def resolve(requirements: Sequence[Requirement], provider: Provider, *,
     """Choose one version (and variant) of every name the requirements reach.
 
     ``preferred`` maps names to the versions the lock already has: they are tried
-    first, and yanked versions are allowed only there. ``memory_budget`` (bytes)
-    picks a model's variant when the requirement names none: the largest that fits.
+    first, and yanked versions are allowed only there. ``memory_budget`` (usable
+    bytes, see :func:`sxpm.core.variants.usable_memory`) picks a model's variant
+    when the requirement names none, by the rule of :mod:`sxpm.core.variants`.
     """
     solver = _Solver(provider, preferred or {}, memory_budget, reporter or Reporter(), max_steps)
     cons: dict[str, list[Constraint]] = {}

@@ -362,3 +362,13 @@ def detect(*, env: Mapping[str, str] | None = None, sysfs_root: Path = Path("/sy
                          "with the backend enabled, e.g. CMAKE_ARGS=-DGGML_CUDA=on pip install "
                          "--force-reinstall --no-cache-dir llama-cpp-python")
     return Report(devices, cpu, build, visible, notes)
+
+
+def free_memory() -> int | None:
+    """Bytes a model may take here: the best accelerator's free memory, else available RAM.
+
+    What pull, install and lock give the variant policy (less its headroom); llama.cpp
+    is not asked, so no heavy module is loaded.
+    """
+    device = detect(check_llama=False).best_device()
+    return device.free_memory if device is not None else detect_cpu().available_memory

@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 # them: running an installed model by name reads its install record and GGUF header.
 
 ANN_GGUF_MAIN = "org.simplex.gguf.main"
-ANN_SIZE = "org.simplex.size"
 
 
 @dataclass(frozen=True)
@@ -256,21 +255,10 @@ def find_model(home: Home, spec: str, *, variant: str | None = None,
                       item.record.get("ref"), header)
 
 
-def _variant_options(home: Home, index: ImageIndex) -> list[Any]:
-    from sxpm.core import oci
-    from sxpm.runner.plan import VariantOption
-
-    def num(text: str | None) -> int | None:
-        return int(text) if text and text.isdigit() else None
-
-    return [VariantOption(d.annotations.get(oci.ANN_VARIANT, str(d.digest)),
-                          num(d.annotations.get(oci.ANN_MEMORY)),
-                          num(d.annotations.get(ANN_SIZE))) for d in index.manifests]
-
-
 def _choose_variant_in_store(home: Home, ref: Reference, budget: Budget | None
                              ) -> str | None:
     from sxpm.core.oci import ImageIndex
+    from sxpm.core.variants import usable_memory
     from sxpm.runner.plan import choose_variant
     from sxpm.store.refs import resolve_local
 
@@ -282,10 +270,10 @@ def _choose_variant_in_store(home: Home, ref: Reference, budget: Budget | None
         return None
     index = home.store.load_manifest(top)
     assert isinstance(index, ImageIndex)
-    options = _variant_options(home, index)
+    options = index.variant_values()
     if len(options) < 2:
         return None
-    return choose_variant(options, budget() if budget else None).name
+    return choose_variant(options, usable_memory(budget()) if budget else None).name
 
 
 def _model_from_store(home: Home, ref: Reference, variant: str | None, budget: Budget | None,

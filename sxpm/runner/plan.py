@@ -10,12 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sxpm.core import variants as policy
 from sxpm.core.gguf import GGUFHeader
+from sxpm.core.variants import MiB, V, reserve_for
 
-MiB = 1024 * 1024
-# Compute buffers, CUDA context and fragmentation: kept free on the device.
-MIN_RESERVE = 256 * MiB
-RESERVE_FRACTION = 0.08
 KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default KV cache type is F16
 
 
@@ -28,10 +26,6 @@ class OffloadPlan:
     @property
     def full(self) -> bool:
         return self.n_gpu_layers > self.n_layers
-
-
-def reserve_for(free_bytes: int) -> int:
-    return max(MIN_RESERVE, int(free_bytes * RESERVE_FRACTION))
 
 
 def kv_bytes_per_layer(header: GGUFHeader, n_ctx: int) -> int:
@@ -88,20 +82,14 @@ class VariantOption:
         return self.memory if self.memory is not None else self.size
 
 
-def choose_variant(options: Sequence[VariantOption], budget: int | None) -> VariantOption:
-    """The largest variant that fits ``budget`` bytes; the smallest when none does.
+def choose_variant(options: Sequence[V], budget: int | None) -> V:
+    """The largest variant that fits ``budget`` usable bytes; the smallest when none does.
 
-    An unknown budget picks the largest; a variant with no size is taken only when
-    no variant has one.
+    The rule is :func:`sxpm.core.variants.choose_variant`'s. ``run`` asks only when
+    it found a device or RAM figure; if it could not measure, it would rather try the
+    largest (llama.cpp then offloads what fits) than the publisher's default.
     """
-    if not options:
-        raise ValueError("no variants to choose from")
-    sized = [o for o in options if o.need is not None]
-    if not sized:
-        return options[0]
-    if budget is None:
-        return max(sized, key=lambda o: o.need or 0)
-    fitting = [o for o in sized if (o.need or 0) <= budget]
-    if fitting:
-        return max(fitting, key=lambda o: o.need or 0)
-    return min(sized, key=lambda o: o.need or 0)
+    return policy.choose_variant(options, budget=_UNLIMITED if budget is None else budget)
+
+
+_UNLIMITED = 1 << 62
