@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from sxpm.core import detect
 from sxpm.core.gguf import GGML_TYPE_SIZES, read_header
 from sxpm.core.variants import MIN_RESERVE
 from sxpm.errors import ModelFileError, TemplateError
-from sxpm.runner import detect
 from sxpm.runner.plan import (
     VariantOption,
     choose_variant,

@@ -92,15 +92,3 @@ def skip_verify_option(f: F) -> F:
 def warn_skip_verify(ref: Reference) -> None:
     click.echo(f"warning: --insecure-skip-verify: the signatures of {ref} are not checked "
                "against the trust policy", err=True)
-
-
-def memory_budget() -> int | None:
-    """Usable bytes for a model on this machine, for the variant policy.
-
-    The accelerator's free memory (RAM on a CPU machine) less the policy's headroom:
-    the same number for pull, install, lock and run.
-    """
-    from sxpm.core.variants import usable_memory
-    from sxpm.runner.detect import free_memory
-
-    return usable_memory(free_memory())

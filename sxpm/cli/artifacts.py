@@ -13,7 +13,6 @@ from sxpm.cli._common import (
     emit_json,
     home,
     json_option,
-    memory_budget,
     reporter,
     skip_verify_option,
     table,
@@ -21,6 +20,7 @@ from sxpm.cli._common import (
     transport,
     warn_skip_verify,
 )
+from sxpm.core.detect import memory_budget
 from sxpm.core.humanize import human_size
 from sxpm.errors import CorruptBlobError, NotFoundError, StoreError
 

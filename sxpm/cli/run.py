@@ -187,8 +187,8 @@ def doctor(as_json: bool) -> None:
       sxpm doctor --json
     """
     from sxpm.cli._common import emit_json
+    from sxpm.core.detect import detect
     from sxpm.core.humanize import human_size
-    from sxpm.runner.detect import detect
 
     report = detect()
     if as_json:

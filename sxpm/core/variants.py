@@ -11,7 +11,7 @@ In order:
 4. with no budget (the caller measured nothing) or no sizes, the publisher's default:
    the first variant.
 
-Pure: the caller measures the machine (``sxpm.runner.detect``) and passes a number, so
+Pure: the caller measures the machine (``sxpm.core.detect``) and passes a number, so
 the same budget gives the same answer in every command.
 """
 

@@ -6,11 +6,11 @@ returns typed results; the CLI only chooses flags and prints them.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sxpm.core.detect import memory_budget
 from sxpm.core.progress import SILENT, Reporter
 from sxpm.errors import IndexLocationError, NotFoundError
 from sxpm.home import Home
@@ -49,12 +49,6 @@ class ProviderChoice:
 
     provider: Provider
     index_source: str = ""
-
-
-def memory_budget() -> int:
-    """Bytes a model variant may use when a requirement names none: 75% of RAM."""
-    pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-    return int(pages * size * 0.75)
 
 
 def choose_provider(project: Project, home: Home, *, index: str | None = None,

@@ -48,7 +48,7 @@ def gpu_budget(llama_cpp: Any) -> tuple[int | None, Any]:
     """Free bytes of the best device llama.cpp can offload to (None: none) and the device."""
     if not llama_cpp.llama_supports_gpu_offload():
         return None, None  # a CPU build: no need to ask the hardware
-    from sxpm.runner.detect import detect
+    from sxpm.core.detect import detect
 
     device = detect(check_llama=False).best_device()
     return (device.free_memory, device) if device else (None, None)
@@ -64,7 +64,7 @@ def memory_budget() -> int | None:
         free, _device = gpu_budget(llama_cpp)
         if free is not None:
             return free
-    from sxpm.runner.detect import detect_cpu
+    from sxpm.core.detect import detect_cpu
 
     return detect_cpu().available_memory
 

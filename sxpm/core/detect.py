@@ -372,3 +372,12 @@ def free_memory() -> int | None:
     """
     device = detect(check_llama=False).best_device()
     return device.free_memory if device is not None else detect_cpu().available_memory
+
+
+def memory_budget() -> int | None:
+    """Usable bytes for a model on this machine, for the variant policy: the
+    accelerator's free memory (RAM on a CPU machine) less the policy's headroom. The
+    one number pull, install, lock and run give :func:`sxpm.core.variants.choose`."""
+    from sxpm.core.variants import usable_memory
+
+    return usable_memory(free_memory())
