@@ -237,7 +237,7 @@ def _manifest_with(home: Path, host: str, repo: str, mutate) -> tuple[bytes, str
     data = os.urandom(1000)
     digest = make_artifact(home, f"{host}/{repo}:1", {"x.bin": data})
     raw = Home(home).store.blob_path(
-        __import__("sxpm.core.reference").reference.Digest.parse(digest)).read_bytes()
+        __import__("sxpm.core.reference").core.reference.Digest.parse(digest)).read_bytes()
     obj = json.loads(raw)
     mutate(obj)
     return json.dumps(obj).encode(), digest

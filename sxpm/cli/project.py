@@ -22,11 +22,11 @@ from sxpm.errors import InputError, NotFoundError
 
 if TYPE_CHECKING:
     from sxpm.home import Home
+    from sxpm.ops.fetch import Fetcher
     from sxpm.ops.lock import LockResult
     from sxpm.project.lock import Lock
     from sxpm.project.manifest import Project
     from sxpm.resolver import Provider
-    from sxpm.transport import TransportOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,21 +48,22 @@ def _load(manifest: Path | None) -> Project:
     return Project.load(manifest)
 
 
-def _provider(project: Project, h: Home, index: str | None, offline: bool,
-              options: TransportOptions) -> tuple[Provider, str, str]:
+def _provider(project: Project, h: Home, index: str | None, fetcher: Fetcher
+              ) -> tuple[Provider, str, str]:
     """The index when one is configured, else the default registry's tag lists."""
     from sxpm.errors import IndexLocationError
     from sxpm.index.location import find_index
     from sxpm.index.provider import IndexProvider
-    from sxpm.ops.lock import ManifestSource, RegistryProvider
+    from sxpm.ops.lock import RegistryProvider
 
     try:
-        location = find_index(index, cwd=project.root)
+        location = find_index(index, cwd=project.root,
+                              project=(project.path, project.data.get("registries")))
     except IndexLocationError:
         registry = project.registries.get("default") or h.default_registry
-        return RegistryProvider(registry, ManifestSource(h, options, offline)), "", ""
-    return IndexProvider.open(location, offline=offline, insecure=options.insecure), \
-        location, ""
+        return RegistryProvider(registry, fetcher), "", ""
+    return IndexProvider.open(location, offline=fetcher.offline,
+                              insecure=fetcher.options.insecure), location, ""
 
 
 def _memory_budget() -> int | None:
@@ -134,18 +135,27 @@ def remove(name: str, manifest: Path | None) -> None:
     click.echo(f"removed {kind} {name} from {project.path}")
 
 
+def _fetcher(project: Project, h: Home, offline: bool, insecure: bool, jobs: int,
+             skip_verify: bool = False) -> Fetcher:
+    """The command's one way to get artifacts (and its trust policy, loaded once)."""
+    from sxpm.ops.fetch import Fetcher
+
+    return Fetcher.for_command(h, project, options=transport(insecure, jobs), offline=offline,
+                               skip_verify=skip_verify)
+
+
 def _do_lock(manifest: Path | None, index: str | None, offline: bool, insecure: bool,
-             jobs: int, update: list[str] | None, skip_verify: bool = False
+             jobs: int, update: list[str] | None, skip_verify: bool = False, *,
+             project: Project | None = None, fetcher: Fetcher | None = None
              ) -> tuple[Project, LockResult]:
     from sxpm.ops.lock import lock as do_lock
 
-    project = _load(manifest)
+    project = project or _load(manifest)
     h = home()
-    options = transport(insecure, jobs)
-    provider, source, state = _provider(project, h, index, offline, options)
+    fetcher = fetcher or _fetcher(project, h, offline, insecure, jobs, skip_verify)
+    provider, source, state = _provider(project, h, index, fetcher)
     return project, do_lock(project, h, provider, index_source=source,
-                            update=update, memory_budget=_memory_budget(), options=options,
-                            offline=offline, insecure_skip_verify=skip_verify)
+                            update=update, memory_budget=_memory_budget(), fetcher=fetcher)
 
 
 @click.command(name="lock")
@@ -227,6 +237,7 @@ def install(manifest: Path | None, index: str | None, locked: bool, frozen: bool
     if insecure_skip_verify:
         click.echo("warning: --insecure-skip-verify: signatures are not checked against the "
                    "trust policy", err=True)
+    fetcher = None
     if frozen or locked:
         if not project.lock_path.exists():
             raise NotFoundError(f"{project.lock_path} does not exist",
@@ -235,12 +246,14 @@ def install(manifest: Path | None, index: str | None, locked: bool, frozen: bool
         if locked:
             check_fresh(project, current)
     else:
+        fetcher = _fetcher(project, h, offline, insecure, jobs, insecure_skip_verify)
         _, result = _do_lock(manifest, index, offline, insecure, jobs, None,
-                             insecure_skip_verify)
+                             insecure_skip_verify, project=project, fetcher=fetcher)
         current = result.lock
     report = install_lock(h, current, project.install_root, offline=offline, options=options,
                           reporter=reporter(quiet or as_json),
-                          insecure_skip_verify=insecure_skip_verify, cwd=project.root)
+                          insecure_skip_verify=insecure_skip_verify, project=project,
+                          fetcher=fetcher)
     if as_json:
         emit_json({"installed": [a.name for a in report.installed],
                    "unchanged": [a.name for a in report.unchanged],

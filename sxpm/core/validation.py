@@ -107,11 +107,10 @@ class ValidationCache:
         from sxpm._version import __version__
 
         try:
-            schema_bytes = (Path(__file__).parent / "schemas" /
-                            f"{schema}.schema.json").read_bytes()
-            here = Path(__file__).parent
-            stamps = ",".join(str(os.stat(here / f).st_mtime_ns) for f in
-                              ("validation.py", "project.py", "versions.py"))
+            package = Path(__file__).parent.parent  # sxpm/
+            schema_bytes = (package / "schemas" / f"{schema}.schema.json").read_bytes()
+            stamps = ",".join(str(os.stat(package / f).st_mtime_ns) for f in
+                              ("core/validation.py", "project/manifest.py", "core/versions.py"))
         except OSError:
             return None
         # The code that checks is in the key too: an upgrade or an edit checks afresh.

@@ -32,15 +32,18 @@ def _from_project(start: Path) -> str | None:
                 doc = tomllib.load(fh)
         except tomllib.TOMLDecodeError as exc:
             raise ManifestError(str(manifest), f"invalid TOML: {exc}") from None
-        registries = doc.get("registries")
-        value = registries.get("index") if isinstance(registries, dict) else None
-        if value is None:
-            return None  # the nearest project decides, even when it names no index
-        if not isinstance(value, str) or not value:
-            raise ManifestError(str(manifest), "must be a URL or a path",
-                                path="$.registries.index")
-        return _absolute(value, folder)
+        return _from_registries(doc.get("registries"), manifest)
     return None
+
+
+def _from_registries(registries: object, manifest: Path) -> str | None:
+    value = registries.get("index") if isinstance(registries, dict) else None
+    if value is None:
+        return None  # the nearest project decides, even when it names no index
+    if not isinstance(value, str) or not value:
+        raise ManifestError(str(manifest), "must be a URL or a path",
+                            path="$.registries.index")
+    return _absolute(value, manifest.parent)
 
 
 def _from_home() -> str | None:
@@ -61,15 +64,21 @@ def _from_home() -> str | None:
     return _absolute(value, root)
 
 
-def find_index(explicit: str | None = None, *, cwd: Path | None = None) -> str:
-    """The index location, by precedence; :class:`IndexLocationError` when none is set."""
+def find_index(explicit: str | None = None, *, cwd: Path | None = None,
+               project: tuple[Path, object] | None = None) -> str:
+    """The index location, by precedence; :class:`IndexLocationError` when none is set.
+
+    ``project``: the ``simplex.toml`` a command already read and its ``[registries]``
+    table, used instead of looking for (and reading) the file again.
+    """
     base = cwd or Path.cwd()
     if explicit:
         return _absolute(explicit, base)
     env = os.environ.get("SXPM_INDEX")
     if env:
         return _absolute(env, base)
-    found = _from_project(base) or _from_home()
+    found = (_from_registries(project[1], project[0]) if project is not None
+             else _from_project(base)) or _from_home()
     if found:
         return found
     raise IndexLocationError("No index is configured")

@@ -45,6 +45,7 @@ from sxpm.index.format import (
     parse_lines,
     version_key,
 )
+from sxpm.ops.sign import sign_if_configured
 from sxpm.transport import TransportOptions
 
 WORK_BRANCHES = ("publish/", "yank/", "unyank/")
@@ -388,8 +389,6 @@ def publish(home: Home, paths: list[Path], *, index_dir: Path, registry: str | N
     pushed = push(home, result.ref, options=options, reporter=reporter)
     # Sign after the push (the signature is a referrer of the pushed manifest) and
     # before the index line, so a published line always has its signature.
-    from sxpm.trust.sign import sign_if_configured
-
     signed = sign_if_configured(home, result.ref, options=options)
 
     checkout.switch(branch)
