@@ -52,7 +52,7 @@ def other_key(tmp_path: Path) -> keys.PrivateKey:
 def publish(pub: Home, src: Path, registry: Path, name: str, version: str,
             key: keys.PrivateKey | None = None, kind: str = "model") -> Reference:
     """Pack, sign (in the store) and push: the signature travels with the push."""
-    from sxpm.trust.sign import sign_artifact
+    from sxpm.ops.sign import sign_artifact
 
     ref = Reference.parse(f"oci:{registry}/{name}:{version}")
     pack(pub, kind, src, ref)
@@ -113,7 +113,7 @@ def test_signed_artifact_installs_and_the_signer_is_recorded(
     record = json.loads((Path(installed["path"]) / ".sxpm-install.json").read_text())
     assert record["signer"]["key"] == key.id
     # What the lockfile will record: verified again, offline, from the store.
-    from sxpm.trust.enforce import verified_signer
+    from sxpm.ops.fetch import verified_signer
 
     signer = verified_signer(Home(cli.home), ref, cwd=cli.cwd)
     assert signer is not None and signer.to_dict() == record["signer"]
@@ -429,7 +429,7 @@ def _manifest(ref: Reference) -> Manifest:
 
 def test_publish_signs_with_the_configured_key(cli, sample_dir: Path,  # noqa: ANN001
                                                registry_dir: Path) -> None:
-    from sxpm.trust.sign import sign_if_configured
+    from sxpm.ops.sign import sign_if_configured
 
     ref = Reference.parse(f"oci:{registry_dir}/tiny-llama:1.0.0")
     cli("pack", "model", sample_dir / "tiny-llama", "--ref", str(ref))

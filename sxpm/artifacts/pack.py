@@ -31,6 +31,7 @@ from sxpm.core.versions import parse_version
 from sxpm.errors import ArtifactInputError, InputError, InvalidVersionError, ManifestError
 from sxpm.home import KINDS, Home
 from sxpm.store.layout import OCILayout
+from sxpm.trust.policy import TrustPolicy
 
 # Files that never belong in an artifact.
 _IGNORED_NAMES = {".git", ".hg", ".svn", "__pycache__", ".simplex", ".DS_Store", ".venv"}
@@ -51,8 +52,11 @@ class PackResult:
 
 
 def pack(home: Home, kind: str, path: Path, ref: Reference, *, variant: str | None = None,
-         version: str | None = None) -> PackResult:
-    """Pack ``path`` as an artifact of ``kind`` and point ``ref`` at it in the store."""
+         version: str | None = None, policy: TrustPolicy | None = None) -> PackResult:
+    """Pack ``path`` as an artifact of ``kind`` and point ``ref`` at it in the store.
+
+    ``policy`` (the command's) decides whether a legacy ``.expert`` must be signed.
+    """
     if kind not in KINDS:
         raise InputError(f"Unknown artifact kind {kind!r}", hint="use model, expert or package")
     if ref.digest:
@@ -62,11 +66,11 @@ def pack(home: Home, kind: str, path: Path, ref: Reference, *, variant: str | No
     if not path.exists():
         raise ArtifactInputError(f"{path} does not exist", hint="give the artifact's directory")
     with home.store.in_use():  # gc waits until the ref names the new blobs
-        return _pack(home, kind, path, ref, variant, version)
+        return _pack(home, kind, path, ref, variant, version, policy)
 
 
 def _pack(home: Home, kind: str, path: Path, ref: Reference, variant: str | None,
-          version: str | None) -> PackResult:
+          version: str | None, policy: TrustPolicy | None = None) -> PackResult:
     if kind == "model":
         return _pack_model(home, path, ref, variant, version)
     if kind == "expert":
@@ -75,7 +79,7 @@ def _pack(home: Home, kind: str, path: Path, ref: Reference, variant: str | None
                 root = extract_legacy_expert(path, Path(tmp))
                 from sxpm.trust.legacy import check_legacy_signature
 
-                check_legacy_signature(home, root, str(path))
+                check_legacy_signature(home, root, str(path), policy)
                 return _pack_expert(home, root, ref, variant, version)
         return _pack_expert(home, path, ref, variant, version)
     return _pack_package(home, path, ref, variant, version)
@@ -353,7 +357,9 @@ def _pack_expert(home: Home, root: Path, ref: Reference, variant: str | None,
         if not (root / rel).is_file():
             raise ArtifactInputError(f"{rel!r} named in manifest.json is missing from {root}",
                                      hint="add the file or fix manifest.json")
-    config_desc = store.put_bytes(canonical_json(data), oci.EXPERT_CONFIG)
+    # The config says what the annotations say (--version may differ from the file):
+    # an install refuses an artifact whose name, version or kind disagree.
+    config_desc = store.put_bytes(canonical_json({**data, "version": vers}), oci.EXPERT_CONFIG)
     ref = ref if ref.tag else ref.with_tag(vers)
     built: list[tuple[dict[str, Any], Descriptor]] = []
     for base in bases:
@@ -491,7 +497,8 @@ def _pack_package(home: Home, root: Path, ref: Reference, variant: str | None,
     layer = build_package_layer(root, store)
     layer = Descriptor(layer.media_type, layer.digest, layer.size,
                        {oci.ANN_TITLE: f"{meta['name']}-{vers}.tar.zst"})
-    config_desc = store.put_bytes(canonical_json(meta), oci.PACKAGE_CONFIG)
+    config_desc = store.put_bytes(canonical_json({**meta, "version": vers}),
+                                  oci.PACKAGE_CONFIG)
     deps = []
     for table, dep_kind in (("dependencies", "package"), ("models", "model"),
                             ("experts", "expert")):

@@ -49,9 +49,13 @@ def pack(kind: str, path: Path, ref_text: str, variant: str | None, version: str
       sxpm pack expert ./sql-expert --ref oci:./registry/sql-expert:2.1.0
     """
     from sxpm.artifacts.pack import pack as do_pack
+    from sxpm.ops.fetch import policy_for
 
     h = home()
-    result = do_pack(h, kind, path, h.parse_ref(ref_text), variant=variant, version=version)
+    # Only a legacy .expert archive is checked against the policy on import.
+    policy = policy_for(h) if kind == "expert" and path.is_file() else None
+    result = do_pack(h, kind, path, h.parse_ref(ref_text), variant=variant, version=version,
+                     policy=policy)
     if as_json:
         emit_json({"ref": str(result.ref), "kind": result.kind, "name": result.name,
                    "version": result.version, "digest": str(result.descriptor.digest),

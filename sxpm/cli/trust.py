@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sxpm.cli._common import emit_json, home, json_option
+from sxpm.cli._common import emit_json, home, json_option, transport
 
 
 @click.command()
@@ -70,8 +70,8 @@ def sign(ref_text: str, key: Path | None, use_sigstore: bool, identity_token: st
       sxpm sign oci:./registry/tiny-llama:1.0.0 --key ./release.key
       sxpm sign registry.example.org/simplex/tiny-llama:1.0.0 --sigstore
     """
+    from sxpm.ops.sign import sign_artifact
     from sxpm.transport import TransportOptions
-    from sxpm.trust.sign import sign_artifact
 
     if key is not None and use_sigstore:
         raise click.UsageError("--key and --sigstore exclude each other; give one of them")
@@ -94,9 +94,7 @@ def verify_ref(ref_text: str, keys: tuple[str, ...], identity: str | None,
                issuer: str | None, insecure: bool, as_json: bool) -> None:
     """`sxpm verify REF`: check REF's signatures against the policy (or the given signers)."""
     from sxpm.errors import InputError, NotFoundError
-    from sxpm.store.refs import resolve_local
-    from sxpm.transport import TransportOptions, open_repository
-    from sxpm.trust.enforce import check_local, check_pull, remote_manifests
+    from sxpm.ops.fetch import Fetcher
     from sxpm.trust.keys import load_public
     from sxpm.trust.policy import Requirement, SigstoreIdentity
 
@@ -110,18 +108,17 @@ def verify_ref(ref_text: str, keys: tuple[str, ...], identity: str | None,
                                else [])
         requirement = Requirement((ref.name,), frozenset(load_public(k).id for k in keys),
                                   identities)
+    fetcher = Fetcher.for_command(h, options=transport(insecure, 4))
     try:
-        top = resolve_local(h.store, ref)
+        tree = fetcher.tree(ref, where="store")
         source = "store"
     except NotFoundError:
-        top = None
+        tree = fetcher.tree(ref, where="registry")
         source = "registry"
-    if top is not None:
-        signer = check_local(h, ref, top, requirement=requirement)
-    else:
-        repo = open_repository(ref, TransportOptions(insecure=insecure))
-        signer = check_pull(h, ref, repo, remote_manifests(repo, ref),
-                            requirement=requirement, keep=False)
+    # What the store holds is verified against the store's signatures alone; what only
+    # the registry holds, against the registry's, without keeping anything.
+    signer = fetcher.signer(tree, fetcher.identity(tree), requirement=requirement,
+                            where=source, keep=False)
     if signer is None:
         raise InputError(f"No trust policy covers {ref.name}, so there is nothing to verify "
                          "against", hint="add a [trust] policy, or pass --key / --identity "

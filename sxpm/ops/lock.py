@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,15 +21,14 @@ from sxpm.installed.records import INSTALL_RECORD, install_dir, list_installed
 from sxpm.project.lock import Lock, LockedArtifact, LockedLayer, changed_requirements
 
 if TYPE_CHECKING:
-    from sxpm.artifacts.describe import ArtifactInfo
     from sxpm.core.artifact import Dependency, Variant
     from sxpm.core.oci import Descriptor, ImageIndex, Manifest
-    from sxpm.core.reference import Digest
     from sxpm.core.versions import Version
     from sxpm.home import Home
+    from sxpm.ops.fetch import Artifact, Fetcher
     from sxpm.project.manifest import Project
     from sxpm.resolver import Candidate, Provider, Resolution
-    from sxpm.transport import Repository, TransportOptions
+    from sxpm.transport import TransportOptions
 
 # The store, transports, resolver and version library load in the functions that use
 # them: a no-op `sxpm install --frozen` only reads the lock and the install records.
@@ -37,51 +36,6 @@ if TYPE_CHECKING:
 
 class LockMismatchError(InputError):
     """``--locked`` and the lock would change."""
-
-
-# --- manifests through the store ----------------------------------------------------
-
-
-class ManifestSource:
-    """Reads manifests by digest: from the store when present, else from the registry.
-
-    Every manifest read from a registry is checked against its digest and kept in the
-    store, so lock and install never fetch one twice.
-    """
-
-    def __init__(self, home: Home, options: TransportOptions, offline: bool) -> None:
-        self.home = home
-        self.options = options
-        self.offline = offline
-        self._repos: dict[str, Repository] = {}
-
-    def repo(self, source: str) -> Repository:
-        if source not in self._repos:
-            from sxpm.core.reference import Reference
-            from sxpm.transport import open_repository
-
-            self._repos[source] = open_repository(Reference.parse(source), self.options)
-        return self._repos[source]
-
-    def get(self, source: str, digest: Digest | str) -> tuple[Descriptor, Manifest | ImageIndex]:
-        from sxpm.core.oci import Descriptor, parse_manifest_bytes
-        from sxpm.core.reference import Digest
-
-        d = Digest.parse(digest) if isinstance(digest, str) else digest
-        store = self.home.store
-        if store.has_blob(d):
-            size = store.blob_size(d)
-            data = store.read_blob(Descriptor("application/octet-stream", d, size))
-        else:
-            if self.offline:
-                raise StoreError(f"{source}@{digest} is not in the store and --offline was "
-                                 "given", hint="run once without --offline")
-            desc, data = self.repo(source).get_manifest(str(d))
-            if desc.digest != d:
-                raise CorruptBlobError(str(d), str(desc.digest), where=source)
-            store.put_bytes(data, desc.media_type)
-        obj = parse_manifest_bytes(data, f"{source}@{digest}")
-        return Descriptor(obj.media_type, d, len(data), artifact_type=obj.artifact_type), obj
 
 
 # --- providers --------------------------------------------------------------------
@@ -94,21 +48,21 @@ class RegistryProvider:
     dependencies and variants are read from the manifest (one request per tag).
     """
 
-    def __init__(self, registry: str, manifests: ManifestSource) -> None:
+    def __init__(self, registry: str, fetcher: Fetcher) -> None:
         self.registry = registry.rstrip("/")
-        self.manifests = manifests
+        self.fetcher = fetcher
 
     def _source(self, name: str) -> str:
         return f"{self.registry}/{name}"
 
     def candidates(self, name: str) -> Sequence[Candidate]:
-        from sxpm.core.oci import parse_manifest_bytes
+        from sxpm.core.reference import Reference
         from sxpm.core.versions import parse_version
 
         source = self._source(name)
-        repo = self.manifests.repo(source)
+        ref = Reference.parse(source)
         try:
-            tags = repo.tags()
+            tags = self.fetcher.repo(ref).tags()
         except NotFoundError:
             return []
         out = []
@@ -117,9 +71,8 @@ class RegistryProvider:
                 version = parse_version(tag)
             except InputError:
                 continue
-            desc, data = repo.get_manifest(tag)
-            obj = parse_manifest_bytes(data, f"{source}:{tag}")
-            out.append(self._candidate(name, version, source, desc, obj))
+            top = self.fetcher.tagged(ref.with_tag(tag))
+            out.append(self._candidate(name, version, source, top.descriptor, top.obj))
         return out
 
     def _candidate(self, name: str, version: Version, source: str, desc: Descriptor,
@@ -127,6 +80,7 @@ class RegistryProvider:
         from sxpm.core import oci
         from sxpm.core.artifact import Dependency, Variant
         from sxpm.core.oci import ImageIndex, Manifest
+        from sxpm.core.reference import Reference
         from sxpm.resolver import Candidate
 
         variants: list[Variant] = []
@@ -140,7 +94,7 @@ class RegistryProvider:
                                         entry.digest, int(ann.get("org.simplex.size", 0)),
                                         int(memory) if memory else None,
                                         ann.get(oci.ANN_BASE_MODEL)))
-                _, child = self.manifests.get(source, entry.digest)
+                child = self.fetcher.manifest(Reference.parse(source), entry.digest).obj
                 if isinstance(child, Manifest):
                     manifests.append(child)
         else:
@@ -163,38 +117,6 @@ class RegistryProvider:
         return []
 
 
-# --- trust ----------------------------------------------------------------------
-
-
-def check_trust(home: Home, manifests: ManifestSource, source: str, digest: Digest,
-                cwd: Path | None, skip: bool = False) -> str | None:
-    """The verified signer of ``source@digest`` when a trust policy covers it.
-
-    Signatures the store keeps are checked first (offline); otherwise the registry's
-    referrers. Raises :class:`~sxpm.errors.SignatureError` when a policy covers the
-    artifact and no trusted signature is valid. None when nothing covers it.
-    """
-    if skip:
-        return None
-    from sxpm.core.reference import Reference
-    from sxpm.errors import SignatureError
-    from sxpm.trust.enforce import check_local, check_pull, remote_manifests
-    from sxpm.trust.policy import load_policy
-
-    if not load_policy(home, cwd).covers_anything():
-        return None
-    ref = Reference.parse(source).with_digest(digest)
-    top, _ = manifests.get(source, digest)
-    try:
-        signer = check_local(home, ref, top, cwd=cwd)
-    except SignatureError:
-        if manifests.offline:
-            raise
-        repo = manifests.repo(source)
-        signer = check_pull(home, ref, repo, remote_manifests(repo, ref), cwd=cwd)
-    return str(signer) if signer else None
-
-
 # --- lock -----------------------------------------------------------------------
 
 
@@ -206,41 +128,41 @@ class LockResult:
     updates: list[str] = field(default_factory=list)
 
 
-def _pin(manifests: ManifestSource, cand: Candidate, variant: Variant | None,
+def _pin(fetcher: Fetcher, cand: Candidate, variant: Variant | None,
          deps: Iterable[Dependency]) -> LockedArtifact:
-    from sxpm.core.oci import ImageIndex, Manifest
+    """The lock record of ``cand``: its manifests read (and kept in the store), what it
+    is checked against the index line, its signer checked against the policy."""
+    from sxpm.core.reference import Reference
+    from sxpm.ops.fetch import Identity
 
-    top_desc, top = manifests.get(cand.ref, cand.digest)
-    manifest_digest = cand.digest
-    if isinstance(top, ImageIndex):
-        entry = top.select(variant.name if variant else None)
-        manifest_digest = entry.digest
-        _, obj = manifests.get(cand.ref, manifest_digest)
-    else:
-        obj = top
-    if not isinstance(obj, Manifest):
-        raise ManifestError(f"{cand.ref}@{manifest_digest}", "nested indexes are not supported")
+    tree = fetcher.tree(Reference.parse(cand.ref).with_digest(cand.digest))
+    art = fetcher.artifact(tree, tree.entry(variant.name if variant else None),
+                           expect=Identity(cand.kind, cand.name, str(cand.version)))
+    fetcher.keep(tree)
     layers = tuple(
         LockedLayer(layer.title or str(layer.digest), layer.digest, layer.size,
-                    layer.media_type) for layer in obj.layers)
+                    layer.media_type) for layer in art.info.manifest.layers)
     return LockedArtifact(
         name=cand.name, kind=cand.kind, version=str(cand.version), source=cand.ref,
-        digest=cand.digest, manifest=manifest_digest,
+        digest=cand.digest, manifest=art.info.descriptor.digest,
         variant=variant.name if variant else None,
-        dependencies=tuple(sorted({d.name for d in deps})), layers=layers)
+        dependencies=tuple(sorted({d.name for d in deps})), layers=layers,
+        signer=str(art.signer) if art.signer else None)
 
 
 def lock(project: Project, home: Home, provider: Provider, *, index_source: str = "",
          index_state: str = "", update: Sequence[str] | None = None,
          memory_budget: int | None = None, options: TransportOptions | None = None,
-         offline: bool = False, insecure_skip_verify: bool = False) -> LockResult:
+         offline: bool = False, insecure_skip_verify: bool = False,
+         fetcher: Fetcher | None = None) -> LockResult:
     """Resolve and pin; keeps versions the existing lock has unless ``update`` names them.
 
     ``update=None`` keeps every locked version it can; ``update=[]`` moves everything
-    forward; ``update=[names]`` moves only those names.
+    forward; ``update=[names]`` moves only those names. ``fetcher`` is the command's
+    (made for ``project`` when not given).
     """
+    from sxpm.ops.fetch import Fetcher
     from sxpm.resolver import resolve
-    from sxpm.transport import TransportOptions
 
     old: Lock | None = Lock.read(project.lock_path) if project.lock_path.exists() else None
     preferred: dict[str, str] = {}
@@ -257,13 +179,10 @@ def lock(project: Project, home: Home, provider: Provider, *, index_source: str 
                          memory_budget=memory_budget)
     # An index provider knows the lines it read: the state this lock was resolved on.
     index_state = index_state or str(getattr(provider, "state", ""))
-    manifests = ManifestSource(home, options or TransportOptions(), offline)
-    pinned = []
-    for r in resolution.artifacts.values():
-        art = _pin(manifests, r.candidate, r.variant, r.deps)
-        signer = check_trust(home, manifests, art.source, art.digest, project.root,
-                             insecure_skip_verify)
-        pinned.append(replace(art, signer=signer) if signer else art)
+    fetcher = fetcher or Fetcher.for_command(home, project, options=options, offline=offline,
+                                             skip_verify=insecure_skip_verify)
+    pinned = [_pin(fetcher, r.candidate, r.variant, r.deps)
+              for r in resolution.artifacts.values()]
     new = Lock(project.requirements_hash(), project.requirement_records(), pinned,
                index_source, index_state)
     updates = _diff_versions(old, new)
@@ -319,22 +238,31 @@ def _is_installed(root: Path, art: LockedArtifact) -> bool:
 
 def install_lock(home: Home, lock_: Lock, root: Path, *, offline: bool = False,
                  options: TransportOptions | None = None, reporter: Reporter = SILENT,
-                 insecure_skip_verify: bool = False, cwd: Path | None = None
+                 insecure_skip_verify: bool = False, cwd: Path | None = None,
+                 project: Project | None = None, fetcher: Fetcher | None = None
                  ) -> InstallReport:
     """Install exactly what ``lock_`` pins under ``root``; nothing is re-resolved.
 
-    A trust policy is enforced again (it may have changed since the lock was
-    written) before any layer is fetched.
+    Each record is checked as a chain before any layer is fetched: the manifest
+    it installs must be the one its ``digest`` names (or a variant of that image
+    index), with the layers the record lists, and the artifact must be what the
+    record says. A trust policy is enforced again (it may have changed since the
+    lock was written) against that ``digest``. ``fetcher`` is the command's; else
+    one is made when something is to be installed (a no-op install reads only the
+    lock and the install records), with the policy of ``project`` (or of ``cwd``).
     """
     report = InstallReport()
     todo: list[LockedArtifact] = []
     for art in lock_.artifacts:
         (report.unchanged if _is_installed(root, art) else todo).append(art)
     if todo:
+        from sxpm.ops.fetch import Fetcher
+
+        fetcher = fetcher or Fetcher.for_command(home, project, cwd=cwd, options=options,
+                                                 offline=offline,
+                                                 skip_verify=insecure_skip_verify)
         with home.store.in_use():  # gc waits until the refs name what was fetched
-            _install_todo(home, todo, root, report, offline=offline, options=options,
-                          reporter=reporter, insecure_skip_verify=insecure_skip_verify,
-                          cwd=cwd)
+            _install_todo(home, fetcher, todo, root, report, reporter=reporter)
     locked = {(a.kind, a.name, a.version) for a in lock_.artifacts}
     for item in list_installed(root):
         if (item.kind, item.name, item.version) not in locked:
@@ -345,48 +273,54 @@ def install_lock(home: Home, lock_: Lock, root: Path, *, offline: bool = False,
     return report
 
 
-def _install_todo(home: Home, todo: list[LockedArtifact], root: Path, report: InstallReport,
-                  *, offline: bool, options: TransportOptions | None, reporter: Reporter,
-                  insecure_skip_verify: bool, cwd: Path | None) -> None:
-    from sxpm.artifacts.describe import ArtifactInfo
-    from sxpm.core.oci import Manifest
+def _chain(fetcher: Fetcher, art: LockedArtifact) -> Artifact:
+    """The artifact a lock record installs, checked link by link: digest -> index ->
+    variant manifest -> layers, and the record's name, kind and version."""
+    from sxpm.core import oci
+    from sxpm.core.reference import Reference
+    from sxpm.ops.fetch import Identity
+
+    where = f"the lock's record of {art.name}"
+    tree = fetcher.tree(Reference.parse(art.source).with_digest(art.digest))
+    entry = tree.entry_for(art.manifest)
+    if entry is None:
+        what = "an image index that does not list it" if tree.index is not None else \
+            "another manifest"
+        raise ManifestError(where, f"its manifest {art.manifest} is not what its digest "
+                            f"{art.digest} names ({what})", path="manifest",
+                            hint="the lock was altered; run `sxpm lock` to write it again")
+    if tree.index is not None and entry.annotations.get(oci.ANN_VARIANT) != art.variant:
+        raise ManifestError(where, f"its manifest {art.manifest} is variant "
+                            f"{entry.annotations.get(oci.ANN_VARIANT)!r} of {art.digest}, "
+                            f"not {art.variant!r}", path="variant",
+                            hint="the lock was altered; run `sxpm lock` to write it again")
+    found = fetcher.artifact(tree, entry, expect=Identity(art.kind, art.name, art.version))
+    pinned = [(layer.path, layer.digest, layer.size) for layer in art.layers]
+    actual = [(layer.title or str(layer.digest), layer.digest, layer.size)
+              for layer in found.info.manifest.layers]
+    if pinned != actual:
+        raise CorruptBlobError(str(art.manifest), "a manifest whose layers differ from the lock",
+                               where=art.source)
+    return found
+
+
+def _install_todo(home: Home, fetcher: Fetcher, todo: list[LockedArtifact], root: Path,
+                  report: InstallReport, *, reporter: Reporter) -> None:
     from sxpm.installed.tree import materialize
     from sxpm.ops.transfer import fetch_blobs
-    from sxpm.transport import TransportOptions
 
-    if todo:
-        options = options or TransportOptions()
-        manifests = ManifestSource(home, options, offline)
-        infos: list[tuple[LockedArtifact, ArtifactInfo]] = []
-        wanted: list[tuple[str, Descriptor]] = []
-        for art in todo:
-            check_trust(home, manifests, art.source, art.digest, cwd, insecure_skip_verify)
-            desc, obj = manifests.get(art.source, art.manifest)
-            if not isinstance(obj, Manifest):
-                raise ManifestError(f"{art.source}@{art.manifest}", "expected a manifest")
-            pinned = [(layer.digest, layer.size) for layer in art.layers]
-            actual = [(layer.digest, layer.size) for layer in obj.layers]
-            if pinned != actual:
-                raise CorruptBlobError(str(art.manifest), "a manifest whose layers differ from "
-                                       "the lock", where=art.source)
-            try:
-                config = json.loads(home.store.read_blob(obj.config)) if home.store.has_blob(
-                    obj.config.digest) else {}
-            except ValueError as exc:
-                if isinstance(exc, ManifestError):
-                    raise
-                raise ManifestError(str(obj.config.digest), "config blob is not JSON") from None
-            infos.append((art, ArtifactInfo(art.kind, art.name, art.version, desc, obj,
-                                            art.variant, config)))
-            wanted += [(art.source, b) for b in obj.blobs()]
-        missing = [(s, b) for s, b in wanted if not home.store.has_blob(b.digest)]
-        if missing and offline:
-            raise StoreError(f"{len(missing)} blob(s) are not in the store and --offline was "
-                             "given", hint="run once without --offline")
-        report.blobs_fetched, report.bytes_fetched = fetch_blobs(
-            home, missing, options=options, reporter=reporter)
-        for art, info in infos:
-            materialize(home.store, info, root, f"{art.source}@{art.manifest}")
-            name = f"{art.source}@{art.manifest}"
-            home.store.set_ref(name, info.descriptor)
-            report.installed.append(art)
+    chained = [(art, _chain(fetcher, art)) for art in todo]
+    wanted = [(art.source, b) for art, found in chained for b in found.info.manifest.blobs()]
+    missing = [(s, b) for s, b in wanted if not home.store.has_blob(b.digest)]
+    if missing and fetcher.offline:
+        raise StoreError(f"{len(missing)} blob(s) are not in the store and --offline was "
+                         "given", hint="run once without --offline")
+    report.blobs_fetched, report.bytes_fetched = fetch_blobs(
+        home, missing, options=fetcher.options, reporter=reporter)
+    for art, found in chained:
+        fetcher.keep(found.tree)
+        name = f"{art.source}@{art.manifest}"
+        materialize(home.store, found.info, root, name,
+                    signer=found.signer.to_dict() if found.signer else None)
+        home.store.set_ref(name, found.info.descriptor)
+        report.installed.append(art)

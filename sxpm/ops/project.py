@@ -18,7 +18,6 @@ from sxpm.index.location import find_index
 from sxpm.ops.lock import (
     InstallReport,
     LockResult,
-    ManifestSource,
     RegistryProvider,
     check_fresh,
     install_lock,
@@ -30,6 +29,7 @@ from sxpm.project.manifest import Project
 if TYPE_CHECKING:
     from os import PathLike
 
+    from sxpm.ops.fetch import Fetcher
     from sxpm.resolver import Provider
     from sxpm.transport import TransportOptions
 
@@ -51,24 +51,34 @@ class ProviderChoice:
     index_source: str = ""
 
 
-def choose_provider(project: Project, home: Home, *, index: str | None = None,
-                    offline: bool = False, options: TransportOptions | None = None
-                    ) -> ProviderChoice:
+def choose_provider(project: Project, home: Home, fetcher: Fetcher, *,
+                    index: str | None = None) -> ProviderChoice:
     """The index when one is configured (``index``, ``SXPM_INDEX``, the project's
     ``[registries] index``, the home's config), else the project's default registry
-    (``[registries] default``, else the home's)."""
-    options = _options(options)
+    (``[registries] default``, else the home's), read through the command's
+    ``fetcher``."""
     try:
         location = find_index(index, project=project)
     except IndexLocationError:
         registry = project.registries.get("default") or home.default_registry
-        return ProviderChoice(RegistryProvider(registry, ManifestSource(home, options,
-                                                                        offline)))
+        return ProviderChoice(RegistryProvider(registry, fetcher))
     # The index provider brings the version library: a no-op `install --frozen` must not.
     from sxpm.index.provider import IndexProvider
 
-    return ProviderChoice(IndexProvider.open(location, offline=offline,
-                                             insecure=options.insecure), location)
+    return ProviderChoice(IndexProvider.open(location, offline=fetcher.offline,
+                                             insecure=fetcher.options.insecure), location)
+
+
+def command_fetcher(project: Project, home: Home, *, offline: bool = False,
+                    options: TransportOptions | None = None,
+                    insecure_skip_verify: bool = False) -> Fetcher:
+    """The one fetcher of a project command: its trust policy from the home and the
+    project's ``[trust]`` (loaded once), its manifests verified once."""
+    # Loaded here, not at the top: a no-op `install --frozen` never needs it.
+    from sxpm.ops.fetch import Fetcher
+
+    return Fetcher.for_command(home, project, options=_options(options), offline=offline,
+                               skip_verify=insecure_skip_verify)
 
 
 def load_project(path: str | PathLike[str] | Project | None = None) -> Project:
@@ -85,19 +95,21 @@ def lock_project(project: str | PathLike[str] | Project | None = None,
                  home: Home | None = None, *, index: str | None = None,
                  update: Sequence[str] | None = None, offline: bool = False,
                  options: TransportOptions | None = None,
-                 insecure_skip_verify: bool = False) -> LockResult:
+                 insecure_skip_verify: bool = False,
+                 fetcher: Fetcher | None = None) -> LockResult:
     """Resolve the project's ``simplex.toml`` and write ``simplex.lock``.
 
     Keeps every version the lock has unless ``update`` names it (``[]``: move
-    everything forward). The lock is written only when it changes.
+    everything forward). The lock is written only when it changes. ``fetcher``: the
+    command's, when it has one (see :func:`command_fetcher`).
     """
     project = load_project(project)
     home = home or Home.from_env()
-    options = _options(options)
-    choice = choose_provider(project, home, index=index, offline=offline, options=options)
+    fetcher = fetcher or command_fetcher(project, home, offline=offline, options=options,
+                                         insecure_skip_verify=insecure_skip_verify)
+    choice = choose_provider(project, home, fetcher, index=index)
     return resolve_and_pin(project, home, choice.provider, index_source=choice.index_source,
-                           update=update, memory_budget=memory_budget(), options=options,
-                           offline=offline, insecure_skip_verify=insecure_skip_verify)
+                           update=update, memory_budget=memory_budget(), fetcher=fetcher)
 
 
 def read_lock(project: Project) -> Lock:
@@ -129,19 +141,21 @@ def install_project(project: str | PathLike[str] | Project | None = None,
     """
     project = load_project(project)
     home = home or Home.from_env()
-    options = _options(options)
     result: LockResult | None = None
+    fetcher: Fetcher | None = None  # a frozen no-op install needs none
     if frozen or locked:
         current = read_lock(project)
         if locked:
             check_fresh(project, current)
     else:
-        result = lock_project(project, home, index=index, offline=offline, options=options,
-                              insecure_skip_verify=insecure_skip_verify)
+        fetcher = command_fetcher(project, home, offline=offline, options=options,
+                                  insecure_skip_verify=insecure_skip_verify)
+        result = lock_project(project, home, index=index, fetcher=fetcher)
         current = result.lock
     report = install_lock(home, current, project.install_root, offline=offline,
                           options=options, reporter=reporter,
-                          insecure_skip_verify=insecure_skip_verify, cwd=project.root)
+                          insecure_skip_verify=insecure_skip_verify, project=project,
+                          fetcher=fetcher)
     return ProjectInstall(current, report, result)
 
 

@@ -44,6 +44,7 @@ from sxpm.index.format import (
     load_line,
     parse_lines,
 )
+from sxpm.ops.sign import sign_if_configured
 from sxpm.transport import TransportOptions
 
 WORK_BRANCHES = ("publish/", "yank/", "unyank/")
@@ -387,8 +388,6 @@ def publish(home: Home, paths: list[Path], *, index_dir: Path, registry: str | N
     pushed = push(home, result.ref, options=options, reporter=reporter)
     # Sign after the push (the signature is a referrer of the pushed manifest) and
     # before the index line, so a published line always has its signature.
-    from sxpm.trust.sign import sign_if_configured
-
     signed = sign_if_configured(home, result.ref, options=options)
 
     checkout.switch(branch)

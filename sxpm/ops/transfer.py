@@ -14,17 +14,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from sxpm.core import variants
 from sxpm.core.oci import ANN_VARIANT, Descriptor, ImageIndex, Manifest, parse_manifest_bytes
 from sxpm.core.progress import SILENT, Progress, Reporter
 from sxpm.core.reference import Digest, Reference
-from sxpm.errors import CorruptBlobError, NotFoundError, StoreError
+from sxpm.errors import CorruptBlobError, NotFoundError
 from sxpm.home import Home
+from sxpm.ops.fetch import Fetcher
 from sxpm.store.layout import OCILayout
 from sxpm.store.refs import resolve_local, store_name
 from sxpm.transport import Repository, TransportOptions, open_repository
 from sxpm.transport.referrers import push_referrers
-from sxpm.trust.enforce import check_pull
 
 if TYPE_CHECKING:
     from sxpm.trust.verify import VerifiedSigner
@@ -42,26 +41,11 @@ class TransferResult:
     """Who signed it, when a trust policy covers it (see :mod:`sxpm.trust`)."""
 
 
-@dataclass
-class _Plan:
-    """Manifests (children first) and the blobs they need."""
-
-    manifests: list[tuple[Descriptor, bytes]] = field(default_factory=list)
-    blobs: dict[str, Descriptor] = field(default_factory=dict)
-    variants: list[str] = field(default_factory=list)
-
-
-def _pick(index: ImageIndex, variant: str | None, all_variants: bool,
-          memory_budget: int | None) -> list[Descriptor]:
-    if all_variants:
-        return list(index.manifests)
-    return [variants.select(index, explicit=variant, budget=memory_budget)]
-
-
 def pull(home: Home, ref: Reference, *, variant: str | None = None,
          all_variants: bool = False, options: TransportOptions | None = None,
          reporter: Reporter = SILENT, insecure_skip_verify: bool = False,
-         memory_budget: int | None = None) -> TransferResult:
+         fetcher: Fetcher | None = None, memory_budget: int | None = None
+         ) -> TransferResult:
     """Fetch an artifact into the store, fetching only the blobs that are missing.
 
     For an image index every variant's manifest is stored (so the index keeps its
@@ -69,42 +53,30 @@ def pull(home: Home, ref: Reference, *, variant: str | None = None,
     ``variant`` the rule of :mod:`sxpm.core.variants` picks one for
     ``memory_budget`` (usable bytes). When a trust policy covers the artifact, its signature is
     checked against the manifest digest before any layer is fetched
-    (``insecure_skip_verify`` skips that).
+    (``insecure_skip_verify`` skips that). ``fetcher`` is the command's, when it
+    has one (its policy and the manifests it already read).
     """
-    options = options or TransportOptions()
-    repo = open_repository(ref, options)
-    wanted = str(ref.digest) if ref.digest else (ref.tag or "latest")
-    top, data = repo.get_manifest(wanted)
-    if ref.digest and top.digest != ref.digest:
-        raise CorruptBlobError(str(ref.digest), str(top.digest), where=str(ref))
-    plan = _Plan()
-    obj = parse_manifest_bytes(data, f"{ref}")
-    if isinstance(obj, ImageIndex):
-        chosen = {d.digest for d in _pick(obj, variant, all_variants, memory_budget)}
-        for child in obj.manifests:
-            cdesc, cdata = repo.get_manifest(str(child.digest))
-            if cdesc.digest != child.digest:
-                raise CorruptBlobError(str(child.digest), str(cdesc.digest), where=str(ref))
-            cobj = parse_manifest_bytes(cdata, f"{ref}@{child.digest}")
-            if not isinstance(cobj, Manifest):
-                raise StoreError(f"{ref}: nested image indexes are not supported")
-            plan.manifests.append((child, cdata))
-            if child.digest in chosen:
-                plan.variants.append(child.annotations.get(ANN_VARIANT, str(child.digest)))
-                for blob in cobj.blobs():
-                    plan.blobs[str(blob.digest)] = blob
-    else:
-        for blob in obj.blobs():
-            plan.blobs[str(blob.digest)] = blob
-    top = Descriptor(top.media_type, top.digest, top.size, artifact_type=obj.artifact_type)
-    plan.manifests.append((top, data))
-
-    signer = check_pull(home, ref, repo, plan.manifests, skip=insecure_skip_verify)
-    result = TransferResult(ref, top, variants=plan.variants, signer=signer)
+    fetcher = fetcher or Fetcher.for_command(home, options=options,
+                                             skip_verify=insecure_skip_verify)
+    options = fetcher.options
+    tree = fetcher.tree(ref, where="registry")
+    entries = list(tree.index.manifests) if tree.index is not None and all_variants \
+        else [tree.entry(variant, budget=memory_budget)]
+    # What each variant is and who signed the whole, before any layer is fetched.
+    signers = [fetcher.check(tree, entry) for entry in entries]
+    blobs: dict[Digest, Descriptor] = {}
+    for entry in entries:
+        for blob in tree.manifest(entry).blobs():
+            blobs.setdefault(blob.digest, blob)
+    variants = [e.annotations.get(ANN_VARIANT, str(e.digest)) for e in entries] \
+        if tree.index is not None else []
+    top = tree.descriptor
+    result = TransferResult(ref, top, variants=variants, signer=signers[0])
+    repo = fetcher.repo(ref)
     # From "which blobs are present" to "the ref names them", gc must keep its hands off.
     with home.store.in_use():
-        missing = [b for b in plan.blobs.values() if not home.store.has_blob(b.digest)]
-        result.blobs_skipped = len(plan.blobs) - len(missing)
+        missing = [b for b in blobs.values() if not home.store.has_blob(b.digest)]
+        result.blobs_skipped = len(blobs) - len(missing)
         total = sum(b.size for b in missing)
         bar = reporter.start(f"pull {ref.name}", total)
         streams = range_streams(options, missing)
@@ -114,14 +86,11 @@ def pull(home: Home, ref: Reference, *, variant: str | None = None,
                       interrupt=home.store.interrupted)
         finally:
             bar.close()
-        result.blobs_transferred = len(missing)
-        result.bytes_transferred = total
-        for mdesc, mdata in plan.manifests:
-            with home.store.writer(mdesc, where=str(ref)) as w:
-                if w.offset:
-                    w.restart()
-                w.write(mdata)
-                w.commit()
+        early = [b for b in blobs.values() if b.digest in fetcher.fetched]  # the configs
+        result.blobs_skipped -= len(early)
+        result.blobs_transferred = len(missing) + len(early)
+        result.bytes_transferred = total + sum(b.size for b in early)
+        fetcher.keep(tree)
         name = store_name(ref)
         with home.store.ref_lock(name):
             home.store.set_ref(name, top)

@@ -161,6 +161,24 @@ class Project:
         return dict(self.data.get("trust", {}))
 
 
+def trust_here(directory: Path | None = None) -> tuple[Any, str]:
+    """The ``[trust]`` table of ``simplex.toml`` in ``directory`` (default: here), and
+    where it came from; None for the table when there is no such file or table.
+
+    For commands that work outside a project (pull, install REF, verify, sign): the
+    policy of the directory they run in still applies. Only this table is read, so a
+    file that is not a whole project yet does not stop them.
+    """
+    path = (directory or Path.cwd()) / MANIFEST
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError):
+        return None, str(path)
+    except UnicodeDecodeError:
+        raise ManifestError(str(path), "not UTF-8 text") from None
+    return parse_toml(text, str(path)).get("trust"), str(path)
+
+
 TEMPLATE = """\
 [package]
 name = "{name}"

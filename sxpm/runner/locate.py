@@ -255,21 +255,34 @@ def find_model(home: Home, spec: str, *, variant: str | None = None,
                       item.record.get("ref"), header)
 
 
+def _store_tree(home: Home, ref: Reference) -> Any:
+    """``ref``'s manifest tree as the store holds it (NotFoundError when it does not).
+
+    Running from the store checks no signature (installing does), so no policy is
+    loaded for it.
+    """
+    from sxpm.ops.fetch import Fetcher
+    from sxpm.trust.policy import TrustPolicy
+
+    fetcher = Fetcher(home, TrustPolicy(), offline=True)
+    return fetcher, fetcher.tree(ref, where="store")
+
+
 def _choose_variant_in_store(home: Home, ref: Reference, budget: Budget | None
                              ) -> str | None:
-    from sxpm.core.oci import ImageIndex
-    from sxpm.core.variants import usable_memory
-    from sxpm.runner.plan import choose_variant
-    from sxpm.store.refs import resolve_local
-
     try:
-        top = resolve_local(home.store, ref)
+        _, tree = _store_tree(home, ref)
     except NotFoundError:
         return None  # not local yet: the install pulls its first variant
-    if not top.is_index:
+    return _choose_variant(home, tree.index, budget)
+
+
+def _choose_variant(home: Home, index: ImageIndex | None, budget: Budget | None) -> str | None:
+    from sxpm.core.variants import usable_memory
+    from sxpm.runner.plan import choose_variant
+
+    if index is None:
         return None
-    index = home.store.load_manifest(top)
-    assert isinstance(index, ImageIndex)
     options = index.variant_values()
     if len(options) < 2:
         return None
@@ -278,21 +291,19 @@ def _choose_variant_in_store(home: Home, ref: Reference, budget: Budget | None
 
 def _model_from_store(home: Home, ref: Reference, variant: str | None, budget: Budget | None,
                       install: bool, **install_kw: Any) -> ModelFiles:
-    from sxpm.artifacts.describe import describe
     from sxpm.core import oci
     from sxpm.ops.install import install as do_install
-    from sxpm.store.refs import resolve_local
 
     try:
-        top = resolve_local(home.store, ref)
+        fetcher, tree = _store_tree(home, ref)
     except NotFoundError:
         if not install:
             raise ModelNotInstalledError("model", str(ref), str(ref)) from None
         item = do_install(home, ref, variant=variant, **install_kw)
         return find_model(home, f"{item.name}@{item.version}", install=False)
-    if variant is None and top.is_index:
-        variant = _choose_variant_in_store(home, ref, budget)
-    info = describe(home.store, top, variant)
+    if variant is None and tree.index is not None:
+        variant = _choose_variant(home, tree.index, budget)
+    info = fetcher.artifact(tree, tree.entry(variant), trust=False).info
     if info.kind != "model":
         raise InputError(f"{ref} is {info.kind!r}, not a model",
                          hint="run a model; pass an expert with --expert")
@@ -394,40 +405,32 @@ def install_expert(home: Home, ref: Reference, model_name: str | None = None,
                    **install_kw: Any) -> Any:
     """Install an expert; for a v2 expert, the variant built for ``model_name``."""
     from sxpm.core import oci
-    from sxpm.core.oci import ImageIndex
+    from sxpm.ops.fetch import Fetcher
     from sxpm.ops.install import install
-    from sxpm.ops.transfer import pull
-    from sxpm.store.refs import resolve_local
 
+    fetcher = Fetcher.for_command(
+        home, options=install_kw.get("options"), offline=not install_kw.get("pull_missing", True),
+        skip_verify=bool(install_kw.get("insecure_skip_verify")))
     variant: str | None = None
     if model_name is not None:
-        try:
-            top = resolve_local(home.store, ref)
-        except NotFoundError:
-            top = pull(home, ref, **{k: v for k, v in install_kw.items()
-                                     if k in ("options", "reporter",
-                                              "insecure_skip_verify")}).descriptor
-        if top.is_index:
-            index = home.store.load_manifest(top)
-            assert isinstance(index, ImageIndex)
+        # The manifests alone say which variant: no layer is fetched to find out.
+        index = fetcher.tree(ref).index
+        if index is not None:
             variant = variant_for_base(index, model_name)
             if variant is None:
                 bases = [d.annotations.get(oci.ANN_BASE_MODEL, "?") for d in index.manifests]
                 raise IncompatibleExpertError(
                     ref.name, model_name, f"it has no variant for it (built for "
                     f"{', '.join(bases)})", hint="choose one of those models")
-    return install(home, ref, variant=variant, **install_kw)
+    return install(home, ref, variant=variant, fetcher=fetcher, **install_kw)
 
 
 def _expert_from_store(home: Home, ref: Reference, model_name: str, install: bool,
                        **install_kw: Any) -> ExpertFiles:
-    from sxpm.artifacts.describe import describe
     from sxpm.core import oci
-    from sxpm.core.oci import ImageIndex
-    from sxpm.store.refs import resolve_local
 
     try:
-        top = resolve_local(home.store, ref)
+        fetcher, tree = _store_tree(home, ref)
     except NotFoundError:
         if not install:
             raise ModelNotInstalledError("expert", str(ref), f"{ref} --for {model_name}"
@@ -435,13 +438,11 @@ def _expert_from_store(home: Home, ref: Reference, model_name: str, install: boo
         item = install_expert(home, ref, model_name, **install_kw)
         return find_expert(home, f"{item.name}@{item.version}", model_name)
     variant = None
-    if top.is_index:
-        index = home.store.load_manifest(top)
-        assert isinstance(index, ImageIndex)
-        variant = variant_for_base(index, model_name)
+    if tree.index is not None:
+        variant = variant_for_base(tree.index, model_name)
         if variant is None:
-            variant = index.select(None).annotations.get(oci.ANN_VARIANT)
-    info = describe(home.store, top, variant)
+            variant = tree.index.select(None).annotations.get(oci.ANN_VARIANT)
+    info = fetcher.artifact(tree, tree.entry(variant), trust=False).info
     if info.kind != "expert":
         raise InputError(f"{ref} is {info.kind!r}, not an expert")
 

@@ -643,14 +643,37 @@ class OCILayout:
 
     def put_bytes(self, data: bytes, media_type: str, **kw: Any) -> Descriptor:
         desc = Descriptor.for_bytes(media_type, data, **kw)
-        if self.has_blob(desc.digest):
-            return desc
-        with self.writer(desc, where="local data") as w:
-            if w.offset:
-                w.restart()
-            w.write(data)
-            w.commit()
+        self.put_verified(desc, data)
         return desc
+
+    def put_verified(self, desc: Descriptor, data: bytes) -> None:
+        """Store ``data``, whose digest ``desc`` holds because the caller computed it from
+        these very bytes in memory (a manifest read and checked, bytes just hashed).
+
+        Hashing them again on the way to disk would only repeat that work: the bytes
+        written are the bytes hashed. Anything received from elsewhere goes through
+        :meth:`writer`, which hashes as it writes.
+        """
+        if len(data) != desc.size:
+            raise SizeMismatchError(str(desc.digest), desc.size, len(data), where="local data")
+        if self.has_blob(desc.digest):
+            return
+        self.ensure()
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="blob-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                self._place(Path(name), desc.digest)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name)
+                raise
+        except OSError as exc:
+            raise store_write_error(self.root, exc) or exc from None
 
     def put_file(self, path: Path, media_type: str,
                  progress: Callable[[int], None] | None = None) -> Descriptor:

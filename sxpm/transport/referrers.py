@@ -47,29 +47,36 @@ def _entry(desc: Descriptor, manifest: Manifest) -> Descriptor:
 
 
 def attach_referrer(home: Home, ref: Reference, manifest: Manifest,
-                    repo: Repository | None = None, data: bytes | None = None) -> Descriptor:
+                    repo: Repository | None = None, data: bytes | None = None,
+                    desc: Descriptor | None = None) -> Descriptor:
     """Store ``manifest`` (whose blobs the store already holds) as a referrer of its
     subject under ``ref``'s repository; push it to ``repo`` too when given.
 
     ``data`` is the manifest's bytes as read from a registry, kept as they are so
-    the referrer keeps its digest.
+    the referrer keeps its digest; ``desc``, when given, is their descriptor as the
+    reader verified it (so they are not hashed again).
     """
     assert manifest.subject is not None, "a referrer needs a subject"
     subject = manifest.subject.digest
     store = home.store
-    if data is not None:
+    if data is None:
+        data = manifest.to_bytes()
+        desc = None
+    if desc is None:
         desc = store.put_bytes(data, manifest.media_type)
     else:
-        desc = store.put_manifest(manifest)
+        store.put_verified(desc, data)
     entry = _entry(desc, manifest)
     name = _store_name(ref, subject)
     with store.ref_lock(name):
         found = store.resolve(name)
         existing = store.load_manifest(found) if found is not None else None
-        index = _merged(existing if isinstance(existing, ImageIndex) else None, entry)
-        store.set_ref(name, store.put_manifest(index))
+        listed = existing.manifests if isinstance(existing, ImageIndex) else ()
+        if entry not in listed:  # already listed as it is: nothing to write
+            index = _merged(existing if isinstance(existing, ImageIndex) else None, entry)
+            store.set_ref(name, store.put_manifest(index))
     if repo is not None:
-        _push_one(home, repo, desc, manifest, store.read_blob(desc))
+        _push_one(home, repo, desc, manifest, data)
     return desc
 
 

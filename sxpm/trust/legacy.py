@@ -27,7 +27,7 @@ from sxpm.errors import SignatureError
 from sxpm.home import Home
 from sxpm.store.layout import CHUNK
 from sxpm.trust.keys import PrivateKey, parse_key_id
-from sxpm.trust.policy import load_policy
+from sxpm.trust.policy import TrustPolicy, load_policy
 
 SIGNATURE_FILE = "signature.sig"
 
@@ -68,7 +68,8 @@ def sign_legacy(root: Path, key: PrivateKey) -> Path:
     return target
 
 
-def check_legacy_signature(home: Home, root: Path, archive: str) -> str | None:
+def check_legacy_signature(home: Home, root: Path, archive: str,
+                           policy: TrustPolicy | None = None) -> str | None:
     """Check ``signature.sig`` of an unpacked legacy expert; the key id that signed it.
 
     None when no policy covers the expert's name (nothing to check against).
@@ -79,7 +80,8 @@ def check_legacy_signature(home: Home, root: Path, archive: str) -> str | None:
         name = json.loads((root / "manifest.json").read_text()).get("name", "")
     except (OSError, ValueError, AttributeError):
         name = ""
-    trusted = load_policy(home).trusted_for(str(name)) if name else None
+    policy = policy or load_policy(home)  # the command's, else the home's alone
+    trusted = policy.trusted_for(str(name)) if name else None
     if trusted is None:
         return None
     key_ids = sorted(trusted[0])

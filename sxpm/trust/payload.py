@@ -17,12 +17,10 @@ between registries and mirrors, and their signatures travel with them.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sxpm.core import oci
-from sxpm.core.oci import Descriptor, ImageIndex, Manifest, canonical_json
+from sxpm.core.oci import canonical_json
 from sxpm.core.reference import Digest
 from sxpm.errors import ManifestError
 
@@ -69,27 +67,3 @@ class Payload:
         except ValueError as exc:
             raise ManifestError(source, str(exc)) from None
         return cls(fields["kind"], fields["name"], fields["version"], digest)
-
-
-def subject_payload(top: Descriptor, obj: Manifest | ImageIndex,
-                    child: Callable[[Descriptor], Manifest] | None = None, *,
-                    fallback_name: str = "", fallback_version: str = "") -> Payload:
-    """The payload a signature of ``top`` must carry, read from manifests alone.
-
-    Kind, name and version come from the manifest's (or index's) artifactType and
-    annotations, else from its first variant's manifest (``child`` loads one). No
-    blob is read, so this works before any layer has been fetched.
-    """
-    annotations: Mapping[str, str] = obj.annotations
-    kind = oci.KIND_BY_ARTIFACT.get(obj.artifact_type or "")
-    if isinstance(obj, Manifest):
-        kind = obj.kind
-    elif obj.manifests and child is not None and (
-            kind is None or oci.ANN_NAME not in annotations
-            or oci.ANN_VERSION not in annotations):
-        first = child(obj.manifests[0])
-        kind = kind or first.kind
-        annotations = {**first.annotations, **annotations}
-    name = annotations.get(oci.ANN_NAME) or fallback_name
-    version = annotations.get(oci.ANN_VERSION) or fallback_version
-    return Payload(kind or "unknown", name, version, top.digest)

@@ -3,7 +3,8 @@
 Read from two places, both optional:
 
 * ``trust`` in ``$SIMPLEX_HOME/config.json`` (the machine's policy), and
-* ``[trust]`` in ``simplex.toml`` of the current directory (the project's policy).
+* ``[trust]`` in ``simplex.toml`` of the project, or of the current directory (the
+  project's policy), handed in already parsed: the project package reads that file.
 
 Format (TOML shown; config.json holds the same structure as JSON)::
 
@@ -28,10 +29,8 @@ not checked at all (no policy, no enforcement).
 from __future__ import annotations
 
 import fnmatch
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sxpm.errors import TrustPolicyError
@@ -187,25 +186,21 @@ def parse_policy(obj: Any, source: str) -> SourcePolicy:
     return SourcePolicy(source, tuple(rules), default)
 
 
-def load_policy(home: Home, cwd: Path | None = None) -> TrustPolicy:
-    """The policy of ``home`` plus that of ``simplex.toml`` in ``cwd`` (default: here)."""
+def load_policy(home: Home, project_trust: Any = None,
+                project_source: str = PROJECT_FILE) -> TrustPolicy:
+    """The policy of ``home``'s config plus a project's ``[trust]`` table.
+
+    ``project_trust`` is the table as the caller already parsed it from
+    ``simplex.toml`` (see :mod:`sxpm.project.manifest`): this module reads no project
+    file. A workflow loads the policy once per command and passes it on.
+    """
     sources = []
     signing_key = None
-    config_trust = home.config().get("trust")
-    if config_trust is not None:
-        sources.append(parse_policy(config_trust, str(home.config_path)))
-        if isinstance(config_trust, dict) and isinstance(config_trust.get("signing_key"), str):
-            signing_key = config_trust["signing_key"]
-    project = (cwd or Path.cwd()) / PROJECT_FILE
-    if project.is_file():
-        try:
-            with open(project, "rb") as fh:
-                doc = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            raise TrustPolicyError(str(project), f"invalid TOML: {exc}") from None
-        if "trust" in doc:
-            sources.append(parse_policy(doc["trust"], str(project)))
-            trust = doc["trust"]
-            if isinstance(trust, dict) and isinstance(trust.get("signing_key"), str):
-                signing_key = trust["signing_key"]
+    for trust, source in ((home.config().get("trust"), str(home.config_path)),
+                          (project_trust, project_source)):
+        if trust is None:
+            continue
+        sources.append(parse_policy(trust, source))
+        if isinstance(trust, dict) and isinstance(trust.get("signing_key"), str):
+            signing_key = trust["signing_key"]
     return TrustPolicy(tuple(sources), signing_key)
