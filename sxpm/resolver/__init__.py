@@ -12,14 +12,14 @@ from sxpm.resolver.model import (
     Resolution,
     Resolved,
 )
-from sxpm.resolver.provider import Provider, Reporter
+from sxpm.resolver.provider import Provider, ResolutionReporter
 from sxpm.resolver.resolve import ResolutionImpossible, resolve
 
 __all__ = [
     "Candidate",
     "Dependency",
     "Provider",
-    "Reporter",
+    "ResolutionReporter",
     "Requirement",
     "Resolution",
     "ResolutionImpossible",

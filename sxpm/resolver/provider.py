@@ -22,7 +22,7 @@ class Provider(Protocol):
         ...
 
 
-class Reporter:
+class ResolutionReporter:
     """Hooks called while resolving; the base class does nothing."""
 
     def pinning(self, candidate: Candidate) -> None:

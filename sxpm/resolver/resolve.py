@@ -26,7 +26,7 @@ from sxpm.resolver.model import (
     Resolution,
     Resolved,
 )
-from sxpm.resolver.provider import Provider, Reporter
+from sxpm.resolver.provider import Provider, ResolutionReporter
 
 MAX_STEPS = 100_000
 
@@ -91,7 +91,7 @@ class _Decision:
 
 class _Solver:
     def __init__(self, provider: Provider, preferred: Mapping[str, str],
-                 memory_budget: int | None, reporter: Reporter, max_steps: int) -> None:
+                 memory_budget: int | None, reporter: ResolutionReporter, max_steps: int) -> None:
         self.provider = provider
         self.preferred = preferred
         self.memory_budget = memory_budget
@@ -256,7 +256,7 @@ class _Solver:
 
 def resolve(requirements: Sequence[Requirement], provider: Provider, *,
             preferred: Mapping[str, str] | None = None, memory_budget: int | None = None,
-            reporter: Reporter | None = None, max_steps: int = MAX_STEPS) -> Resolution:
+            reporter: ResolutionReporter | None = None, max_steps: int = MAX_STEPS) -> Resolution:
     """Choose one version (and variant) of every name the requirements reach.
 
     ``preferred`` maps names to the versions the lock already has: they are tried
@@ -264,7 +264,8 @@ def resolve(requirements: Sequence[Requirement], provider: Provider, *,
     bytes, see :func:`sxpm.core.variants.usable_memory`) picks a model's variant
     when the requirement names none, by the rule of :mod:`sxpm.core.variants`.
     """
-    solver = _Solver(provider, preferred or {}, memory_budget, reporter or Reporter(), max_steps)
+    solver = _Solver(provider, preferred or {}, memory_budget,
+                     reporter or ResolutionReporter(), max_steps)
     cons: dict[str, list[Constraint]] = {}
     order: list[str] = []
     for req in requirements:
