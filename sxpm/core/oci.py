@@ -10,11 +10,13 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sxpm.core.artifact import Variant
 from sxpm.core.reference import Digest
 from sxpm.errors import ManifestError
+
+if TYPE_CHECKING:
+    from sxpm.core.artifact import Variant
 
 # --- media types ---------------------------------------------------------------
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -250,6 +252,9 @@ class ImageIndex:
 
     def variant_values(self) -> list[Variant]:
         """Each manifest as a :class:`Variant`, with the sizes its annotations declare."""
+        # Here, not at the top: a no-op `install --frozen` reads manifests without it.
+        from sxpm.core.artifact import Variant
+
         def num(text: str | None) -> int | None:
             return int(text) if text and text.isdigit() else None
 

@@ -10,11 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sxpm.core.detect import memory_budget
 from sxpm.core.progress import SILENT, Reporter
 from sxpm.errors import IndexLocationError, NotFoundError
 from sxpm.home import Home
-from sxpm.index.location import find_index
 from sxpm.ops.lock import (
     InstallReport,
     LockResult,
@@ -57,6 +55,10 @@ def choose_provider(project: Project, home: Home, fetcher: Fetcher, *,
     ``[registries] index``, the home's config), else the project's default registry
     (``[registries] default``, else the home's), read through the command's
     ``fetcher``."""
+    # Here, not at the top, as the index provider below: a no-op `install --frozen`
+    # needs neither.
+    from sxpm.index.location import find_index
+
     try:
         location = find_index(index, project=project)
     except IndexLocationError:
@@ -108,6 +110,8 @@ def lock_project(project: str | PathLike[str] | Project | None = None,
     fetcher = fetcher or command_fetcher(project, home, offline=offline, options=options,
                                          insecure_skip_verify=insecure_skip_verify)
     choice = choose_provider(project, home, fetcher, index=index)
+    from sxpm.core.detect import memory_budget  # as find_index: not for a no-op install
+
     return resolve_and_pin(project, home, choice.provider, index_source=choice.index_source,
                            update=update, memory_budget=memory_budget(), fetcher=fetcher)
 
