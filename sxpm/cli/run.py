@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from sxpm.errors import ModelNotInstalledError
+from sxpm.errors import MissingExtraError, ModelNotInstalledError
 
 _common_options = [
     click.option("--expert", "-e", metavar="NAME[@VERSION]|REF",
@@ -144,37 +144,154 @@ def _chat_loop(session: Any, system: str, max_tokens: int, temperature: float) -
         messages.append({"role": "assistant", "content": "".join(reply)})
 
 
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+_server_options = [
+    click.option("--host", default=DEFAULT_HOST, show_default=True,
+                 help="Address of the server."),
+    click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT,
+                 show_default=True, help="Port of the server."),
+]
+
+
+def _with_server(f: Any) -> Any:
+    for option in reversed(_server_options):
+        f = option(f)
+    return f
+
+
 @click.command()
-@click.argument("model", metavar="MODEL[@VERSION]|REF")
+@click.argument("models", nargs=-1, metavar="[MODEL[@VERSION]|REF]...")
 @_with_common
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
-              help="Port to listen on.")
+@_with_server
 @click.option("--api-key", envvar="SXPM_API_KEY", help="Require this bearer token.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
-def serve(model: str, expert: str | None, variant: str | None, n_ctx: int | None,
-          n_threads: int | None, n_gpu_layers: int | None, install: bool, host: str,
-          port: int, api_key: str | None, seed: int) -> None:
-    """Serve a model (plus expert) over an OpenAI-compatible HTTP API.
+@click.option("--keep-alive", default="5m", show_default=True,
+              help="How long an idle model stays loaded (seconds or 30s/5m/1h; -1 forever, "
+                   "0 unload at once).")
+@click.option("--max-loaded", type=click.IntRange(1, None),
+              help="Most models loaded at once (default: as many as fit in memory).")
+@click.option("--max-queue", type=click.IntRange(0, None), default=64, show_default=True,
+              help="Requests that may wait per model; more get 503 with Retry-After.")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False, writable=True),
+              help="Append one JSON line per request to this file.")
+def serve(models: tuple[str, ...], expert: str | None, variant: str | None,
+          n_ctx: int | None, n_threads: int | None, n_gpu_layers: int | None, install: bool,
+          host: str, port: int, api_key: str | None, seed: int, keep_alive: str,
+          max_loaded: int | None, max_queue: int, log_path: str | None) -> None:
+    """Serve installed models over OpenAI's and Ollama's HTTP APIs.
 
-    llama-cpp-python's server: /v1/models, /v1/completions, /v1/chat/completions
-    (stream=true sends server-sent events). An expert's template shapes chat prompts.
+    Without MODEL, every installed model is served by name; a request's "model" picks
+    one (NAME, NAME@VERSION, NAME+EXPERT). Models load on first use and stay loaded
+    for --keep-alive. Routes: /v1/models, /v1/chat/completions, /v1/completions,
+    /v1/embeddings; /api/generate, /api/chat, /api/embed, /api/tags, /api/ps,
+    /api/show, /api/version; /health, /metrics.
 
     \b
     Example:
       sxpm serve tiny-llama --expert sql-expert --port 8080
-      curl -s localhost:8080/v1/chat/completions -d '{"messages":[{"role":"user","content":"hi"}]}'
+      curl -s localhost:8080/v1/chat/completions -H 'Content-Type: application/json' \\
+        -d '{"messages":[{"role":"user","content":"hi"}]}'
     """
-    from sxpm.runner.server import check_port
-    from sxpm.runner.server import serve as serve_session
+    from pathlib import Path
 
+    from sxpm.home import Home
+    from sxpm.runner.catalog import Catalog
+    from sxpm.runner.residency import ResidencyManager
+    from sxpm.runner.server import Server, check_port, parse_keep_alive
+    from sxpm.runner.session import auto_install_from_env, memory_budget
+
+    try:
+        keep = parse_keep_alive(keep_alive)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--keep-alive") from None
     check_port(host, port)  # before loading anything: a busy port fails in a moment
-    session = _open_session(model, expert, variant, n_ctx, n_threads, n_gpu_layers, install,
-                            seed, interactive=True)
-    with session:
-        click.echo(f"serving {model} on http://{host}:{port}/v1 "
-                   f"({session.plan().reason})", err=True)
-        serve_session(session, host, port, api_key=api_key)
+    if install or auto_install_from_env():
+        for model in models:  # install what is missing first, as `sxpm run --install` does
+            _open_session(model, expert, variant, n_ctx, n_threads, n_gpu_layers, True, seed)
+    manager = ResidencyManager(keep_alive=300.0 if keep is None else keep,
+                               max_loaded=max_loaded, max_queue=max_queue,
+                               memory_budget=memory_budget())
+    catalog = Catalog(Home.from_env(), manager, models, expert, n_ctx=n_ctx,
+                      n_threads=n_threads, n_gpu_layers=n_gpu_layers, seed=seed,
+                      variant=variant)
+    served = ", ".join(e["id"] for e in catalog.entries()) or "no installed model yet"
+    click.echo(f"serving {served} on http://{host}:{port} (/v1 and /api)", err=True)
+    try:
+        from sxpm.runner.api import serve as run_server  # fastapi: only when serving
+    except ImportError as exc:
+        raise MissingExtraError(exc.name or "fastapi", "run") from exc
+    run_server(Server(catalog, manager, log=Path(log_path) if log_path else None,
+                      api_key=api_key), host, port)
+
+
+def _server_call(host: str, port: int, method: str, path: str,
+                 body: dict[str, Any] | None = None) -> Any:
+    import urllib.error
+    import urllib.request
+
+    from sxpm.errors import RunnerError
+
+    url = f"http://{host}:{port}{path}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - http only
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error")
+        except ValueError:
+            message = None
+        raise RunnerError(f"The server at {host}:{port} answered {exc.code}: "
+                          f"{message or exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise RunnerError(f"No sxpm server at {host}:{port} ({reason})",
+                          hint="start one with `sxpm serve`, or pass --host/--port") from None
+
+
+@click.command()
+@_with_server
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ps(host: str, port: int, as_json: bool) -> None:
+    """Show the models a running `sxpm serve` holds: expert(s), memory, until when.
+
+    \b
+    Example:
+      sxpm ps --port 8080
+    """
+    from sxpm.cli._common import emit_json
+    from sxpm.core.humanize import human_size
+
+    models = _server_call(host, port, "GET", "/api/ps")["models"]
+    if as_json:
+        emit_json(models)
+        return
+    if not models:
+        click.echo("no model loaded")
+        return
+    click.echo(f"{'NAME':<32} {'EXPERT':<20} {'SIZE':>10}  UNTIL")
+    for m in models:
+        until = m.get("expires_at") or ("in use" if m.get("busy") else "forever")
+        click.echo(f"{m['name']:<32} {m.get('expert') or '-':<20} "
+                   f"{human_size(m.get('size') or 0):>10}  {until}")
+
+
+@click.command()
+@click.argument("model", metavar="NAME[@VERSION]")
+@_with_server
+def stop(model: str, host: str, port: int) -> None:
+    """Unload a model from a running `sxpm serve` now (when idle, if busy).
+
+    \b
+    Example:
+      sxpm stop tiny-llama --port 8080
+    """
+    reply = _server_call(host, port, "POST", "/api/generate", {"model": model, "keep_alive": 0})
+    names = reply.get("unloaded") or []
+    click.echo(f"unloaded {', '.join(names)}" if names else f"{model} was not loaded")
 
 
 @click.command()
