@@ -67,17 +67,23 @@ def _open_session(model: str, expert: str | None, variant: str | None, n_ctx: in
               help="0 is greedy (deterministic).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @_with_common
+@click.option("--raw", is_flag=True,
+              help="Complete -p as plain text: no chat template.")
 @click.option("--stream/--no-stream", default=None,
               help="Print tokens as they come (default: only on a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def run(model: str, prompt: str | None, system: str, max_tokens: int, temperature: float,
         seed: int, expert: str | None, variant: str | None, n_ctx: int | None,
-        n_threads: int | None, n_gpu_layers: int | None, install: bool,
+        n_threads: int | None, n_gpu_layers: int | None, install: bool, raw: bool,
         stream: bool | None, as_json: bool) -> None:
-    """Run an installed model (plus expert): complete -p PROMPT, or chat.
+    """Run an installed model (plus expert): answer -p PROMPT, or chat.
 
     MODEL is an installed model's NAME[@VERSION] (newest version by default) or a
-    reference already in the store. Output is streamed on a terminal.
+    reference already in the store. -p goes through the expert's template, else the
+    model's own chat template (GGUF tokenizer.chat_template); --raw, or a model
+    without a chat template, completes it as plain text. Output is streamed on a
+    terminal. In a chat: /bye ends, /clear forgets, /system TEXT sets the system
+    message, \"\"\" starts and ends multi-line input, Ctrl-C stops an answer.
 
     \b
     Example:
@@ -92,55 +98,133 @@ def run(model: str, prompt: str | None, system: str, max_tokens: int, temperatur
                 raise click.UsageError("--json needs -p PROMPT (chat is interactive)")
             _chat_loop(session, system, max_tokens, temperature)
             return
+        use_chat = not raw and (session.expert is None or session.expert.template is None) \
+            and session.chat_template is not None
+        if not raw and not use_chat and (session.expert is None or
+                                         session.expert.template is None):
+            click.echo(f"note: {session.model.name} has no chat template: -p is completed "
+                       "as plain text", err=True)
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}]
+        kw: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
+
+        def answer(streamed: bool) -> Any:
+            if use_chat:
+                return session.chat(messages, stream=streamed, **kw)
+            return session.generate(prompt, system=system, raw=raw, stream=streamed, **kw)
+
         if as_json:
-            text = session.generate(prompt, max_tokens=max_tokens, temperature=temperature,
-                                    system=system)
+            text = answer(False)
             plan = session.plan()
             click.echo(json.dumps({
                 "model": session.model.to_dict(),
                 "expert": session.expert.to_dict() if session.expert else None,
-                "prompt": session.render(prompt, system), "text": text,
+                "prompt": messages if use_chat else (
+                    prompt if raw else session.render(prompt, system)),
+                "template": "model" if use_chat else "raw" if raw or session.expert is None
+                else "expert", "text": text,
                 "n_gpu_layers": plan.n_gpu_layers, "plan": plan.reason,
             }, indent=2, sort_keys=True))
             return
         out = click.get_text_stream("stdout")
         if out.isatty() if stream is None else stream:
-            for piece in session.generate(prompt, max_tokens=max_tokens,
-                                          temperature=temperature, system=system, stream=True):
+            for piece in answer(True):
                 out.write(piece)
                 out.flush()
             out.write("\n")
         else:
-            click.echo(session.generate(prompt, max_tokens=max_tokens,
-                                        temperature=temperature, system=system))
+            click.echo(answer(False))
+        for note in session.notes:
+            click.echo(f"note: {note}", err=True)
+
+
+CHAT_HELP = ("/bye ends, /clear forgets the conversation, /system TEXT sets the system "
+             'message, """ starts and ends multi-line input, Ctrl-C stops an answer')
+
+
+def _read_turn(prompt: str) -> str | None:
+    """One user turn (several lines between \"\"\" marks); None at end of input."""
+    try:
+        line = input(prompt)
+    except EOFError:
+        return None
+    if line.strip() != '"""' and not line.lstrip().startswith('"""'):
+        return line
+    lines = [line.lstrip()[3:]] if line.strip() != '"""' else []
+    while True:
+        try:
+            more = input("... " if prompt else "")
+        except EOFError:
+            return "\n".join(lines)
+        if more.rstrip().endswith('"""'):
+            lines.append(more.rstrip()[:-3])
+            return "\n".join(x for x in lines if x is not None).strip("\n")
+        lines.append(more)
 
 
 def _chat_loop(session: Any, system: str, max_tokens: int, temperature: float) -> None:
-    messages: list[dict[str, str]] = []
-    if system:
-        messages.append({"role": "system", "content": system})
+    from sxpm.errors import ContextOverflowError
+
     tty = sys.stdin.isatty()
     if tty:
+        try:
+            import readline  # noqa: F401 - line editing and history for input()
+        except ImportError:
+            pass
         click.echo(f"chatting with {session.model.name}"
-                   f"{' + ' + session.expert.name if session.expert else ''}; "
-                   "an empty line or Ctrl-D ends", err=True)
+                   f"{' + ' + session.expert.name if session.expert else ''}; {CHAT_HELP}",
+                   err=True)
     out = click.get_text_stream("stdout")
+    messages: list[dict[str, str]] = []
+    seen_notes: set[str] = set()
     while True:
         try:
-            line = input("> " if tty else "")
-        except EOFError:
+            line = _read_turn("> " if tty else "")
+        except KeyboardInterrupt:
+            click.echo("\n(/bye or Ctrl-D ends the chat)", err=True)
+            continue
+        if line is None:
             break
-        if not line.strip() or line.strip() in ("/exit", "/quit"):
+        text = line.strip()
+        if not text:
+            continue  # an empty line does not end the chat
+        if text in ("/bye", "/exit", "/quit"):
             break
-        messages.append({"role": "user", "content": line})
+        if text == "/clear":
+            messages.clear()
+            click.echo("(conversation cleared)", err=True)
+            continue
+        if text == "/system" or text.startswith("/system "):
+            system = text[len("/system"):].strip()
+            click.echo(f"(system message {'set' if system else 'cleared'})", err=True)
+            continue
+        if text in ("/?", "/help"):
+            click.echo(CHAT_HELP, err=True)
+            continue
+        turn = ([{"role": "system", "content": system}] if system else []) + messages + [
+            {"role": "user", "content": line}]
         reply: list[str] = []
-        for piece in session.chat(messages, max_tokens=max_tokens, temperature=temperature,
-                                  stream=True):
-            reply.append(piece)
-            out.write(piece)
-            out.flush()
+        try:
+            pieces = session.chat(turn, max_tokens=max_tokens, temperature=temperature,
+                                  stream=True)
+        except ContextOverflowError as exc:
+            click.echo(f"error: {exc.one_line()}", err=True)
+            continue
+        for note in session.notes:
+            if note not in seen_notes or note.startswith("dropped"):
+                seen_notes.add(note)
+                click.echo(f"note: {note}", err=True)
+        try:
+            for piece in pieces:
+                reply.append(piece)
+                out.write(piece)
+                out.flush()
+        except KeyboardInterrupt:
+            pieces.close()  # stops generating and frees the model for the next turn
+            out.write(" [stopped]")
         out.write("\n")
         out.flush()
+        messages.append({"role": "user", "content": line})
         messages.append({"role": "assistant", "content": "".join(reply)})
 
 

@@ -195,8 +195,13 @@ class Generation:
                 if chunk is None:
                     break
                 choice = chunk["choices"][0]
-                job.finish_reason = choice.get("finish_reason") or job.finish_reason
                 text = choice.get("text") or ""
+                if choice.get("finish_reason"):
+                    # llama-cpp-python's last chunk ends the stream; it is no new token.
+                    job.finish_reason = choice["finish_reason"]
+                    if text:
+                        yield text
+                    continue
                 job.completion_tokens += 1
                 if job.first_token is None:
                     job.first_token = job.total
@@ -217,6 +222,8 @@ class Generation:
         if self._done:
             return
         self._done = True
+        if self.cancel.is_set() and self.job.outcome == "ok":
+            self.job.outcome = "cancelled"
         close = getattr(self.chunks, "close", None)
         try:
             if close is not None:

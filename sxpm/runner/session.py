@@ -240,9 +240,11 @@ class Session:
         return out
 
     def generate(self, prompt: str, *, max_tokens: int = 128, temperature: float = 0.0,
-                 stream: bool = False, system: str = "", **kw: Any) -> Any:
-        """Complete ``prompt``: the text, or (``stream=True``) an iterator of pieces."""
-        text = self.render(prompt, system)
+                 stream: bool = False, system: str = "", raw: bool = False, **kw: Any) -> Any:
+        """Complete ``prompt``: the text, or (``stream=True``) an iterator of pieces.
+
+        The expert's template wraps the prompt unless ``raw``."""
+        text = prompt if raw else self.render(prompt, system)
         lease = self.lease()
         try:
             result = lease.llama.create_completion(text, max_tokens=max_tokens, stream=stream,
