@@ -100,10 +100,6 @@ def run(model: str, prompt: str | None, system: str, max_tokens: int, temperatur
             return
         use_chat = not raw and (session.expert is None or session.expert.template is None) \
             and session.chat_template is not None
-        if not raw and not use_chat and (session.expert is None or
-                                         session.expert.template is None):
-            click.echo(f"note: {session.model.name} has no chat template: -p is completed "
-                       "as plain text", err=True)
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": prompt}]
         kw: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
@@ -136,6 +132,10 @@ def run(model: str, prompt: str | None, system: str, max_tokens: int, temperatur
             click.echo(answer(False))
         for note in session.notes:
             click.echo(f"note: {note}", err=True)
+        if not raw and not use_chat and (session.expert is None or
+                                         session.expert.template is None):
+            click.echo(f"note: {session.model.name} has no chat template: -p was completed "
+                       "as plain text", err=True)
 
 
 CHAT_HELP = ("/bye ends, /clear forgets the conversation, /system TEXT sets the system "
