@@ -221,6 +221,27 @@ class PortInUseError(RunnerError, OSError):
         self.port = port
 
 
+class QueueFullError(RunnerError):
+    """A model's request queue is at its cap (``--max-queue``): come back later."""
+
+    def __init__(self, model: str, depth: int, retry_after: int) -> None:
+        super().__init__(f"Model {model!r} has {depth} requests waiting",
+                         hint=f"retry in {retry_after} s, or raise --max-queue")
+        self.model = model
+        self.depth = depth
+        self.retry_after = retry_after
+
+
+class ContextOverflowError(InputError):
+    """A prompt that does not fit the model's context window, even alone."""
+
+    def __init__(self, tokens: int, n_ctx: int) -> None:
+        super().__init__(f"The prompt is {tokens} tokens; the context holds {n_ctx}",
+                         hint="shorten it, or load the model with a larger --ctx")
+        self.tokens = tokens
+        self.n_ctx = n_ctx
+
+
 class ModelNotInstalledError(NotFoundError):
     """A model or expert named by its name is not installed."""
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from sxpm.errors import ModelNotInstalledError
+from sxpm.errors import MissingExtraError, ModelNotInstalledError
 
 _common_options = [
     click.option("--expert", "-e", metavar="NAME[@VERSION]|REF",
@@ -67,17 +67,23 @@ def _open_session(model: str, expert: str | None, variant: str | None, n_ctx: in
               help="0 is greedy (deterministic).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @_with_common
+@click.option("--raw", is_flag=True,
+              help="Complete -p as plain text: no chat template.")
 @click.option("--stream/--no-stream", default=None,
               help="Print tokens as they come (default: only on a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def run(model: str, prompt: str | None, system: str, max_tokens: int, temperature: float,
         seed: int, expert: str | None, variant: str | None, n_ctx: int | None,
-        n_threads: int | None, n_gpu_layers: int | None, install: bool,
+        n_threads: int | None, n_gpu_layers: int | None, install: bool, raw: bool,
         stream: bool | None, as_json: bool) -> None:
-    """Run an installed model (plus expert): complete -p PROMPT, or chat.
+    """Run an installed model (plus expert): answer -p PROMPT, or chat.
 
     MODEL is an installed model's NAME[@VERSION] (newest version by default) or a
-    reference already in the store. Output is streamed on a terminal.
+    reference already in the store. -p goes through the expert's template, else the
+    model's own chat template (GGUF tokenizer.chat_template); --raw, or a model
+    without a chat template, completes it as plain text. Output is streamed on a
+    terminal. In a chat: /bye ends, /clear forgets, /system TEXT sets the system
+    message, \"\"\" starts and ends multi-line input, Ctrl-C stops an answer.
 
     \b
     Example:
@@ -92,89 +98,284 @@ def run(model: str, prompt: str | None, system: str, max_tokens: int, temperatur
                 raise click.UsageError("--json needs -p PROMPT (chat is interactive)")
             _chat_loop(session, system, max_tokens, temperature)
             return
+        use_chat = not raw and (session.expert is None or session.expert.template is None) \
+            and session.chat_template is not None
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}]
+        kw: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
+
+        def answer(streamed: bool) -> Any:
+            if use_chat:
+                return session.chat(messages, stream=streamed, **kw)
+            return session.generate(prompt, system=system, raw=raw, stream=streamed, **kw)
+
         if as_json:
-            text = session.generate(prompt, max_tokens=max_tokens, temperature=temperature,
-                                    system=system)
+            text = answer(False)
             plan = session.plan()
             click.echo(json.dumps({
                 "model": session.model.to_dict(),
                 "expert": session.expert.to_dict() if session.expert else None,
-                "prompt": session.render(prompt, system), "text": text,
+                "prompt": messages if use_chat else (
+                    prompt if raw else session.render(prompt, system)),
+                "template": "model" if use_chat else "raw" if raw or session.expert is None
+                else "expert", "text": text,
                 "n_gpu_layers": plan.n_gpu_layers, "plan": plan.reason,
             }, indent=2, sort_keys=True))
             return
         out = sys.stdout
         if out.isatty() if stream is None else stream:
-            for piece in session.generate(prompt, max_tokens=max_tokens,
-                                          temperature=temperature, system=system, stream=True):
+            for piece in answer(True):
                 out.write(piece)
                 out.flush()
             out.write("\n")
         else:
-            click.echo(session.generate(prompt, max_tokens=max_tokens,
-                                        temperature=temperature, system=system))
+            click.echo(answer(False))
+        for note in session.notes:
+            click.echo(f"note: {note}", err=True)
+        if not raw and not use_chat and (session.expert is None or
+                                         session.expert.template is None):
+            click.echo(f"note: {session.model.name} has no chat template: -p was completed "
+                       "as plain text", err=True)
+
+
+CHAT_HELP = ("/bye ends, /clear forgets the conversation, /system TEXT sets the system "
+             'message, """ starts and ends multi-line input, Ctrl-C stops an answer')
+
+
+def _read_turn(prompt: str) -> str | None:
+    """One user turn (several lines between \"\"\" marks); None at end of input."""
+    try:
+        line = input(prompt)
+    except EOFError:
+        return None
+    if line.strip() != '"""' and not line.lstrip().startswith('"""'):
+        return line
+    lines = [line.lstrip()[3:]] if line.strip() != '"""' else []
+    while True:
+        try:
+            more = input("... " if prompt else "")
+        except EOFError:
+            return "\n".join(lines)
+        if more.rstrip().endswith('"""'):
+            lines.append(more.rstrip()[:-3])
+            return "\n".join(x for x in lines if x is not None).strip("\n")
+        lines.append(more)
 
 
 def _chat_loop(session: Any, system: str, max_tokens: int, temperature: float) -> None:
-    messages: list[dict[str, str]] = []
-    if system:
-        messages.append({"role": "system", "content": system})
+    from sxpm.errors import ContextOverflowError
+
     tty = sys.stdin.isatty()
     if tty:
+        try:
+            import readline  # noqa: F401 - line editing and history for input()
+        except ImportError:
+            pass
         click.echo(f"chatting with {session.model.name}"
-                   f"{' + ' + session.expert.name if session.expert else ''}; "
-                   "an empty line or Ctrl-D ends", err=True)
+                   f"{' + ' + session.expert.name if session.expert else ''}; {CHAT_HELP}",
+                   err=True)
     out = sys.stdout
+    messages: list[dict[str, str]] = []
+    seen_notes: set[str] = set()
     while True:
         try:
-            line = input("> " if tty else "")
-        except EOFError:
+            line = _read_turn("> " if tty else "")
+        except KeyboardInterrupt:
+            click.echo("\n(/bye or Ctrl-D ends the chat)", err=True)
+            continue
+        if line is None:
             break
-        if not line.strip() or line.strip() in ("/exit", "/quit"):
+        text = line.strip()
+        if not text:
+            continue  # an empty line does not end the chat
+        if text in ("/bye", "/exit", "/quit"):
             break
-        messages.append({"role": "user", "content": line})
+        if text == "/clear":
+            messages.clear()
+            click.echo("(conversation cleared)", err=True)
+            continue
+        if text == "/system" or text.startswith("/system "):
+            system = text[len("/system"):].strip()
+            click.echo(f"(system message {'set' if system else 'cleared'})", err=True)
+            continue
+        if text in ("/?", "/help"):
+            click.echo(CHAT_HELP, err=True)
+            continue
+        turn = ([{"role": "system", "content": system}] if system else []) + messages + [
+            {"role": "user", "content": line}]
         reply: list[str] = []
-        for piece in session.chat(messages, max_tokens=max_tokens, temperature=temperature,
-                                  stream=True):
-            reply.append(piece)
-            out.write(piece)
-            out.flush()
+        try:
+            pieces = session.chat(turn, max_tokens=max_tokens, temperature=temperature,
+                                  stream=True)
+        except ContextOverflowError as exc:
+            click.echo(f"error: {exc.one_line()}", err=True)
+            continue
+        for note in session.notes:
+            if note not in seen_notes or note.startswith("dropped"):
+                seen_notes.add(note)
+                click.echo(f"note: {note}", err=True)
+        try:
+            for piece in pieces:
+                reply.append(piece)
+                out.write(piece)
+                out.flush()
+        except KeyboardInterrupt:
+            pieces.close()  # stops generating and frees the model for the next turn
+            out.write(" [stopped]")
         out.write("\n")
         out.flush()
+        messages.append({"role": "user", "content": line})
         messages.append({"role": "assistant", "content": "".join(reply)})
 
 
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+_server_options = [
+    click.option("--host", default=DEFAULT_HOST, show_default=True,
+                 help="Address of the server."),
+    click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT,
+                 show_default=True, help="Port of the server."),
+]
+
+
+def _with_server(f: Any) -> Any:
+    for option in reversed(_server_options):
+        f = option(f)
+    return f
+
+
 @click.command()
-@click.argument("model", metavar="MODEL[@VERSION]|REF")
+@click.argument("models", nargs=-1, metavar="[MODEL[@VERSION]|REF]...")
 @_with_common
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
-              help="Port to listen on.")
+@_with_server
 @click.option("--api-key", envvar="SXPM_API_KEY", help="Require this bearer token.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
-def serve(model: str, expert: str | None, variant: str | None, n_ctx: int | None,
-          n_threads: int | None, n_gpu_layers: int | None, install: bool, host: str,
-          port: int, api_key: str | None, seed: int) -> None:
-    """Serve a model (plus expert) over an OpenAI-compatible HTTP API.
+@click.option("--keep-alive", default="5m", show_default=True,
+              help="How long an idle model stays loaded (seconds or 30s/5m/1h; -1 forever, "
+                   "0 unload at once).")
+@click.option("--max-loaded", type=click.IntRange(1, None),
+              help="Most models loaded at once (default: as many as fit in memory).")
+@click.option("--max-queue", type=click.IntRange(0, None), default=64, show_default=True,
+              help="Requests that may wait per model; more get 503 with Retry-After.")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False, writable=True),
+              help="Append one JSON line per request to this file.")
+def serve(models: tuple[str, ...], expert: str | None, variant: str | None,
+          n_ctx: int | None, n_threads: int | None, n_gpu_layers: int | None, install: bool,
+          host: str, port: int, api_key: str | None, seed: int, keep_alive: str,
+          max_loaded: int | None, max_queue: int, log_path: str | None) -> None:
+    """Serve installed models over OpenAI's and Ollama's HTTP APIs.
 
-    llama-cpp-python's server: /v1/models, /v1/completions, /v1/chat/completions
-    (stream=true sends server-sent events). An expert's template shapes chat prompts.
+    Without MODEL, every installed model is served by name; a request's "model" picks
+    one (NAME, NAME@VERSION, NAME+EXPERT). Models load on first use and stay loaded
+    for --keep-alive. Routes: /v1/models, /v1/chat/completions, /v1/completions,
+    /v1/embeddings; /api/generate, /api/chat, /api/embed, /api/tags, /api/ps,
+    /api/show, /api/version; /health, /metrics.
 
     \b
     Example:
       sxpm serve tiny-llama --expert sql-expert --port 8080
-      curl -s localhost:8080/v1/chat/completions -d '{"messages":[{"role":"user","content":"hi"}]}'
+      curl -s localhost:8080/v1/chat/completions -H 'Content-Type: application/json' \\
+        -d '{"messages":[{"role":"user","content":"hi"}]}'
     """
-    from sxpm.runner.server import check_port
-    from sxpm.runner.server import serve as serve_session
+    from pathlib import Path
 
+    from sxpm.home import Home
+    from sxpm.runner.catalog import Catalog
+    from sxpm.runner.residency import ResidencyManager
+    from sxpm.runner.server import Server, check_port, parse_keep_alive
+    from sxpm.runner.session import auto_install_from_env, memory_budget
+
+    try:
+        keep = parse_keep_alive(keep_alive)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--keep-alive") from None
     check_port(host, port)  # before loading anything: a busy port fails in a moment
-    session = _open_session(model, expert, variant, n_ctx, n_threads, n_gpu_layers, install,
-                            seed, interactive=True)
-    with session:
-        click.echo(f"serving {model} on http://{host}:{port}/v1 "
-                   f"({session.plan().reason})", err=True)
-        serve_session(session, host, port, api_key=api_key)
+    if install or auto_install_from_env():
+        for model in models:  # install what is missing first, as `sxpm run --install` does
+            _open_session(model, expert, variant, n_ctx, n_threads, n_gpu_layers, True, seed)
+    manager = ResidencyManager(keep_alive=300.0 if keep is None else keep,
+                               max_loaded=max_loaded, max_queue=max_queue,
+                               memory_budget=memory_budget())
+    catalog = Catalog(Home.from_env(), manager, models, expert, n_ctx=n_ctx,
+                      n_threads=n_threads, n_gpu_layers=n_gpu_layers, seed=seed,
+                      variant=variant)
+    served = ", ".join(e["id"] for e in catalog.entries()) or "no installed model yet"
+    click.echo(f"serving {served} on http://{host}:{port} (/v1 and /api)", err=True)
+    try:
+        from sxpm.runner.api import serve as run_server  # fastapi: only when serving
+    except ImportError as exc:
+        raise MissingExtraError(exc.name or "fastapi", "run") from exc
+    run_server(Server(catalog, manager, log=Path(log_path) if log_path else None,
+                      api_key=api_key), host, port)
+
+
+def _server_call(host: str, port: int, method: str, path: str,
+                 body: dict[str, Any] | None = None) -> Any:
+    import urllib.error
+    import urllib.request
+
+    from sxpm.errors import RunnerError
+
+    url = f"http://{host}:{port}{path}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - http only
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error")
+        except ValueError:
+            message = None
+        raise RunnerError(f"The server at {host}:{port} answered {exc.code}: "
+                          f"{message or exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise RunnerError(f"No sxpm server at {host}:{port} ({reason})",
+                          hint="start one with `sxpm serve`, or pass --host/--port") from None
+
+
+@click.command()
+@_with_server
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ps(host: str, port: int, as_json: bool) -> None:
+    """Show the models a running `sxpm serve` holds: expert(s), memory, until when.
+
+    \b
+    Example:
+      sxpm ps --port 8080
+    """
+    from sxpm.cli._common import emit_json
+    from sxpm.core.humanize import human_size
+
+    models = _server_call(host, port, "GET", "/api/ps")["models"]
+    if as_json:
+        emit_json(models)
+        return
+    if not models:
+        click.echo("no model loaded")
+        return
+    click.echo(f"{'NAME':<32} {'EXPERT':<20} {'SIZE':>10}  UNTIL")
+    for m in models:
+        until = m.get("expires_at") or ("in use" if m.get("busy") else "forever")
+        click.echo(f"{m['name']:<32} {m.get('expert') or '-':<20} "
+                   f"{human_size(m.get('size') or 0):>10}  {until}")
+
+
+@click.command()
+@click.argument("model", metavar="NAME[@VERSION]")
+@_with_server
+def stop(model: str, host: str, port: int) -> None:
+    """Unload a model from a running `sxpm serve` now (when idle, if busy).
+
+    \b
+    Example:
+      sxpm stop tiny-llama --port 8080
+    """
+    reply = _server_call(host, port, "POST", "/api/generate", {"model": model, "keep_alive": 0})
+    names = reply.get("unloaded") or []
+    click.echo(f"unloaded {', '.join(names)}" if names else f"{model} was not loaded")
 
 
 @click.command()

@@ -17,9 +17,17 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sxpm.errors import IncompatibleExpertError, MissingExtraError, ModelFileError, RunnerError
+from sxpm.errors import IncompatibleExpertError, ModelFileError, RunnerError
 from sxpm.home import Home
+from sxpm.runner.chat import ChatRenderer, model_chat_template
 from sxpm.runner.locate import ExpertFiles, ModelFiles, check_compatible, find_expert, find_model
+from sxpm.runner.residency import (
+    Lease,
+    LoadSpec,
+    ResidencyManager,
+    default_manager,
+    import_llama_cpp,
+)
 
 if TYPE_CHECKING:
     from sxpm.runner.plan import OffloadPlan
@@ -34,14 +42,6 @@ Messages = Sequence[Mapping[str, Any]]
 def auto_install_from_env(env: Mapping[str, str] | None = None) -> bool:
     value = (os.environ if env is None else env).get(AUTO_INSTALL_ENV, "")
     return value.strip().lower() in ("1", "true", "yes", "on")
-
-
-def import_llama_cpp() -> Any:
-    try:
-        import llama_cpp
-    except ImportError as exc:
-        raise MissingExtraError("llama_cpp", "run") from exc
-    return llama_cpp
 
 
 def gpu_budget(llama_cpp: Any) -> tuple[int | None, Any]:
@@ -92,11 +92,18 @@ def register_template_chat_format(llama_cpp: Any, expert: ExpertFiles) -> str | 
 
 
 class Session:
-    """A model and optional expert; loads on first use, released by :meth:`close`."""
+    """A model and optional expert; loads on first use, released by :meth:`close`.
+
+    The model itself lives in a :class:`~sxpm.runner.residency.ResidencyManager`
+    (by default the one every session of the process shares): sessions of one model
+    share one loaded copy, with each session's expert switched in per call.
+    """
 
     def __init__(self, model: ModelFiles, expert: ExpertFiles | None = None, *,
                  n_ctx: int | None = None, n_threads: int | None = None,
-                 seed: int = DEFAULT_SEED, n_gpu_layers: int | None = None) -> None:
+                 seed: int = DEFAULT_SEED, n_gpu_layers: int | None = None,
+                 manager: ResidencyManager | None = None,
+                 keep_alive: float | None = None) -> None:
         if expert is not None:
             check_compatible(expert, model)
         self.model = model
@@ -105,15 +112,17 @@ class Session:
         self.n_ctx = n_ctx or (min(DEFAULT_N_CTX, trained) if trained else DEFAULT_N_CTX)
         self.n_threads = n_threads
         self.seed = seed
+        self.keep_alive = keep_alive
+        self.manager = manager or default_manager()
         self._n_gpu_layers = n_gpu_layers
         self._plan: OffloadPlan | None = None
         self._device: Any = None
-        self._llama: Any = None
-        self._chat_format: str | None = None
+        self._spec: LoadSpec | None = None
+        self.notes: list[str] = []  # what the last call had to adapt (template, context)
 
     def __repr__(self) -> str:
         expert = f", expert={self.expert.name!r}" if self.expert else ""
-        state = "loaded" if self._llama is not None else "not loaded"
+        state = "loaded" if self.loaded else "not loaded"
         return f"<sxpm Session {self.model.name}@{self.model.version}{expert} ({state})>"
 
     # --- planning ----------------------------------------------------------------
@@ -139,40 +148,52 @@ class Session:
 
     def llama_kwargs(self, llama_cpp: Any | None = None) -> dict[str, Any]:
         """The arguments ``llama_cpp.Llama`` is (or would be) called with."""
-        kwargs: dict[str, Any] = {
-            "model_path": str(self.model.path),
-            "n_ctx": self.n_ctx,
-            "n_gpu_layers": self.plan(llama_cpp).n_gpu_layers,
-            "seed": self.seed,
-            "verbose": False,
-        }
-        if self.n_threads:
-            kwargs["n_threads"] = self.n_threads
+        kwargs = self.spec(llama_cpp).kwargs()
+        kwargs["seed"] = self.seed
         if self.expert is not None and self.expert.adapter is not None:
             kwargs["lora_path"] = str(self.expert.adapter)
         return kwargs
 
+    def spec(self, llama_cpp: Any | None = None) -> LoadSpec:
+        """What the residency manager loads for this session (the base, no adapter)."""
+        if self._spec is None:
+            self._spec = model_spec(self.model, self.n_ctx, self.plan(llama_cpp).n_gpu_layers,
+                                    self.n_threads, loader=self._load)
+        return self._spec
+
     # --- loading -----------------------------------------------------------------
+
+    def _load(self) -> Any:
+        llama_cpp = import_llama_cpp()
+        kwargs = self.spec(llama_cpp).kwargs()
+        kwargs["seed"] = self.seed
+        try:
+            return llama_cpp.Llama(**kwargs)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise self.load_error(exc) from None
 
     @property
     def loaded(self) -> bool:
-        return self._llama is not None
+        return self._spec is not None and self.manager.is_loaded(self._spec)
+
+    def lease(self, keep_alive: float | None = None) -> Lease:
+        """The loaded model with this session's expert applied, until released."""
+        adapter = self.expert.adapter if self.expert is not None else None
+        try:
+            return self.manager.acquire(self.spec(), adapter,
+                                        self.expert.name if self.expert else None,
+                                        keep_alive=self.keep_alive if keep_alive is None
+                                        else keep_alive)
+        except RunnerError as exc:
+            if self.expert is not None and "adapter" in str(exc):
+                raise self.load_error(exc) from None
+            raise
 
     @property
     def llama(self) -> Any:
-        """The ``llama_cpp.Llama`` object, loaded now if it was not."""
-        if self._llama is None:
-            llama_cpp = import_llama_cpp()
-            kwargs = self.llama_kwargs(llama_cpp)
-            if self.expert is not None:
-                self._chat_format = register_template_chat_format(llama_cpp, self.expert)
-                if self._chat_format:
-                    kwargs["chat_format"] = self._chat_format
-            try:
-                self._llama = llama_cpp.Llama(**kwargs)
-            except (ValueError, RuntimeError, OSError) as exc:
-                raise self.load_error(exc) from None
-        return self._llama
+        """The ``llama_cpp.Llama`` object (with the expert applied), loaded now if not."""
+        with self.lease() as lease:
+            return lease.llama
 
     def load_error(self, exc: Exception) -> Exception:
         text = " ".join(str(exc).split())
@@ -188,9 +209,9 @@ class Session:
 
     def close(self) -> None:
         """Release the model's memory; the session loads it again if used."""
-        llm, self._llama = self._llama, None
-        if llm is not None:
-            llm.close()
+        if self._spec is not None:
+            key = self._spec.key
+            self.manager.unload(lambda spec: spec.key == key)
 
     def __enter__(self) -> Session:
         return self
@@ -198,13 +219,12 @@ class Session:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001, S110 - interpreter shutdown
-            pass
-
     # --- generation --------------------------------------------------------------
+
+    @property
+    def chat_template(self) -> str | None:
+        """The model's own chat template (GGUF ``tokenizer.chat_template``), if any."""
+        return model_chat_template(self.model.header.metadata)
 
     def render(self, prompt: str, system: str = "") -> str:
         """The prompt as the model sees it (through the expert's template, if any)."""
@@ -220,33 +240,75 @@ class Session:
         return out
 
     def generate(self, prompt: str, *, max_tokens: int = 128, temperature: float = 0.0,
-                 stream: bool = False, system: str = "", **kw: Any) -> Any:
-        """Complete ``prompt``: the text, or (``stream=True``) an iterator of pieces."""
-        text = self.render(prompt, system)
-        result = self.llama.create_completion(text, max_tokens=max_tokens, stream=stream,
-                                              **self._sampling(temperature, kw))
+                 stream: bool = False, system: str = "", raw: bool = False, **kw: Any) -> Any:
+        """Complete ``prompt``: the text, or (``stream=True``) an iterator of pieces.
+
+        The expert's template wraps the prompt unless ``raw``."""
+        text = prompt if raw else self.render(prompt, system)
+        lease = self.lease()
+        try:
+            result = lease.llama.create_completion(text, max_tokens=max_tokens, stream=stream,
+                                                   **self._sampling(temperature, kw))
+        except BaseException:
+            lease.release()
+            raise
         if stream:
-            return (chunk["choices"][0]["text"] for chunk in result)
+            return _held(lease, (chunk["choices"][0]["text"] for chunk in result))
+        lease.release()
         return str(result["choices"][0]["text"])
+
+    def renderer(self, llama: Any) -> ChatRenderer:
+        template = self.expert.template if self.expert is not None else None
+        return ChatRenderer(llama, template, self.chat_template, self.model.name)
 
     def chat(self, messages: str | Messages, *, max_tokens: int = 128,
              temperature: float = 0.0, stream: bool = False, **kw: Any) -> Any:
-        """Answer a conversation (or one user message): the reply, or an iterator."""
+        """Answer a conversation (or one user message): the reply, or an iterator.
+
+        The template is the expert's, else the model's own, else sxpm's fallback (see
+        :mod:`sxpm.runner.chat`); :attr:`notes` says when the fallback was used or old
+        turns were dropped to fit the context.
+        """
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
-        llm = self.llama
-        result = llm.create_chat_completion(messages=list(messages), max_tokens=max_tokens,
-                                            stream=stream, **self._sampling(temperature, kw))
+        lease = self.lease()
+        try:
+            prompt = self.renderer(lease.llama).fit(messages, max_tokens, self.n_ctx)
+            self.notes = prompt.notes
+            result = lease.llama.create_completion(
+                prompt.tokens, max_tokens=max_tokens, stream=stream, stop=prompt.stop or None,
+                **self._sampling(temperature, kw))
+        except BaseException:
+            lease.release()
+            raise
         if stream:
-            return _deltas(result)
-        return str(result["choices"][0]["message"].get("content") or "")
+            return _held(lease, (chunk["choices"][0]["text"] for chunk in result))
+        lease.release()
+        return str(result["choices"][0]["text"])
 
 
-def _deltas(chunks: Any) -> Iterator[str]:
-    for chunk in chunks:
-        piece = chunk["choices"][0].get("delta", {}).get("content")
-        if piece:
-            yield str(piece)
+def _held(lease: Lease, pieces: Iterator[str]) -> Iterator[str]:
+    """Yield the pieces, keeping the lease until the stream ends or is closed."""
+    try:
+        for piece in pieces:
+            if piece:
+                yield piece
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
+        lease.release()
+
+
+def model_spec(model: ModelFiles, n_ctx: int, n_gpu_layers: int, n_threads: int | None,
+               *, embedding: bool = False, loader: Any = None) -> LoadSpec:
+    """The residency key and memory estimate (weights plus KV cache) of a model."""
+    from sxpm.runner.plan import kv_bytes_per_layer
+
+    n_layers = len(model.header.layer_bytes()[0])
+    memory = model.header.file_size + n_layers * kv_bytes_per_layer(model.header, n_ctx)
+    return LoadSpec(f"{model.name}@{model.version}", model.path, n_ctx, n_gpu_layers,
+                    n_threads, embedding, memory, loader)
 
 
 def load(name: str, expert: str | None = None, *, variant: str | None = None,
