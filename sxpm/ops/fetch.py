@@ -274,11 +274,14 @@ class Fetcher:
         if not store.has_blob(desc.digest):
             repo = self.repo(ref)
             with store.writer(desc, where=str(ref)) as w:
-                if w.offset:
-                    w.restart()
-                repo.fetch_blob(desc, w, SILENT.start("config", desc.size))
-                w.commit()
-            self.fetched[desc.digest] = desc.size
+                if store.has_blob(desc.digest):  # another install fetched it while we waited
+                    w.abort(keep_partial=True)
+                else:
+                    if w.offset:
+                        w.restart()
+                    repo.fetch_blob(desc, w, SILENT.start("config", desc.size))
+                    w.commit()
+                    self.fetched[desc.digest] = desc.size
         try:
             config = json.loads(store.read_blob(desc))
         except ValueError:

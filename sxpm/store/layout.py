@@ -813,7 +813,13 @@ class OCILayout:
                 count += 1
                 freed += size
             if not dry_run and self.tmp_dir.is_dir():
-                shutil.rmtree(self.tmp_dir, ignore_errors=True)
+                # Files a killed pack or store write left; the folder itself stays, as
+                # every write makes it again.
+                for leftover in self.tmp_dir.iterdir():
+                    if leftover.is_dir() and not leftover.is_symlink():
+                        shutil.rmtree(leftover, ignore_errors=True)
+                    else:
+                        leftover.unlink(missing_ok=True)
             return count, freed
 
     def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
