@@ -37,6 +37,7 @@ from sxpm.home import Home
 if TYPE_CHECKING:
     from sxpm.core.oci import Descriptor, ImageIndex, Manifest
     from sxpm.core.reference import Reference
+    from sxpm.runner.extras import ModelExtras
     from sxpm.runner.templates import PromptTemplate
 
 # The OCI modules, the store and the install code load only on the paths that need
@@ -54,6 +55,7 @@ class ModelFiles:
     origin: str  # "installed" or "store"
     ref: str | None
     header: GGUFHeader
+    extras: ModelExtras | None = None  # an Ollama model's template, system, options, adapter
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "variant": self.variant,
@@ -179,7 +181,8 @@ def _title(layer: Descriptor) -> str:
 
 
 def _main_gguf_installed(path: Path, record: dict[str, Any]) -> Path:
-    names = [str(n) for n in record.get("files", {}) if str(n).lower().endswith(".gguf")]
+    names = [str(n) for n in record.get("files", {}) if str(n).lower().endswith(".gguf")
+             and not str(n).startswith("ollama/")]  # an Ollama model's adapter, projector
     files: list[Path] = [path / n for n in names if (path / n).is_file()] or sorted(
         path.rglob("*.gguf"))
     if not files:
@@ -187,6 +190,17 @@ def _main_gguf_installed(path: Path, record: dict[str, Any]) -> Path:
                             hint="reinstall it with `sxpm model install REF`")
     # The largest GGUF is the model, as `sxpm pack` decided when it packed it.
     return max(files, key=lambda p: p.stat().st_size)
+
+
+def _extras(titles: Any, part: Callable[[str], Path | None], where: str
+            ) -> ModelExtras | None:
+    """An Ollama model's template, system prompt, options and adapter; None for others."""
+    if not any(str(t).startswith("ollama/") for t in titles):
+        return None
+    # Only here: `sxpm run NAME` of any other model never loads the template modules.
+    from sxpm.runner.ollama import read_extras
+
+    return read_extras(part, where)
 
 
 Budget = Callable[[], "int | None"]
@@ -251,8 +265,15 @@ def find_model(home: Home, spec: str, *, variant: str | None = None,
         item = _newest(found)
     path = _main_gguf_installed(item.path, item.record)
     header = read_header(path)
+
+    files = item.record.get("files", {})
+
+    def part(title: str) -> Path | None:
+        found = item.path / title
+        return found if title in files and found.is_file() else None
+
     return ModelFiles(item.name, item.version, item.record.get("variant"), path, "installed",
-                      item.record.get("ref"), header)
+                      item.record.get("ref"), header, _extras(files, part, str(item.path)))
 
 
 def _choose_variant_in_store(home: Home, ref: Reference, budget: Budget | None
@@ -309,8 +330,13 @@ def _model_from_store(home: Home, ref: Reference, variant: str | None, budget: B
                                          "not pulled)", f"{ref}{hint_variant}")
         do_install(home, ref, variant=info.variant, **install_kw)
     path = home.store.blob_path(layer.digest)
+    blobs = {_title(d): d.digest for d in info.manifest.layers if home.store.has_blob(d.digest)}
+
+    def part(title: str) -> Path | None:
+        return home.store.blob_path(blobs[title]) if title in blobs else None
+
     return ModelFiles(info.name, info.version, info.variant, path, "store", str(ref),
-                      read_header(path))
+                      read_header(path), _extras(blobs, part, str(ref)))
 
 
 # --- experts ------------------------------------------------------------------------

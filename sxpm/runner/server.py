@@ -55,10 +55,10 @@ def build_app(session: Session, host: str, port: int, *, api_key: str | None = N
         "model_alias": model_alias(session),
         **kwargs,
     }
-    if session.expert is not None:
-        chat_format = register_template_chat_format(llama_cpp, session.expert)
-        if chat_format:
-            settings["chat_format"] = chat_format
+    chat_format = register_template_chat_format(llama_cpp, session.template,
+                                                session.extras.system)
+    if chat_format:
+        settings["chat_format"] = chat_format
     server = ServerSettings(host=host, port=port, api_key=api_key)
     try:
         return create_app(server_settings=server, model_settings=[ModelSettings(**settings)])

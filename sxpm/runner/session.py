@@ -15,14 +15,17 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sxpm.errors import IncompatibleExpertError, MissingExtraError, ModelFileError, RunnerError
 from sxpm.home import Home
+from sxpm.runner.extras import ModelExtras
 from sxpm.runner.locate import ExpertFiles, ModelFiles, check_compatible, find_expert, find_model
 
 if TYPE_CHECKING:
     from sxpm.runner.plan import OffloadPlan
+    from sxpm.runner.templates import PromptTemplate
 
 DEFAULT_N_CTX = 2048
 DEFAULT_SEED = 0
@@ -73,17 +76,26 @@ def chat_format_name(template_text: str) -> str:
     return "sxpm-" + hashlib.sha256(template_text.encode()).hexdigest()[:16]
 
 
-def register_template_chat_format(llama_cpp: Any, expert: ExpertFiles) -> str | None:
-    """Make the expert's template a llama-cpp-python chat format; its name, or None."""
-    template = expert.template
+def with_system(messages: Messages, system: str) -> list[Mapping[str, Any]]:
+    """``messages`` with ``system`` as the system message when they carry none."""
+    if not system or any(m.get("role") == "system" for m in messages):
+        return list(messages)
+    return [{"role": "system", "content": system}, *messages]
+
+
+def register_template_chat_format(llama_cpp: Any, template: PromptTemplate | None,
+                                  system: str = "") -> str | None:
+    """Make a template (an expert's, an Ollama model's) a llama-cpp-python chat format,
+    ``system`` the default system message; its name, or None."""
     if template is None:
         return None
     from llama_cpp import llama_chat_format as lcf
 
-    name = chat_format_name(template.text)
+    name = chat_format_name(template.text + "\0" + system)
 
     def formatter(messages: Messages, **_kw: Any) -> Any:
-        return lcf.ChatFormatterResponse(prompt=template.render_chat(messages))
+        return lcf.ChatFormatterResponse(prompt=template.render_chat(with_system(messages,
+                                                                                 system)))
 
     registry = lcf.LlamaChatCompletionHandlerRegistry()  # type: ignore[no-untyped-call]
     registry.register_chat_completion_handler(
@@ -101,7 +113,11 @@ class Session:
             check_compatible(expert, model)
         self.model = model
         self.expert = expert
+        # An Ollama model's own template, system prompt, options and adapter; an expert's
+        # adapter and template take their place.
+        self.extras = model.extras or ModelExtras()
         trained = model.header.meta_int("context_length")
+        n_ctx = n_ctx or self.extras.n_ctx
         self.n_ctx = n_ctx or (min(DEFAULT_N_CTX, trained) if trained else DEFAULT_N_CTX)
         self.n_threads = n_threads
         self.seed = seed
@@ -128,8 +144,9 @@ class Session:
                 self._plan = OffloadPlan(self._n_gpu_layers, n_layers, "asked for")
             else:
                 free, self._device = gpu_budget(llama_cpp or import_llama_cpp())
-                adapter = self.expert.adapter_header.tensor_bytes if (
-                    self.expert and self.expert.adapter_header) else 0
+                header = self.expert.adapter_header if self.expert else \
+                    self.extras.adapter_header
+                adapter = header.tensor_bytes if header else 0
                 self._plan = plan_for_header(self.model.header, free, self.n_ctx, adapter)
         return self._plan
 
@@ -148,9 +165,21 @@ class Session:
         }
         if self.n_threads:
             kwargs["n_threads"] = self.n_threads
-        if self.expert is not None and self.expert.adapter is not None:
-            kwargs["lora_path"] = str(self.expert.adapter)
+        if self.adapter is not None:
+            kwargs["lora_path"] = str(self.adapter)
         return kwargs
+
+    @property
+    def adapter(self) -> Path | None:
+        """The LoRA adapter loaded with the model: the expert's, else the model's own."""
+        return self.expert.adapter if self.expert is not None else self.extras.adapter
+
+    @property
+    def template(self) -> PromptTemplate | None:
+        """The prompt template: the expert's, else the model's own, if any."""
+        if self.expert is not None and self.expert.template is not None:
+            return self.expert.template
+        return self.extras.template
 
     # --- loading -----------------------------------------------------------------
 
@@ -164,10 +193,10 @@ class Session:
         if self._llama is None:
             llama_cpp = import_llama_cpp()
             kwargs = self.llama_kwargs(llama_cpp)
-            if self.expert is not None:
-                self._chat_format = register_template_chat_format(llama_cpp, self.expert)
-                if self._chat_format:
-                    kwargs["chat_format"] = self._chat_format
+            self._chat_format = register_template_chat_format(llama_cpp, self.template,
+                                                              self.extras.system)
+            if self._chat_format:
+                kwargs["chat_format"] = self._chat_format
             try:
                 self._llama = llama_cpp.Llama(**kwargs)
             except (ValueError, RuntimeError, OSError) as exc:
@@ -176,6 +205,9 @@ class Session:
 
     def load_error(self, exc: Exception) -> Exception:
         text = " ".join(str(exc).split())
+        if self.expert is None and self.adapter is not None and (
+                "lora" in text.lower() or "adapter" in text.lower()):
+            return ModelFileError(self.adapter, f"llama.cpp refused the model's adapter ({text})")
         if self.expert is not None and self.expert.adapter is not None and (
                 "lora" in text.lower() or "adapter" in text.lower()):
             return IncompatibleExpertError(
@@ -207,13 +239,15 @@ class Session:
     # --- generation --------------------------------------------------------------
 
     def render(self, prompt: str, system: str = "") -> str:
-        """The prompt as the model sees it (through the expert's template, if any)."""
-        if self.expert is not None and self.expert.template is not None:
-            return self.expert.template.render(prompt, system)
+        """The prompt as the model sees it (through the expert's or the model's template,
+        if any; the model's system prompt when none is given)."""
+        template = self.template
+        if template is not None:
+            return template.render(prompt, system or self.extras.system)
         return prompt
 
     def _sampling(self, temperature: float, kw: dict[str, Any]) -> dict[str, Any]:
-        out = {"temperature": temperature, "seed": self.seed}
+        out = {**self.extras.sampling(), "temperature": temperature, "seed": self.seed}
         if temperature <= 0:
             out["top_k"] = 1  # greedy: deterministic across runs and machines
         out.update(kw)
@@ -235,7 +269,8 @@ class Session:
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         llm = self.llama
-        result = llm.create_chat_completion(messages=list(messages), max_tokens=max_tokens,
+        messages = with_system(messages, self.extras.system)
+        result = llm.create_chat_completion(messages=messages, max_tokens=max_tokens,
                                             stream=stream, **self._sampling(temperature, kw))
         if stream:
             return _deltas(result)

@@ -1,0 +1,160 @@
+"""What other tools write, read by sxpm: Ollama models, files on disk, caches.
+
+Ollama-shaped manifests are built by hand here (the layout Ollama's own
+``server/images.go`` reads) with real GGUF files and pushed to the real registry on
+loopback; the Ollama and Hugging Face caches are real directory trees in temp dirs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import requests
+import tiny_gguf
+
+from sxpm.runner.ollama import GoTemplate
+
+OLLAMA = "application/vnd.ollama.image."
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+TEMPLATE = "{{ if .System }}<<{{ .System }}>>\n{{ end }}Q: {{ .Prompt }}\nA: {{ .Response }}"
+PARAMS = {"num_ctx": 128, "stop": ["@@@"], "top_p": 0.9}
+
+
+def _descriptor(media_type: str, data: bytes) -> dict[str, object]:
+    return {"mediaType": media_type, "size": len(data),
+            "digest": "sha256:" + hashlib.sha256(data).hexdigest()}
+
+
+def ollama_manifest(parts: list[tuple[str, bytes]]) -> tuple[bytes, dict[str, bytes]]:
+    """An Ollama manifest of ``(part, bytes)`` layers, and its blobs by digest."""
+    layers = [_descriptor(OLLAMA + part, data) for part, data in parts]
+    config = json.dumps({"model_format": "gguf", "model_family": "llama",
+                         "model_families": ["llama"], "model_type": "1M", "file_type": "F32",
+                         "architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers",
+                                    "diff_ids": [d["digest"] for d in layers]}}).encode()
+    manifest = {"schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+                "config": _descriptor(DOCKER_CONFIG, config), "layers": layers}
+    blobs = {str(_descriptor("", data)["digest"]): data for _, data in parts}
+    blobs[str(_descriptor("", config)["digest"])] = config
+    return json.dumps(manifest).encode(), blobs
+
+
+def push_ollama(host: str, repo: str, tag: str, parts: list[tuple[str, bytes]]) -> str:
+    """Push as Ollama does: blobs by monolithic upload, then the manifest; its digest."""
+    manifest, blobs = ollama_manifest(parts)
+    for digest, data in blobs.items():
+        start = requests.post(f"http://{host}/v2/{repo}/blobs/uploads/", timeout=30)
+        assert start.status_code == 202, start.text
+        location = start.headers["Location"]
+        if location.startswith("/"):
+            location = f"http://{host}{location}"
+        sep = "&" if "?" in location else "?"
+        put = requests.put(f"{location}{sep}digest={digest}", data=data, timeout=30,
+                           headers={"Content-Type": "application/octet-stream"})
+        assert put.status_code == 201, put.text
+    put = requests.put(f"http://{host}/v2/{repo}/manifests/{tag}", data=manifest, timeout=30,
+                       headers={"Content-Type": DOCKER_MANIFEST})
+    assert put.status_code == 201, put.text
+    return "sha256:" + hashlib.sha256(manifest).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def gguf_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("gguf")
+    model = tiny_gguf.make_model(out / "model.gguf", seed=0, name="tiny-llama")
+    lora = tiny_gguf.make_lora(out / "lora.gguf", model, seed=1)
+    return {"model": model, "lora": lora}
+
+
+# --- Ollama templates ---------------------------------------------------------------
+
+
+def test_go_template_subset_renders_like_ollama() -> None:
+    template = GoTemplate.parse_go(TEMPLATE, "t")
+    assert template is not None
+    assert template.render("hi", "be brief") == "<<be brief>>\nQ: hi\nA: "
+    assert template.render("hi") == "Q: hi\nA: "
+    trimmed = GoTemplate.parse_go("[INST] {{- if .System }} {{ .System }}{{ else }} none"
+                                  "{{- end }} {{ .Prompt }} [/INST]", "t")
+    assert trimmed is not None
+    assert trimmed.render("x", "s") == "[INST] s x [/INST]"
+    assert trimmed.render("x") == "[INST] none x [/INST]"
+    assert trimmed.variables == ("prompt", "system")
+    # Beyond the subset: not guessed at (the GGUF's own chat template is used).
+    assert GoTemplate.parse_go("{{ range .Messages }}{{ .Content }}{{ end }}", "t") is None
+    assert GoTemplate.parse_go("{{ if .System }}unclosed", "t") is None
+
+
+# --- Ollama models from a registry --------------------------------------------------
+
+
+@pytest.mark.registry
+def test_ollama_model_from_a_registry_installs_and_runs_with_its_parts(
+        cli, home: Path, oci_registry, gguf_files: dict[str, Path],  # noqa: ANN001
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    host = oci_registry.host
+    model = gguf_files["model"].read_bytes()
+    parts = [("model", model), ("template", TEMPLATE.encode()), ("system", b"be brief"),
+             ("params", json.dumps(PARAMS).encode()), ("license", b"MIT\n")]
+    push_ollama(host, "library/tinyo", "plain", parts)
+    push_ollama(host, "library/tinyo", "latest",
+                [*parts, ("adapter", gguf_files["lora"].read_bytes())])
+    cli("model", "install", f"{host}/library/tinyo:latest")
+    cli("model", "install", f"{host}/library/tinyo:plain")
+
+    tree = home / "models" / "tinyo" / "latest"
+    record = json.loads((tree / ".sxpm-install.json").read_text())
+    blob = home / "store" / "blobs" / "sha256" / hashlib.sha256(model).hexdigest()
+    assert (tree / "model.gguf").stat().st_ino == blob.stat().st_ino  # a link, not a copy
+    assert (tree / "ollama" / "template").read_text() == TEMPLATE
+    assert (tree / "ollama" / "adapter.gguf").read_bytes() == gguf_files["lora"].read_bytes()
+    assert record["name"] == "tinyo" and record["version"] == "latest"
+
+    from sxpm.home import Home
+    from sxpm.runner.session import load
+
+    monkeypatch.setenv("SIMPLEX_HOME", str(home))
+    session = load("tinyo@latest", home=Home(home), install=False)
+    assert session.n_ctx == 128  # params: num_ctx
+    assert session.adapter == tree / "ollama" / "adapter.gguf"
+    assert session._sampling(0.0, {})["stop"] == ["@@@"]
+    assert session.render("hi") == "<<be brief>>\nQ: hi\nA: "  # the model's system prompt
+    assert session.render("hi", "other") == "<<other>>\nQ: hi\nA: "
+    assert load("tinyo@plain", home=Home(home), install=False).adapter is None
+
+    # A full reference runs straight from the store, with the same parts.
+    by_ref = load(f"{host}/library/tinyo:latest", home=Home(home), install=False)
+    assert by_ref.adapter is not None and by_ref.render("hi") == session.render("hi")
+
+
+@pytest.mark.registry
+@pytest.mark.llama
+def test_ollama_adapter_changes_the_greedy_output(
+        cli, oci_registry, gguf_files: dict[str, Path]) -> None:  # noqa: ANN001
+    pytest.importorskip("llama_cpp")
+    host = oci_registry.host
+    parts = [("model", gguf_files["model"].read_bytes()), ("template", TEMPLATE.encode())]
+    push_ollama(host, "library/tinyg", "base", parts)
+    push_ollama(host, "library/tinyg", "tuned",
+                [*parts, ("adapter", gguf_files["lora"].read_bytes())])
+    out = {}
+    for tag in ("base", "tuned"):
+        cli("model", "install", f"{host}/library/tinyg:{tag}")
+        out[tag] = cli("run", f"tinyg@{tag}", "-p", "hello", "-n", "8", "--json").json
+    assert out["base"]["prompt"] == out["tuned"]["prompt"] == "Q: hello\nA: "
+    assert out["base"]["text"] and out["tuned"]["text"]
+    assert out["base"]["text"] != out["tuned"]["text"]
+
+
+@pytest.mark.registry
+def test_ollama_safetensors_model_is_refused_with_what_it_is(
+        cli, oci_registry) -> None:  # noqa: ANN001
+    push_ollama(oci_registry.host, "library/tinyt", "latest",
+                [("tensor", b"\x00" * 64), ("template", b"{{ .Prompt }}")])
+    result = cli.fail("model", "install", f"{oci_registry.host}/library/tinyt:latest", code=2)
+    assert "safetensors" in result.stderr
