@@ -158,3 +158,98 @@ def test_ollama_safetensors_model_is_refused_with_what_it_is(
                 [("tensor", b"\x00" * 64), ("template", b"{{ .Prompt }}")])
     result = cli.fail("model", "install", f"{oci_registry.host}/library/tinyt:latest", code=2)
     assert "safetensors" in result.stderr
+
+
+# --- files on disk, Ollama's store, the Hugging Face cache --------------------------
+
+
+def _blob(home: Path, data_or_path: bytes | Path) -> Path:
+    data = data_or_path.read_bytes() if isinstance(data_or_path, Path) else data_or_path
+    return home / "store" / "blobs" / "sha256" / hashlib.sha256(data).hexdigest()
+
+
+def test_import_a_gguf_file_hard_links_it(cli, home: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    model = tiny_gguf.make_model(tmp_path / "disk" / "model.gguf", seed=0, name="Tiny Llama")
+    out = cli("import", str(model), "--version", "2024-06-01", "--json").json
+    assert [(o["name"], o["version"], o["linked"], o["copied"]) for o in out] == [
+        ("tiny-llama", "2024-06-01", 1, 0)]  # name from general.name, a local version
+    assert _blob(home, model).stat().st_ino == model.stat().st_ino
+    tree = home / "models" / "tiny-llama" / "2024-06-01"
+    assert (tree / "model.gguf").stat().st_ino == model.stat().st_ino
+    assert model.stat().st_mode & 0o200  # the user's file keeps its mode
+    cli("verify")
+    again = cli("import", str(model), "--name", "other", "--json").json
+    assert again[0]["name"] == "other" and again[0]["version"] == "local"
+    missing = cli.fail("import", str(tmp_path / "nope.gguf"), code=2)
+    assert "does not exist" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    assert "no .gguf" in cli.fail("import", str(tmp_path / "empty"), code=2).stderr
+
+
+def test_import_from_ollamas_store_links_its_blobs(cli, home: Path, tmp_path: Path,  # noqa: ANN001
+                                                   gguf_files: dict[str, Path]) -> None:
+    root = tmp_path / "ollama-models"
+    manifest, blobs = ollama_manifest([("model", gguf_files["model"].read_bytes()),
+                                       ("template", TEMPLATE.encode()),
+                                       ("system", b"be brief")])
+    for digest, data in blobs.items():
+        path = root / "blobs" / digest.replace(":", "-")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    where = root / "manifests" / "registry.ollama.ai" / "library" / "tinyo" / "1b"
+    where.parent.mkdir(parents=True)
+    where.write_bytes(manifest)
+    env = {"OLLAMA_MODELS": str(root)}
+    out = cli("import", "--ollama", "tinyo:1b", "--json", env=env).json
+    assert [(o["ref"], o["name"], o["version"]) for o in out] == [
+        ("registry.ollama.ai/library/tinyo:1b", "tinyo", "1b")]
+    assert out[0]["linked"] == len(blobs) and out[0]["copied"] == 0
+    tree = home / "models" / "tinyo" / "1b"
+    model_blob = root / "blobs" / ("sha256-" + hashlib.sha256(
+        gguf_files["model"].read_bytes()).hexdigest())
+    assert (tree / "model.gguf").stat().st_ino == model_blob.stat().st_ino
+    assert (tree / "ollama" / "system").read_text() == "be brief"
+    # The manifest is kept byte for byte: the same digest Ollama's registry gives it.
+    inspect = cli("inspect", "registry.ollama.ai/library/tinyo:1b", "--json").json
+    assert json.dumps(inspect).find(hashlib.sha256(manifest).hexdigest()) >= 0
+    result = cli.fail("import", "--ollama", "nosuch", env=env, code=2)
+    assert "No Ollama model" in result.stderr
+    # A blob whose bytes do not match its name is refused, nothing installed.
+    damaged = next(p for p in (root / "blobs").iterdir() if p.read_bytes() == b"be brief")
+    damaged.write_bytes(b"tampered")
+    where.rename(where.with_name("2b"))
+    assert "does not match" in cli.fail("import", "--ollama", "tinyo:2b", env=env,
+                                        code=2).stderr
+    assert not (home / "models" / "tinyo" / "2b").exists()
+
+
+def test_import_from_the_hugging_face_cache(cli, home: Path, tmp_path: Path,  # noqa: ANN001
+                                            gguf_files: dict[str, Path]) -> None:
+    cache = tmp_path / "hf-hub"
+    repo = cache / "models--acme--Tiny-GGUF"
+    data = gguf_files["model"].read_bytes()
+    blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(data)
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    snap = repo / "snapshots" / rev
+    snap.mkdir(parents=True)
+    (snap / "tiny.Q8_0.gguf").symlink_to(Path("../..") / "blobs" / blob.name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    out = cli("import", "--hf", "acme/Tiny-GGUF", "--json",
+              env={"HF_HUB_CACHE": str(cache)}).json
+    assert [(o["name"], o["version"], o["linked"]) for o in out] == [
+        ("tiny.q8-0", rev[:12], 1)]
+    tree = home / "models" / "tiny.q8-0" / rev[:12]
+    assert (tree / "tiny.Q8_0.gguf").stat().st_ino == blob.stat().st_ino
+    result = cli.fail("import", "--hf", "acme/none", env={"HF_HUB_CACHE": str(cache)}, code=2)
+    assert "not in the Hugging Face cache" in result.stderr
+
+
+@pytest.mark.llama
+def test_run_a_gguf_file_directly(cli, home: Path, gguf_files: dict[str, Path]) -> None:  # noqa: ANN001
+    pytest.importorskip("llama_cpp")
+    out = cli("run", str(gguf_files["model"]), "-p", "hello", "-n", "4", "--json").json
+    assert out["model"]["origin"] == "file" and out["text"]
+    assert not (home / "store" / "index.json").exists()  # nothing stored

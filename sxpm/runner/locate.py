@@ -2,12 +2,13 @@
 
 A MODEL is looked up, in order, as
 
-0. ``NAME`` locked in the project's ``simplex.lock`` (found from the current directory
+0. a path to a ``.gguf`` file, run as it is (nothing is stored or installed);
+1. ``NAME`` locked in the project's ``simplex.lock`` (found from the current directory
    upwards): the version the lock pins, installed in the project's ``.simplex/``;
-1. ``NAME[@VERSION]`` of an installed model (the newest version when none is given);
-2. a full reference (``oci:DIR/name:tag``, ``host/repo:tag``, ``...@sha256:...``)
+2. ``NAME[@VERSION]`` of an installed model (the newest version when none is given);
+3. a full reference (``oci:DIR/name:tag``, ``host/repo:tag``, ``...@sha256:...``)
    already in the store, run straight from its content-addressed blobs;
-3. otherwise it is not installed: :class:`~sxpm.errors.ModelNotInstalledError` names
+4. otherwise it is not installed: :class:`~sxpm.errors.ModelNotInstalledError` names
    the install command, or, with ``install=True``, sxpm installs it first.
 
 Experts are found the same way. An expert is checked against its model *before*
@@ -52,7 +53,7 @@ class ModelFiles:
     version: str
     variant: str | None
     path: Path  # the GGUF to load
-    origin: str  # "installed" or "store"
+    origin: str  # "installed", "store" or "file"
     ref: str | None
     header: GGUFHeader
     extras: ModelExtras | None = None  # an Ollama model's template, system, options, adapter
@@ -245,6 +246,9 @@ def find_model(home: Home, spec: str, *, variant: str | None = None,
     take; among the variants of an artifact the largest that fits is chosen when
     ``variant`` is None.
     """
+    if spec.lower().endswith(".gguf") and Path(spec).is_file():
+        path = Path(spec).resolve()  # a file on disk runs as it is: nothing is stored
+        return ModelFiles(path.stem, "file", None, path, "file", None, read_header(path))
     if is_reference(spec):
         ref = home.parse_ref(spec)
         return _model_from_store(home, ref, variant, memory_budget, install, **install_kw)
