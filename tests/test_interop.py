@@ -253,3 +253,36 @@ def test_run_a_gguf_file_directly(cli, home: Path, gguf_files: dict[str, Path]) 
     out = cli("run", str(gguf_files["model"]), "-p", "hello", "-n", "4", "--json").json
     assert out["model"]["origin"] == "file" and out["text"]
     assert not (home / "store" / "index.json").exists()  # nothing stored
+
+
+# --- containers auth.json -----------------------------------------------------------
+
+
+@pytest.mark.registry
+def test_logins_of_skopeo_and_podman_are_used(cli, sample_dir: Path, auth_registry,  # noqa: ANN001
+                                              tmp_path: Path) -> None:
+    import base64
+
+    from conftest import REGISTRY_USERS
+
+    host = auth_registry.host
+    user, password = next(iter(REGISTRY_USERS.items()))
+    ref = f"{host}/interop/tiny-llama:1.0.0"
+    cli("pack", "model", sample_dir / "tiny-llama", "--ref", ref)
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    auth = {"auths": {host: {"auth": token}}}
+    # podman's default place: $XDG_RUNTIME_DIR/containers/auth.json
+    runtime = tmp_path / "run-user"
+    (runtime / "containers").mkdir(parents=True)
+    (runtime / "containers" / "auth.json").write_text(json.dumps(auth))
+    assert "sxpm login" in cli.fail("push", ref, code=1).stderr  # none of them set
+    cli("push", ref, env={"XDG_RUNTIME_DIR": str(runtime)})
+    # skopeo's REGISTRY_AUTH_FILE, which replaces the default places
+    other = tmp_path / "skopeo-auth.json"
+    other.write_text(json.dumps(auth))
+    cli("inspect", "--remote", ref, env={"REGISTRY_AUTH_FILE": str(other)})
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"auths": {host: {"auth": base64.b64encode(
+        f"{user}:nope".encode()).decode()}}}))
+    cli.fail("inspect", "--remote", ref, env={"REGISTRY_AUTH_FILE": str(wrong),
+                                              "XDG_RUNTIME_DIR": str(runtime)}, code=1)
