@@ -47,6 +47,11 @@ def ollama_manifest(parts: list[tuple[str, bytes]]) -> tuple[bytes, dict[str, by
 def push_ollama(host: str, repo: str, tag: str, parts: list[tuple[str, bytes]]) -> str:
     """Push as Ollama does: blobs by monolithic upload, then the manifest; its digest."""
     manifest, blobs = ollama_manifest(parts)
+    return push_raw(host, repo, tag, manifest, blobs, DOCKER_MANIFEST)
+
+
+def push_raw(host: str, repo: str, tag: str, manifest: bytes, blobs: dict[str, bytes],
+             media_type: str) -> str:
     for digest, data in blobs.items():
         start = requests.post(f"http://{host}/v2/{repo}/blobs/uploads/", timeout=30)
         assert start.status_code == 202, start.text
@@ -58,7 +63,7 @@ def push_ollama(host: str, repo: str, tag: str, parts: list[tuple[str, bytes]]) 
                            headers={"Content-Type": "application/octet-stream"})
         assert put.status_code == 201, put.text
     put = requests.put(f"http://{host}/v2/{repo}/manifests/{tag}", data=manifest, timeout=30,
-                       headers={"Content-Type": DOCKER_MANIFEST})
+                       headers={"Content-Type": media_type})
     assert put.status_code == 201, put.text
     return "sha256:" + hashlib.sha256(manifest).hexdigest()
 
@@ -286,3 +291,29 @@ def test_logins_of_skopeo_and_podman_are_used(cli, sample_dir: Path, auth_regist
         f"{user}:nope".encode()).decode()}}}))
     cli.fail("inspect", "--remote", ref, env={"REGISTRY_AUTH_FILE": str(wrong),
                                               "XDG_RUNTIME_DIR": str(runtime)}, code=1)
+
+
+# --- ModelPack artifacts as other tools push them -----------------------------------
+
+
+@pytest.mark.registry
+def test_modelpack_without_a_version_takes_the_tag(cli, home: Path, oci_registry,  # noqa: ANN001
+                                                   gguf_files: dict[str, Path]) -> None:
+    """modctl never sets descriptor.version; a plain push has no sxpm annotations."""
+    model = gguf_files["model"].read_bytes()
+    config = json.dumps({"descriptor": {"name": "tiny"}, "config": {"format": "gguf"},
+                         "modelfs": {"type": "layers", "diffIds": []}}).encode()
+    layer = {**_descriptor("application/vnd.cncf.model.weight.v1.raw", model),
+             "annotations": {"org.cncf.model.filepath": "weights/tiny.gguf"}}
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.cncf.model.manifest.v1+json",
+        "config": _descriptor("application/vnd.cncf.model.config.v1+json", config),
+        "layers": [layer]}).encode()
+    blobs = {str(_descriptor("", model)["digest"]): model,
+             str(_descriptor("", config)["digest"]): config}
+    push_raw(oci_registry.host, "mp/tiny", "v0.3", manifest, blobs,
+             "application/vnd.oci.image.manifest.v1+json")
+    cli("model", "install", f"{oci_registry.host}/mp/tiny:v0.3")
+    tree = home / "models" / "tiny" / "v0.3"
+    assert (tree / "weights" / "tiny.gguf").stat().st_ino == _blob(home, model).stat().st_ino
