@@ -6,10 +6,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from sxpm.artifacts import ollama
 from sxpm.core import oci
 from sxpm.core.oci import Descriptor, ImageIndex, Manifest
 from sxpm.core.reference import Reference
-from sxpm.errors import ManifestError
+from sxpm.errors import InputError, ManifestError
 from sxpm.home import Home
 from sxpm.store.layout import OCILayout
 from sxpm.store.refs import resolve_local
@@ -58,6 +59,9 @@ def describe(store: OCILayout, top: Descriptor, variant: str | None = None) -> A
     if not isinstance(obj, Manifest):
         raise ManifestError(str(desc.digest), "nested image indexes are not supported")
     kind = obj.kind
+    if kind is None and ollama.is_ollama(obj):  # other tools' formats: docs/format.md
+        obj = ollama.view(obj, str(desc.digest))
+        kind = "model"
     if kind is None:
         raise ManifestError(str(desc.digest), f"not an sxpm artifact (artifactType "
                             f"{obj.artifact_type or obj.config.media_type!r})")
@@ -77,10 +81,32 @@ def describe(store: OCILayout, top: Descriptor, variant: str | None = None) -> A
     name = obj.annotations.get(oci.ANN_NAME, name)
     version = obj.annotations.get(oci.ANN_VERSION, version)
     if not isinstance(name, str) or not isinstance(version, str):
+        name, version = name_from_refs(store, top, name, version)
+    if not isinstance(name, str) or not isinstance(version, str):
         raise ManifestError(str(desc.digest), "artifact has no name or version")
     return ArtifactInfo(kind, name, version, desc, obj, chosen_variant, config)
 
 
+def name_from_refs(store: OCILayout, top: Descriptor, name: Any, version: Any
+                   ) -> tuple[Any, Any]:
+    """Name and version of an artifact that does not state them (an Ollama model, a
+    plain ModelPack push): the repository's name and the tag of a ref naming it, else
+    the digest's first 12 hex digits as the version."""
+    for text, desc in sorted(store.refs().items()):
+        if desc.digest != top.digest:
+            continue
+        try:
+            ref = Reference.parse(text)
+        except InputError:
+            continue
+        if not isinstance(name, str):
+            name = ref.name
+        if not isinstance(version, str) and ref.tag:
+            version = ref.tag
+        break
+    if not isinstance(version, str):
+        version = top.digest.hex[:12]
+    return name, version
 
 
 def describe_ref(home: Home, ref: Reference | str, variant: str | None = None) -> ArtifactInfo:

@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "keygen": ("sxpm.cli.trust", "keygen", "Create an Ed25519 signing key."),
     "sign": ("sxpm.cli.trust", "sign", "Sign an artifact (key or Sigstore keyless)."),
     "model": ("sxpm.cli.model", "model", "Install, list, inspect and remove models."),
+    "import": ("sxpm.cli.importing", "import_",
+               "Import models on disk, from Ollama or the HF cache."),
     "init": ("sxpm.cli.project", "init", "Create simplex.toml."),
     "add": ("sxpm.cli.project", "add", "Add a requirement to simplex.toml."),
     "remove": ("sxpm.cli.project", "remove", "Remove a requirement from simplex.toml."),

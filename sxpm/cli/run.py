@@ -98,8 +98,8 @@ def run(model: str, prompt: str | None, system: str, max_tokens: int, temperatur
                 raise click.UsageError("--json needs -p PROMPT (chat is interactive)")
             _chat_loop(session, system, max_tokens, temperature)
             return
-        use_chat = not raw and (session.expert is None or session.expert.template is None) \
-            and session.chat_template is not None
+        # An expert's or an Ollama model's template wraps -p itself; else the GGUF one chats.
+        use_chat = not raw and session.template is None and session.chat_template is not None
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": prompt}]
         kw: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
@@ -117,8 +117,9 @@ def run(model: str, prompt: str | None, system: str, max_tokens: int, temperatur
                 "expert": session.expert.to_dict() if session.expert else None,
                 "prompt": messages if use_chat else (
                     prompt if raw else session.render(prompt, system)),
-                "template": "model" if use_chat else "raw" if raw or session.expert is None
-                else "expert", "text": text,
+                "template": "model" if use_chat else "raw" if raw else "expert"
+                if session.expert is not None else "model" if session.template is not None
+                else "raw", "text": text,
                 "n_gpu_layers": plan.n_gpu_layers, "plan": plan.reason,
             }, indent=2, sort_keys=True))
             return
@@ -132,8 +133,7 @@ def run(model: str, prompt: str | None, system: str, max_tokens: int, temperatur
             click.echo(answer(False))
         for note in session.notes:
             click.echo(f"note: {note}", err=True)
-        if not raw and not use_chat and (session.expert is None or
-                                         session.expert.template is None):
+        if not raw and not use_chat and session.template is None:
             click.echo(f"note: {session.model.name} has no chat template: -p was completed "
                        "as plain text", err=True)
 

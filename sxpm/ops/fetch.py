@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sxpm.artifacts import ollama
 from sxpm.artifacts.describe import ArtifactInfo
 from sxpm.core import oci
 from sxpm.core.oci import (
@@ -347,6 +348,8 @@ class Fetcher:
         """The manifest ``entry`` of ``tree`` (default: the first variant), checked."""
         entry = entry or tree.entry(None)
         manifest = tree.manifest(entry)
+        if manifest.kind is None and ollama.is_ollama(manifest):  # docs/format.md
+            manifest = ollama.view(manifest, str(entry.digest))  # titled parts, same digests
         config = self.config(tree.ref.with_digest(tree.descriptor.digest), manifest)
         identity = self.identity(tree, manifest, config, expect)
         if identity.kind == "unknown":

@@ -381,9 +381,9 @@ def build_app(server: Server) -> Any:
         header = target.model.header
         info = {k: v for k, v in header.metadata.items()
                 if isinstance(v, int | float | str) and not k.startswith("tokenizer.")}
-        template = target.session.chat_template or ""
-        if target.expert is not None and target.expert.template is not None:
-            template = target.expert.template.text
+        # The expert's template, else an Ollama model's own, else the GGUF chat template.
+        own = target.session.template
+        template = own.text if own is not None else target.session.chat_template or ""
         entry = {"architecture": header.architecture, "variant": target.model.variant}
         return {"modelfile": "", "parameters": "", "template": template,
                 "details": details(entry), "model_info": info,

@@ -2,8 +2,8 @@
 
 The template is, in order:
 
-1. the expert's prompt template (each user turn through it, see
-   :meth:`~sxpm.runner.templates.PromptTemplate.render_chat`);
+1. the expert's prompt template, else an Ollama model's own template (each user turn
+   through it, see :meth:`~sxpm.runner.templates.PromptTemplate.render_chat`);
 2. the model's own chat template, the Jinja text of GGUF ``tokenizer.chat_template``
    (rendered by llama-cpp-python's ``Jinja2ChatFormatter``, as llama.cpp's server
    does);
@@ -38,7 +38,7 @@ MIN_ANSWER = 16
 class ChatPrompt:
     tokens: list[int]
     stop: list[str]
-    source: str  # "expert", "model" or "fallback"
+    source: str  # "template" (the expert's or an Ollama model's), "model" or "fallback"
     dropped: int = 0  # turns left out to fit the context
     notes: list[str] = field(default_factory=list)
 
@@ -73,25 +73,25 @@ def fallback_prompt(messages: Messages) -> str:
 class ChatRenderer:
     """Renders and tokenizes conversations for one loaded model (plus expert)."""
 
-    def __init__(self, llama: Any, expert_template: Any = None,
+    def __init__(self, llama: Any, template: Any = None,
                  model_template: str | None = None, name: str = "the model") -> None:
         self.llama = llama
-        self.expert_template = expert_template
+        self.template = template  # the expert's, else an Ollama model's own
         self.model_template = model_template
         self.name = name
         self._jinja: Any = None
 
     @property
     def source(self) -> str:
-        if self.expert_template is not None:
-            return "expert"
+        if self.template is not None:
+            return "template"
         return "model" if self.model_template else "fallback"
 
     def render(self, messages: Messages) -> tuple[str, list[str], bool]:
         """(prompt text, stop strings, whether the text already holds BOS)."""
         plain = [{"role": str(m.get("role")), "content": text_of(m)} for m in messages]
-        if self.expert_template is not None:
-            return self.expert_template.render_chat(plain), [], False
+        if self.template is not None:
+            return self.template.render_chat(plain), [], False
         if self.model_template:
             if self._jinja is None:
                 from llama_cpp.llama_chat_format import Jinja2ChatFormatter

@@ -2,12 +2,13 @@
 
 A MODEL is looked up, in order, as
 
-0. ``NAME`` locked in the project's ``simplex.lock`` (found from the current directory
+0. a path to a ``.gguf`` file, run as it is (nothing is stored or installed);
+1. ``NAME`` locked in the project's ``simplex.lock`` (found from the current directory
    upwards): the version the lock pins, installed in the project's ``.simplex/``;
-1. ``NAME[@VERSION]`` of an installed model (the newest version when none is given);
-2. a full reference (``oci:DIR/name:tag``, ``host/repo:tag``, ``...@sha256:...``)
+2. ``NAME[@VERSION]`` of an installed model (the newest version when none is given);
+3. a full reference (``oci:DIR/name:tag``, ``host/repo:tag``, ``...@sha256:...``)
    already in the store, run straight from its content-addressed blobs;
-3. otherwise it is not installed: :class:`~sxpm.errors.ModelNotInstalledError` names
+4. otherwise it is not installed: :class:`~sxpm.errors.ModelNotInstalledError` names
    the install command, or, with ``install=True``, sxpm installs it first.
 
 Experts are found the same way. An expert is checked against its model *before*
@@ -37,6 +38,7 @@ from sxpm.home import Home
 if TYPE_CHECKING:
     from sxpm.core.oci import Descriptor, ImageIndex, Manifest
     from sxpm.core.reference import Reference
+    from sxpm.runner.extras import ModelExtras
     from sxpm.runner.templates import PromptTemplate
 
 # The OCI modules, the store and the install code load only on the paths that need
@@ -51,9 +53,10 @@ class ModelFiles:
     version: str
     variant: str | None
     path: Path  # the GGUF to load
-    origin: str  # "installed" or "store"
+    origin: str  # "installed", "store" or "file"
     ref: str | None
     header: GGUFHeader
+    extras: ModelExtras | None = None  # an Ollama model's template, system, options, adapter
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "variant": self.variant,
@@ -179,7 +182,8 @@ def _title(layer: Descriptor) -> str:
 
 
 def _main_gguf_installed(path: Path, record: dict[str, Any]) -> Path:
-    names = [str(n) for n in record.get("files", {}) if str(n).lower().endswith(".gguf")]
+    names = [str(n) for n in record.get("files", {}) if str(n).lower().endswith(".gguf")
+             and not str(n).startswith("ollama/")]  # an Ollama model's adapter, projector
     files: list[Path] = [path / n for n in names if (path / n).is_file()] or sorted(
         path.rglob("*.gguf"))
     if not files:
@@ -187,6 +191,17 @@ def _main_gguf_installed(path: Path, record: dict[str, Any]) -> Path:
                             hint="reinstall it with `sxpm model install REF`")
     # The largest GGUF is the model, as `sxpm pack` decided when it packed it.
     return max(files, key=lambda p: p.stat().st_size)
+
+
+def _extras(titles: Any, part: Callable[[str], Path | None], where: str
+            ) -> ModelExtras | None:
+    """An Ollama model's template, system prompt, options and adapter; None for others."""
+    if not any(str(t).startswith("ollama/") for t in titles):
+        return None
+    # Only here: `sxpm run NAME` of any other model never loads the template modules.
+    from sxpm.runner.ollama import read_extras
+
+    return read_extras(part, where)
 
 
 Budget = Callable[[], "int | None"]
@@ -231,6 +246,9 @@ def find_model(home: Home, spec: str, *, variant: str | None = None,
     take; among the variants of an artifact the largest that fits is chosen when
     ``variant`` is None.
     """
+    if spec.lower().endswith(".gguf") and Path(spec).is_file():
+        path = Path(spec).resolve()  # a file on disk runs as it is: nothing is stored
+        return ModelFiles(path.stem, "file", None, path, "file", None, read_header(path))
     if is_reference(spec):
         ref = home.parse_ref(spec)
         return _model_from_store(home, ref, variant, memory_budget, install, **install_kw)
@@ -251,8 +269,15 @@ def find_model(home: Home, spec: str, *, variant: str | None = None,
         item = _newest(found)
     path = _main_gguf_installed(item.path, item.record)
     header = read_header(path)
+
+    files = item.record.get("files", {})
+
+    def part(title: str) -> Path | None:
+        found = item.path / title
+        return found if title in files and found.is_file() else None
+
     return ModelFiles(item.name, item.version, item.record.get("variant"), path, "installed",
-                      item.record.get("ref"), header)
+                      item.record.get("ref"), header, _extras(files, part, str(item.path)))
 
 
 def _store_tree(home: Home, ref: Reference) -> Any:
@@ -320,8 +345,13 @@ def _model_from_store(home: Home, ref: Reference, variant: str | None, budget: B
                                          "not pulled)", f"{ref}{hint_variant}")
         do_install(home, ref, variant=info.variant, **install_kw)
     path = home.store.blob_path(layer.digest)
+    blobs = {_title(d): d.digest for d in info.manifest.layers if home.store.has_blob(d.digest)}
+
+    def part(title: str) -> Path | None:
+        return home.store.blob_path(blobs[title]) if title in blobs else None
+
     return ModelFiles(info.name, info.version, info.variant, path, "store", str(ref),
-                      read_header(path))
+                      read_header(path), _extras(blobs, part, str(ref)))
 
 
 # --- experts ------------------------------------------------------------------------

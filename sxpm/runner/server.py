@@ -283,12 +283,14 @@ class Server:
         job.load_seconds = lease.resident.load_seconds if lease.loaded else 0.0
         try:
             llm = lease.llama
-            stop = sampling.pop("stop", None) or []
+            # The request's options over the model's own (an Ollama model's parameters).
+            options = session._sampling(float(sampling.pop("temperature", 0.8)), sampling)
+            stop = list(options.pop("stop", None) or [])
             if chat:
-                fitted = session.renderer(llm).fit(messages or [], max_tokens, session.n_ctx)
+                fitted = session.fit(llm, messages or [], max_tokens)
                 job.prompt_tokens = len(fitted.tokens)
                 source: Any = fitted.tokens
-                stop = list(stop) + fitted.stop
+                stop += fitted.stop
             else:
                 source = prompt or ""
                 if not raw:
@@ -297,9 +299,7 @@ class Server:
                 if job.prompt_tokens >= session.n_ctx:
                     raise ContextOverflowError(job.prompt_tokens, session.n_ctx)
             chunks = llm.create_completion(source, max_tokens=max_tokens, stream=True,
-                                           stop=stop or None, **session._sampling(
-                                               float(sampling.pop("temperature", 0.8)),
-                                               sampling))
+                                           stop=stop or None, **options)
         except BaseException:
             lease.release()
             raise

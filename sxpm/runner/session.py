@@ -2,8 +2,8 @@
 
 Nothing heavy happens until the first ``generate()`` or ``chat()``: that call imports
 llama-cpp-python, sizes ``n_gpu_layers`` to the accelerator and loads the GGUF (and
-the expert's LoRA adapter). ``close()`` (or leaving a ``with`` block) releases the
-model; a later call loads it again.
+the LoRA adapter: the expert's, else an Ollama model's own). ``close()`` (or leaving a
+``with`` block) releases the model; a later call loads it again.
 
     import sxpm
     with sxpm.load("tiny-llama", expert="sql-expert") as llm:
@@ -12,14 +12,15 @@ model; a later call loads it again.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sxpm.errors import IncompatibleExpertError, ModelFileError, RunnerError
 from sxpm.home import Home
-from sxpm.runner.chat import ChatRenderer, model_chat_template
+from sxpm.runner.chat import ChatPrompt, ChatRenderer, model_chat_template
+from sxpm.runner.extras import ModelExtras
 from sxpm.runner.locate import ExpertFiles, ModelFiles, check_compatible, find_expert, find_model
 from sxpm.runner.residency import (
     Lease,
@@ -31,6 +32,7 @@ from sxpm.runner.residency import (
 
 if TYPE_CHECKING:
     from sxpm.runner.plan import OffloadPlan
+    from sxpm.runner.templates import PromptTemplate
 
 DEFAULT_N_CTX = 2048
 DEFAULT_SEED = 0
@@ -69,26 +71,11 @@ def memory_budget() -> int | None:
     return detect_cpu().available_memory
 
 
-def chat_format_name(template_text: str) -> str:
-    return "sxpm-" + hashlib.sha256(template_text.encode()).hexdigest()[:16]
-
-
-def register_template_chat_format(llama_cpp: Any, expert: ExpertFiles) -> str | None:
-    """Make the expert's template a llama-cpp-python chat format; its name, or None."""
-    template = expert.template
-    if template is None:
-        return None
-    from llama_cpp import llama_chat_format as lcf
-
-    name = chat_format_name(template.text)
-
-    def formatter(messages: Messages, **_kw: Any) -> Any:
-        return lcf.ChatFormatterResponse(prompt=template.render_chat(messages))
-
-    registry = lcf.LlamaChatCompletionHandlerRegistry()  # type: ignore[no-untyped-call]
-    registry.register_chat_completion_handler(
-        name, lcf.chat_formatter_to_chat_completion_handler(formatter), overwrite=True)
-    return name
+def with_system(messages: Messages, system: str) -> list[Mapping[str, Any]]:
+    """``messages`` with ``system`` as the system message when they carry none."""
+    if not system or any(m.get("role") == "system" for m in messages):
+        return list(messages)
+    return [{"role": "system", "content": system}, *messages]
 
 
 class Session:
@@ -108,7 +95,11 @@ class Session:
             check_compatible(expert, model)
         self.model = model
         self.expert = expert
+        # An Ollama model's own template, system prompt, options and adapter; an expert's
+        # adapter and template take their place.
+        self.extras = model.extras or ModelExtras()
         trained = model.header.meta_int("context_length")
+        n_ctx = n_ctx or self.extras.n_ctx
         self.n_ctx = n_ctx or (min(DEFAULT_N_CTX, trained) if trained else DEFAULT_N_CTX)
         self.n_threads = n_threads
         self.seed = seed
@@ -137,8 +128,9 @@ class Session:
                 self._plan = OffloadPlan(self._n_gpu_layers, n_layers, "asked for")
             else:
                 free, self._device = gpu_budget(llama_cpp or import_llama_cpp())
-                adapter = self.expert.adapter_header.tensor_bytes if (
-                    self.expert and self.expert.adapter_header) else 0
+                header = self.expert.adapter_header if self.expert else \
+                    self.extras.adapter_header
+                adapter = header.tensor_bytes if header else 0
                 self._plan = plan_for_header(self.model.header, free, self.n_ctx, adapter)
         return self._plan
 
@@ -150,8 +142,8 @@ class Session:
         """The arguments ``llama_cpp.Llama`` is (or would be) called with."""
         kwargs = self.spec(llama_cpp).kwargs()
         kwargs["seed"] = self.seed
-        if self.expert is not None and self.expert.adapter is not None:
-            kwargs["lora_path"] = str(self.expert.adapter)
+        if self.adapter is not None:
+            kwargs["lora_path"] = str(self.adapter)
         return kwargs
 
     def spec(self, llama_cpp: Any | None = None) -> LoadSpec:
@@ -160,6 +152,18 @@ class Session:
             self._spec = model_spec(self.model, self.n_ctx, self.plan(llama_cpp).n_gpu_layers,
                                     self.n_threads, loader=self._load)
         return self._spec
+
+    @property
+    def adapter(self) -> Path | None:
+        """The LoRA adapter applied to the model: the expert's, else the model's own."""
+        return self.expert.adapter if self.expert is not None else self.extras.adapter
+
+    @property
+    def template(self) -> PromptTemplate | None:
+        """The prompt template: the expert's, else the model's own, if any."""
+        if self.expert is not None and self.expert.template is not None:
+            return self.expert.template
+        return self.extras.template
 
     # --- loading -----------------------------------------------------------------
 
@@ -177,26 +181,33 @@ class Session:
         return self._spec is not None and self.manager.is_loaded(self._spec)
 
     def lease(self, keep_alive: float | None = None) -> Lease:
-        """The loaded model with this session's expert applied, until released."""
-        adapter = self.expert.adapter if self.expert is not None else None
+        """The loaded model with this session's adapter applied, until released.
+
+        The adapter is the expert's, else the model's own (an Ollama ``adapter`` layer):
+        either is switched onto the shared resident base by the manager, so the base
+        stays loaded once for the model with and without its experts."""
+        adapter = self.adapter
         try:
             return self.manager.acquire(self.spec(), adapter,
                                         self.expert.name if self.expert else None,
                                         keep_alive=self.keep_alive if keep_alive is None
                                         else keep_alive)
         except RunnerError as exc:
-            if self.expert is not None and "adapter" in str(exc):
+            if adapter is not None and "adapter" in str(exc):
                 raise self.load_error(exc) from None
             raise
 
     @property
     def llama(self) -> Any:
-        """The ``llama_cpp.Llama`` object (with the expert applied), loaded now if not."""
+        """The ``llama_cpp.Llama`` object (with the adapter applied), loaded now if not."""
         with self.lease() as lease:
             return lease.llama
 
     def load_error(self, exc: Exception) -> Exception:
         text = " ".join(str(exc).split())
+        if self.expert is None and self.adapter is not None and (
+                "lora" in text.lower() or "adapter" in text.lower()):
+            return ModelFileError(self.adapter, f"llama.cpp refused the model's adapter ({text})")
         if self.expert is not None and self.expert.adapter is not None and (
                 "lora" in text.lower() or "adapter" in text.lower()):
             return IncompatibleExpertError(
@@ -227,13 +238,15 @@ class Session:
         return model_chat_template(self.model.header.metadata)
 
     def render(self, prompt: str, system: str = "") -> str:
-        """The prompt as the model sees it (through the expert's template, if any)."""
-        if self.expert is not None and self.expert.template is not None:
-            return self.expert.template.render(prompt, system)
+        """The prompt as the model sees it (through the expert's or the model's template,
+        if any; the model's system prompt when none is given)."""
+        template = self.template
+        if template is not None:
+            return template.render(prompt, system or self.extras.system)
         return prompt
 
     def _sampling(self, temperature: float, kw: dict[str, Any]) -> dict[str, Any]:
-        out = {"temperature": temperature, "seed": self.seed}
+        out = {**self.extras.sampling(), "temperature": temperature, "seed": self.seed}
         if temperature <= 0:
             out["top_k"] = 1  # greedy: deterministic across runs and machines
         out.update(kw)
@@ -243,7 +256,7 @@ class Session:
                  stream: bool = False, system: str = "", raw: bool = False, **kw: Any) -> Any:
         """Complete ``prompt``: the text, or (``stream=True``) an iterator of pieces.
 
-        The expert's template wraps the prompt unless ``raw``."""
+        The expert's (else the model's own) template wraps the prompt unless ``raw``."""
         text = prompt if raw else self.render(prompt, system)
         lease = self.lease()
         try:
@@ -258,14 +271,20 @@ class Session:
         return str(result["choices"][0]["text"])
 
     def renderer(self, llama: Any) -> ChatRenderer:
-        template = self.expert.template if self.expert is not None else None
-        return ChatRenderer(llama, template, self.chat_template, self.model.name)
+        return ChatRenderer(llama, self.template, self.chat_template, self.model.name)
+
+    def fit(self, llama: Any, messages: Messages, max_tokens: int) -> ChatPrompt:
+        """The conversation as the model's prompt, fitted to the context; the model's
+        own system prompt (an Ollama model's) leads when the messages carry none."""
+        return self.renderer(llama).fit(with_system(messages, self.extras.system), max_tokens,
+                                        self.n_ctx)
 
     def chat(self, messages: str | Messages, *, max_tokens: int = 128,
              temperature: float = 0.0, stream: bool = False, **kw: Any) -> Any:
         """Answer a conversation (or one user message): the reply, or an iterator.
 
-        The template is the expert's, else the model's own, else sxpm's fallback (see
+        The template is the expert's, else the model's own (an Ollama template, else the
+        GGUF chat template), else sxpm's fallback (see
         :mod:`sxpm.runner.chat`); :attr:`notes` says when the fallback was used or old
         turns were dropped to fit the context.
         """
@@ -273,11 +292,12 @@ class Session:
             messages = [{"role": "user", "content": messages}]
         lease = self.lease()
         try:
-            prompt = self.renderer(lease.llama).fit(messages, max_tokens, self.n_ctx)
+            prompt = self.fit(lease.llama, messages, max_tokens)
             self.notes = prompt.notes
-            result = lease.llama.create_completion(
-                prompt.tokens, max_tokens=max_tokens, stream=stream, stop=prompt.stop or None,
-                **self._sampling(temperature, kw))
+            sampling = self._sampling(temperature, kw)
+            stop = [*(sampling.pop("stop", None) or []), *prompt.stop]
+            result = lease.llama.create_completion(prompt.tokens, max_tokens=max_tokens,
+                                                   stream=stream, stop=stop or None, **sampling)
         except BaseException:
             lease.release()
             raise

@@ -44,8 +44,21 @@ def config_path() -> Path:
     return base / "config.json"
 
 
-def _read_config() -> dict[str, Any]:
-    path = config_path()
+def containers_auth_paths() -> list[Path]:
+    """Where skopeo, podman and buildah keep logins (containers-auth.json(5)), in the
+    order they read them; sxpm reads them after Docker's config."""
+    if os.environ.get("REGISTRY_AUTH_FILE"):
+        return [Path(os.environ["REGISTRY_AUTH_FILE"]).expanduser()]
+    paths = []
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        paths.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    paths.append(Path(config_home) / "containers" / "auth.json")
+    return paths
+
+
+def _read_config(path: Path | None = None) -> dict[str, Any]:
+    path = path or config_path()
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -92,8 +105,16 @@ def _helper_for(config: dict[str, Any], host: str) -> str | None:
 
 
 def get(host: str) -> Credentials | None:
-    """The credentials stored for ``host`` (``host[:port]``), or None."""
-    config = _read_config()
+    """The credentials stored for ``host`` (``host[:port]``), or None: Docker's config
+    first, then the container tools' ``auth.json`` files, with the same rules."""
+    for path in [config_path(), *containers_auth_paths()]:
+        found = _get_from(_read_config(path), path, host)
+        if found is not None:
+            return found
+    return None
+
+
+def _get_from(config: dict[str, Any], path: Path, host: str) -> Credentials | None:
     auths = config.get("auths") or {}
     for key in _keys(host):
         entry = auths.get(key)
@@ -105,7 +126,7 @@ def get(host: str) -> Credentials | None:
             try:
                 user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
-                raise RegistryError(f"The credentials for {host} in {config_path()} are "
+                raise RegistryError(f"The credentials for {host} in {path} are "
                                     "not valid base64",
                                     hint=f"run `sxpm login {host}` again") from None
             return Credentials(user, password)
