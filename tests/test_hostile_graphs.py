@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sxpm.core.reference import Reference
 from sxpm.core.versions import VersionReq
 from sxpm.ops.project import tree, why
 from sxpm.project.lock import Lock, LockedArtifact
@@ -59,8 +60,9 @@ def test_resolver_memory_grows_linearly_with_a_chain() -> None:
 
 
 def _artifact(name: str, deps: list[str]) -> LockedArtifact:
-    return LockedArtifact(name=name, kind="package", version="1.0.0", source=f"oci:/r/{name}",
-                          digest=DIGEST, manifest=DIGEST, dependencies=tuple(sorted(deps)))
+    return LockedArtifact(name=name, kind="package", version="1.0.0",
+                          source=Reference.parse_locator(f"oci:/r/{name}"), digest=DIGEST,
+                          manifest=DIGEST, dependencies=tuple(sorted(deps)))
 
 
 def _project(tmp_path: Path, roots: list[str], arts: list[LockedArtifact]) -> Project:

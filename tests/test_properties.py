@@ -214,11 +214,19 @@ def test_project_parse(text: str) -> None:
 any_text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=24)
 names = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,20}", fullmatch=True)
 digests = st.builds(lambda b: f"sha256:{b.hex()}", st.binary(min_size=32, max_size=32))
+# A repository as the lock stores one: a registry's, or a layout directory whose path
+# may hold any character a path can (an emoji), but no ':', '@', whitespace or NUL.
+path_text = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp"),
+                                  blacklist_characters=":@/\\"), min_size=1, max_size=12)
+sources = st.one_of(
+    st.builds("localhost:5000/{}/{}".format,
+              *[st.from_regex(r"[a-z0-9]{1,10}", fullmatch=True)] * 2),
+    st.builds("oci:/r/{}".format, path_text.filter(lambda t: t not in (".", ".."))))
 
 
 @st.composite
 def locks(draw: st.DrawFn) -> object:
-    from sxpm.core.reference import Digest
+    from sxpm.core.reference import Digest, Reference
     from sxpm.project.lock import Lock, LockedArtifact, LockedLayer
 
     arts = []
@@ -228,7 +236,8 @@ def locks(draw: st.DrawFn) -> object:
                        for _ in range(draw(st.integers(0, 3))))
         arts.append(LockedArtifact(
             name, draw(st.sampled_from(["model", "expert", "package"])), draw(any_text),
-            draw(any_text), Digest.parse(draw(digests)), Digest.parse(draw(digests)),
+            Reference.parse_locator(draw(sources)), Digest.parse(draw(digests)),
+            Digest.parse(draw(digests)),
             draw(st.none() | any_text), tuple(sorted(draw(st.lists(names, max_size=3)))),
             layers, draw(st.none() | any_text)))
     reqs = [{"name": draw(names), "kind": "model", "req": draw(any_text),
@@ -259,11 +268,12 @@ def test_every_index_line_sxpm_writes_reads_back(name: str, vers: str, digest: s
                                                  description: str, license: str,
                                                  tags: list[str]) -> None:
     from sxpm.core.artifact import Dependency, Variant
-    from sxpm.core.reference import Digest
+    from sxpm.core.reference import Digest, Reference
     from sxpm.core.versions import VersionReq
     from sxpm.index.format import IndexEntry, load_line
 
-    entry = IndexEntry(name, vers, "model", f"localhost:5000/ns/{name}", Digest.parse(digest),
+    entry = IndexEntry(name, vers, "model", Reference.parse_locator("localhost:5000/ns/tiny"),
+                       Digest.parse(digest),
                        "application/vnd.cncf.model.manifest.v1+json", 1,
                        (Dependency(name, VersionReq.parse("^1")),),
                        (Variant(description, Digest.parse(digest), 3, None, None),),

@@ -139,3 +139,78 @@ def test_debug_shows_a_traceback(cli) -> None:  # noqa: ANN001
     assert "Traceback" in r.stderr
     plain = cli.fail("inspect", "localhost:5000/x:1", code=2)
     assert "Traceback" not in plain.stderr
+
+
+D1 = "sha256:" + "1" * 64
+D2 = "sha256:" + "2" * 64
+LOCK_TEXT = f"""\
+# simplex.lock: written by sxpm from simplex.toml; do not edit by hand.
+version = 1
+requirements-hash = "{D1}"
+
+[index]
+source = "https://index.example/simplex"
+state = "{D2}"
+
+[[requirement]]
+name = "tiny-llama"
+kind = "model"
+req = "~1.0"
+
+[[artifact]]
+name = "sql-expert"
+kind = "expert"
+version = "2.1.0"
+source = "oci:/srv/registry/sql-\U0001f600"
+digest = "{D1}"
+manifest = "{D1}"
+dependencies = ["tiny-llama"]
+layers = [
+  {{ path = "adapter.gguf", digest = "{D2}", size = 3, media-type = "application/x" }},
+]
+
+[[artifact]]
+name = "tiny-llama"
+kind = "model"
+version = "1.0.0"
+source = "localhost:5000/simplex/tiny-llama"
+digest = "{D1}"
+manifest = "{D2}"
+variant = "F16"
+dependencies = []
+layers = [
+]
+"""
+
+
+def test_lock_and_index_sources_are_typed_and_written_back_byte_for_byte() -> None:
+    """Sources and refs are read once into repository references (no tag, no digest)
+    and written back as the same bytes."""
+    from sxpm.core.reference import Reference
+    from sxpm.errors import IndexFormatError, ManifestError
+    from sxpm.index.format import IndexEntry, load_line, parse_lines
+    from sxpm.project.lock import Lock
+
+    lock = Lock.loads(LOCK_TEXT)
+    assert lock.dumps() == LOCK_TEXT
+    by_name = lock.by_name()
+    assert by_name["tiny-llama"].source == Reference("localhost:5000", "simplex/tiny-llama")
+    assert by_name["sql-expert"].source.is_layout
+    with pytest.raises(ManifestError, match=r"artifact\[1\]\.source"):
+        Lock.loads(LOCK_TEXT.replace("tiny-llama\"\ndigest", "tiny-llama:1.0.0\"\ndigest"))
+    # A lock that an older sxpm wrote from a relative `oci:` registry still reads.
+    old = Lock.loads(LOCK_TEXT.replace("oci:/srv/registry", "oci:./registry"))
+    assert old.by_name()["sql-expert"].source.repository.startswith("/")
+
+    line = ('{"name":"tiny-llama","vers":"1.0.0","kind":"model",'
+            '"ref":"localhost:5000/simplex/tiny-llama","digest":"' + D1 + '",'
+            '"artifactType":"application/x","size":3,"deps":[],"variants":[],"yanked":false}')
+    entry = IndexEntry.from_dict(load_line(line, source="x", line=1))
+    assert entry.ref == Reference("localhost:5000", "simplex/tiny-llama")
+    assert entry.to_line() == line
+    for bad, why in (("localhost:5000/simplex/tiny-llama:1.0.0", "no tag or digest"),
+                     ("http://evil.example/tiny-llama", "scheme 'http'"),
+                     ("oci:/srv/reg/../etc", "'..'"), ("oci:/srv/reg/", "write the repository")):
+        with pytest.raises(IndexFormatError, match=why):
+            parse_lines(line.replace("localhost:5000/simplex/tiny-llama", bad), source="x",
+                        check=False)

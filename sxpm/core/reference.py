@@ -112,6 +112,24 @@ class Reference:
             text += f"@{self.digest}"
         return text
 
+    @property
+    def repository_ref(self) -> Reference:
+        """This reference without tag or digest: the repository it lives in."""
+        return replace(self, tag=None, digest=None)
+
+    @classmethod
+    def parse_locator(cls, text: str, *, exact: bool = True) -> Reference:
+        """Parse a repository locator (``host[:port]/repository`` or ``oci:PATH``): no
+        tag, no digest, no default registry. ``exact`` also asks that it be written as
+        :attr:`locator` writes it back (``oci:`` with an absolute, normal path), so a
+        file that stores one reads and writes the same bytes."""
+        ref = cls.parse(text)
+        if ref.tag is not None or ref.digest is not None:
+            raise InvalidReferenceError(text, "a repository takes no tag or digest here")
+        if exact and ref.locator != text:
+            raise InvalidReferenceError(text, f"write the repository as {ref.locator!r}")
+        return ref
+
     @classmethod
     def parse(cls, text: str, *, default_registry: str | None = None) -> Reference:
         """Parse ``text``; a reference without a host goes to ``default_registry``.

@@ -207,14 +207,12 @@ def verify(root: Path, *, check_registry: bool = False, insecure: bool = False
 def _check_registry(entries: list[tuple[str, int, IndexEntry]], root: Path,
                     report: VerifyReport,
                     insecure: bool) -> None:
-    from sxpm.core.reference import Reference
     from sxpm.transport import TransportOptions, open_repository
 
     options = TransportOptions(insecure=insecure)
     for rel, number, entry in entries:
         try:
-            ref = Reference.parse(entry.ref)
-            repo = open_repository(ref, options)
+            repo = open_repository(entry.ref, options)
             desc, _ = repo.get_manifest(str(entry.digest))
             if desc.digest != entry.digest:
                 raise SxpmError(f"the registry returned {desc.digest}")

@@ -17,7 +17,7 @@ from typing import Any
 
 from sxpm.core.artifact import Dependency, Variant
 from sxpm.core.names import check_name, normalize_name
-from sxpm.core.reference import Digest
+from sxpm.core.reference import Digest, Reference
 from sxpm.core.versions import check_version, is_prerelease, version_key
 from sxpm.errors import IndexFormatError, InputError
 
@@ -48,7 +48,8 @@ def index_path(name: str) -> str:
 class IndexEntry:
     """One published version of one name: one line of the index.
 
-    ``ref`` is the registry repository (``host[:port]/repo`` or ``oci:/path``) and
+    ``ref`` is the registry repository (``host[:port]/repo`` or ``oci:/path``, no tag
+    or digest; written back exactly as it was read) and
     ``digest`` the manifest or image-index digest, so ``f"{ref}@{digest}"`` pulls
     exactly what was published. ``size`` is the bytes of the default (first)
     variant, what a plain pull fetches.
@@ -57,7 +58,7 @@ class IndexEntry:
     name: str
     vers: str
     kind: str
-    ref: str
+    ref: Reference
     digest: Digest
     artifact_type: str
     size: int
@@ -78,7 +79,7 @@ class IndexEntry:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "name": self.name, "vers": self.vers, "kind": self.kind, "ref": self.ref,
+            "name": self.name, "vers": self.vers, "kind": self.kind, "ref": self.ref.locator,
             "digest": str(self.digest), "artifactType": self.artifact_type, "size": self.size,
             "deps": [d.to_dict() for d in self.deps],
             "variants": [v.to_dict() for v in self.variants],
@@ -111,17 +112,28 @@ class IndexEntry:
         try:
             return cls(
                 name=check_name(obj["name"]), vers=check_version(obj["vers"]), kind=obj["kind"],
-                ref=obj["ref"], digest=Digest.parse(obj["digest"]),
+                ref=parse_ref(obj["ref"]), digest=Digest.parse(obj["digest"]),
                 artifact_type=obj["artifactType"], size=obj["size"],
                 deps=tuple(Dependency.from_dict(d) for d in obj["deps"]),
                 variants=tuple(Variant.from_dict(v) for v in obj["variants"]),
                 description=obj.get("description", ""), license=obj.get("license", ""),
                 tags=tuple(obj.get("tags", ())), yanked=bool(obj["yanked"]),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:  # e.g. a variant that is null
             raise IndexFormatError(source, line, f"missing or malformed field {exc}") from None
         except InputError as exc:
             raise IndexFormatError(source, line, exc.message) from None
+
+
+def parse_ref(text: Any) -> Reference:
+    """A line's ``ref``: a registry repository, never a URL or a path with ``..``."""
+    if isinstance(text, str) and "://" in text:
+        scheme = text.split("://", 1)[0]
+        raise InputError(f"ref {text!r} uses the scheme {scheme!r}; a ref names a registry "
+                         "repository (host[:port]/REPOSITORY or oci:/PATH), not a URL")
+    if isinstance(text, str) and ("/../" in f"{text}/" or "/./" in f"{text}/"):
+        raise InputError(f"ref {text!r} contains '..' or '.' path components")
+    return Reference.parse_locator(text)
 
 
 def dump_line(obj: Mapping[str, Any]) -> str:
@@ -179,14 +191,12 @@ class IndexConfig:
         out = [self.default_registry, *self.allowed_registries]
         return tuple(dict.fromkeys(r.rstrip("/") for r in out))
 
-    def ref_problem(self, ref: str) -> str | None:
-        """Why ``ref`` may not appear in this index, or None when it may."""
-        if "://" in ref:
-            scheme = ref.split("://", 1)[0]
-            return (f"ref {ref!r} uses the scheme {scheme!r}; a ref names a registry "
-                    f"repository ({' or '.join(self.registries)}/NAME)")
-        if "/../" in f"{ref}/" or "/./" in f"{ref}/":
-            return f"ref {ref!r} contains '..' or '.' path components"
+    def ref_problem(self, repository: Reference) -> str | None:
+        """Why ``repository`` may not appear in this index, or None when it may.
+
+        A URL scheme or a ``..`` component never gets this far: :func:`parse_ref`
+        refuses them as the line is read."""
+        ref = repository.locator
         for prefix in self.registries:
             if ref.startswith(prefix + "/") and len(ref) > len(prefix) + 1:
                 return None

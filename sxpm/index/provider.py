@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 
+from sxpm.core.versions import parse_version
 from sxpm.index.client import IndexClient
-from sxpm.index.format import index_path
-from sxpm.resolver.lines import candidate_from_line
+from sxpm.index.format import IndexEntry, index_path
 from sxpm.resolver.model import Candidate
 
 
@@ -38,7 +38,14 @@ class IndexProvider:
     def candidates(self, name: str) -> Sequence[Candidate]:
         entries = self.client.entries(name)  # the client keeps the file's text
         self._seen.append(name)
-        return [candidate_from_line(e.to_dict(), self.client.source(name)) for e in entries]
+        return [candidate_from_entry(e) for e in entries]
 
     def known_names(self) -> Iterable[str]:
         return self.client.names()
+
+
+def candidate_from_entry(entry: IndexEntry) -> Candidate:
+    """The resolver's view of one index line, its values already parsed by the client."""
+    return Candidate(name=entry.name, kind=entry.kind, version=parse_version(entry.vers),
+                     digest=entry.digest, ref=entry.ref, deps=entry.deps,
+                     variants=entry.variants, yanked=entry.yanked, size=entry.size)

@@ -34,8 +34,7 @@ def install(home: Home, ref: Reference, *, variant: str | None = None,
     with home.store.in_use():  # gc waits: what this install links must stay in the store
         tree = fetcher.tree(ref)
         art = fetcher.artifact(tree, tree.entry(variant, budget=memory_budget))
-        source = ref.locator
-        missing = [(source, b) for b in art.info.manifest.blobs()
+        missing = [(ref, b) for b in art.info.manifest.blobs()
                    if not home.store.has_blob(b.digest)]
         if missing:
             if fetcher.offline:

@@ -23,6 +23,7 @@ from sxpm.project.lock import Lock, LockedArtifact, LockedLayer, changed_require
 if TYPE_CHECKING:
     from sxpm.core.artifact import Dependency, Variant
     from sxpm.core.oci import Descriptor, ImageIndex, Manifest
+    from sxpm.core.reference import Reference
     from sxpm.core.versions import Version
     from sxpm.home import Home
     from sxpm.ops.fetch import Artifact, Fetcher
@@ -52,15 +53,15 @@ class RegistryProvider:
         self.registry = registry.rstrip("/")
         self.fetcher = fetcher
 
-    def _source(self, name: str) -> str:
-        return f"{self.registry}/{name}"
+    def _source(self, name: str) -> Reference:
+        from sxpm.core.reference import Reference
+
+        return Reference.parse_locator(f"{self.registry}/{name}", exact=False)
 
     def candidates(self, name: str) -> Sequence[Candidate]:
-        from sxpm.core.reference import Reference
         from sxpm.core.versions import parse_version
 
-        source = self._source(name)
-        ref = Reference.parse(source)
+        ref = self._source(name)
         try:
             tags = self.fetcher.repo(ref).tags()
         except NotFoundError:
@@ -72,15 +73,14 @@ class RegistryProvider:
             except InputError:
                 continue
             top = self.fetcher.tagged(ref.with_tag(tag))
-            out.append(self._candidate(name, version, source, top.descriptor, top.obj))
+            out.append(self._candidate(name, version, ref, top.descriptor, top.obj))
         return out
 
-    def _candidate(self, name: str, version: Version, source: str, desc: Descriptor,
+    def _candidate(self, name: str, version: Version, source: Reference, desc: Descriptor,
                    obj: Manifest | ImageIndex) -> Candidate:
         from sxpm.core import oci
         from sxpm.core.artifact import Dependency, Variant
         from sxpm.core.oci import ImageIndex, Manifest
-        from sxpm.core.reference import Reference
         from sxpm.resolver import Candidate
 
         variants: list[Variant] = []
@@ -94,7 +94,7 @@ class RegistryProvider:
                                         entry.digest, int(ann.get("org.simplex.size", 0)),
                                         int(memory) if memory else None,
                                         ann.get(oci.ANN_BASE_MODEL)))
-                child = self.fetcher.manifest(Reference.parse(source), entry.digest).obj
+                child = self.fetcher.manifest(source, entry.digest).obj
                 if isinstance(child, Manifest):
                     manifests.append(child)
         else:
@@ -132,10 +132,12 @@ def _pin(fetcher: Fetcher, cand: Candidate, variant: Variant | None,
          deps: Iterable[Dependency]) -> LockedArtifact:
     """The lock record of ``cand``: its manifests read (and kept in the store), what it
     is checked against the index line, its signer checked against the policy."""
-    from sxpm.core.reference import Reference
     from sxpm.ops.fetch import Identity
 
-    tree = fetcher.tree(Reference.parse(cand.ref).with_digest(cand.digest))
+    if cand.ref is None:
+        raise ManifestError(str(cand), "its index line names no repository",
+                            hint="the index must give every line a ref")
+    tree = fetcher.tree(cand.ref.with_digest(cand.digest))
     art = fetcher.artifact(tree, tree.entry(variant.name if variant else None),
                            expect=Identity(cand.kind, cand.name, str(cand.version)))
     fetcher.keep(tree)
@@ -277,11 +279,10 @@ def _chain(fetcher: Fetcher, art: LockedArtifact) -> Artifact:
     """The artifact a lock record installs, checked link by link: digest -> index ->
     variant manifest -> layers, and the record's name, kind and version."""
     from sxpm.core import oci
-    from sxpm.core.reference import Reference
     from sxpm.ops.fetch import Identity
 
     where = f"the lock's record of {art.name}"
-    tree = fetcher.tree(Reference.parse(art.source).with_digest(art.digest))
+    tree = fetcher.tree(art.source.with_digest(art.digest))
     entry = tree.entry_for(art.manifest)
     if entry is None:
         what = "an image index that does not list it" if tree.index is not None else \
@@ -300,7 +301,7 @@ def _chain(fetcher: Fetcher, art: LockedArtifact) -> Artifact:
               for layer in found.info.manifest.layers]
     if pinned != actual:
         raise CorruptBlobError(str(art.manifest), "a manifest whose layers differ from the lock",
-                               where=art.source)
+                               where=str(art.source))
     return found
 
 
@@ -319,7 +320,7 @@ def _install_todo(home: Home, fetcher: Fetcher, todo: list[LockedArtifact], root
         home, missing, options=fetcher.options, reporter=reporter)
     for art, found in chained:
         fetcher.keep(found.tree)
-        name = f"{art.source}@{art.manifest}"
+        name = str(art.source.with_digest(art.manifest))
         materialize(home.store, found.info, root, name,
                     signer=found.signer.to_dict() if found.signer else None)
         home.store.set_ref(name, found.info.descriptor)

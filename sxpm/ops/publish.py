@@ -173,8 +173,9 @@ def _manifest_size(manifest: Manifest) -> int:
     return sum(layer.size for layer in manifest.layers)
 
 
-def entry_from_store(home: Home, top: Descriptor, *, ref: str, description: str | None = None,
-                     license: str | None = None, tags: tuple[str, ...] = ()) -> IndexEntry:
+def entry_from_store(home: Home, top: Descriptor, *, ref: Reference,
+                     description: str | None = None, license: str | None = None,
+                     tags: tuple[str, ...] = ()) -> IndexEntry:
     """The index line of the artifact ``top`` in the store, published at ``ref``."""
     from sxpm.artifacts.describe import describe
 
@@ -361,7 +362,7 @@ def publish(home: Home, paths: list[Path], *, index_dir: Path, registry: str | N
         result = pack(home, kind, path, ref, variant=variants[i] if variants else None,
                       version=version)
     assert result is not None
-    entry = entry_from_store(home, result.descriptor, ref=ref.locator,
+    entry = entry_from_store(home, result.descriptor, ref=ref.repository_ref,
                              description=description, license=license, tags=tags)
     problem = config.ref_problem(entry.ref)
     if problem:

@@ -304,31 +304,31 @@ def copy(home: Home, src: Reference, dst: Reference, *,
                 options=options, reporter=reporter)
 
 
-def fetch_blobs(home: Home, wanted: Iterable[tuple[str, Descriptor]], *,
+def fetch_blobs(home: Home, wanted: Iterable[tuple[Reference, Descriptor]], *,
                 options: TransportOptions | None = None, reporter: Reporter = SILENT
                 ) -> tuple[int, int]:
     """Fetch blobs of many artifacts in one parallel pass; (blobs, bytes) fetched.
 
-    ``wanted`` pairs a repository locator (``host/repo`` or ``oci:DIR``) with a blob.
-    A blob several artifacts share is fetched once.
+    ``wanted`` pairs a repository (a reference; its tag and digest are not used) with
+    a blob. A blob several artifacts share is fetched once.
     """
     options = options or TransportOptions()
-    unique: dict[str, tuple[str, Descriptor]] = {}
+    unique: dict[Digest, tuple[Reference, Descriptor]] = {}
     for source, desc in wanted:
         if not home.store.has_blob(desc.digest):
-            unique.setdefault(str(desc.digest), (source, desc))
-    repos: dict[str, Repository] = {}
+            unique.setdefault(desc.digest, (source.repository_ref, desc))
+    repos: dict[Reference, Repository] = {}
     for source, _ in unique.values():
         if source not in repos:
-            repos[source] = open_repository(Reference.parse(source), options)
+            repos[source] = open_repository(source, options)
     total = sum(d.size for _, d in unique.values())
     bar = reporter.start("install", total)
-    by_digest = {str(d.digest): s for s, d in unique.values()}
+    by_digest = {d.digest: s for s, d in unique.values()}
     streams = range_streams(options, [d for _, d in unique.values()])
 
     def one(desc: Descriptor) -> None:
-        source = by_digest[str(desc.digest)]
-        _fetch_one(repos[source], home.store, desc, bar, Reference.parse(source), streams)
+        source = by_digest[desc.digest]
+        _fetch_one(repos[source], home.store, desc, bar, source, streams)
 
     try:
         _parallel(options.jobs, [d for _, d in unique.values()], one,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sxpm.core.names import check_name, normalize_name
-from sxpm.core.reference import Digest
+from sxpm.core.reference import Digest, Reference
 from sxpm.errors import ManifestError, NotFoundError
 
 LOCK_VERSION = 1
@@ -47,7 +47,7 @@ class LockedArtifact:
     name: str
     kind: str
     version: str
-    source: str  # registry repository, e.g. localhost:5000/simplex/tiny-llama
+    source: Reference  # the repository (no tag or digest), e.g. localhost:5000/simplex/tiny
     digest: Digest  # what the index published: manifest or image index
     manifest: Digest  # the manifest installed (a variant's, for an index)
     variant: str | None = None
@@ -88,7 +88,7 @@ class Lock:
         for art in sorted(self.artifacts, key=lambda a: (a.name, a.kind)):
             out.append("\n[[artifact]]\n")
             out.append(f"name = {q(art.name)}\nkind = {q(art.kind)}\n"
-                       f"version = {q(art.version)}\nsource = {q(art.source)}\n"
+                       f"version = {q(art.version)}\nsource = {q(art.source.locator)}\n"
                        f"digest = {q(str(art.digest))}\nmanifest = {q(str(art.manifest))}\n")
             if art.variant:
                 out.append(f"variant = {q(art.variant)}\n")
@@ -157,6 +157,16 @@ class Lock:
             except ValueError as exc:
                 raise fail(f"{where}.{key}", str(exc)) from None
 
+        def repository(obj: dict[str, Any], key: str, where: str) -> Reference:
+            value = text(obj, key, where)
+            assert value is not None
+            try:
+                # Not exact: a lock written before sources were parsed at lock time
+                # may hold a relative oci: path, read from the working directory.
+                return Reference.parse_locator(value, exact=False)
+            except ValueError as exc:
+                raise fail(f"{where}.{key}", str(exc)) from None
+
         req_hash = text(data, "requirements-hash", "$")
         assert req_hash is not None
         index = data.get("index", {})
@@ -212,7 +222,7 @@ class Lock:
                 layers.append(LockedLayer(path, digest(layer, "digest", lw), size, media_type))
             artifacts.append(LockedArtifact(
                 name=name, kind=kind, version=str(text(a, "version", where)),
-                source=str(text(a, "source", where)), digest=digest(a, "digest", where),
+                source=repository(a, "source", where), digest=digest(a, "digest", where),
                 manifest=digest(a, "manifest", where),
                 variant=text(a, "variant", where, required=False),
                 dependencies=tuple(deps), layers=tuple(layers),

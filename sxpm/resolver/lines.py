@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sxpm.core.artifact import Dependency, Variant
-from sxpm.core.reference import Digest
+from sxpm.core.reference import Digest, Reference
 from sxpm.core.versions import parse_version
 from sxpm.errors import ManifestError
 from sxpm.resolver.model import Candidate
@@ -17,10 +17,11 @@ def candidate_from_line(line: Mapping[str, Any], source: str = "index") -> Candi
     try:
         deps = tuple(Dependency.from_dict(d) for d in line.get("deps", []))
         variants = tuple(Variant.from_dict(v) for v in line.get("variants", []))
+        ref = Reference.parse_locator(line["ref"]) if line.get("ref") else None
         return Candidate(
             name=line["name"], kind=line.get("kind", "package"),
             version=parse_version(line["vers"]), digest=Digest.parse(line["digest"]),
-            ref=line.get("ref", ""), deps=deps, variants=variants,
+            ref=ref, deps=deps, variants=variants,
             yanked=bool(line.get("yanked", False)), size=int(line.get("size", 0)))
     except (KeyError, TypeError, ValueError) as exc:
         raise ManifestError(source, f"index line for {line.get('name')!r} is malformed "

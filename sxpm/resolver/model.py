@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sxpm.core.artifact import Dependency, Variant
-from sxpm.core.reference import Digest
+from sxpm.core.reference import Digest, Reference
 from sxpm.core.versions import VersionReq
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ class Candidate:
     kind: str
     version: Version
     digest: Digest
-    ref: str
+    ref: Reference | None  # the repository (no tag or digest); None in a bare snapshot
     deps: tuple[Dependency, ...] = ()
     variants: tuple[Variant, ...] = ()
     yanked: bool = False

@@ -135,12 +135,12 @@ def _tag_key(tag: str | None) -> tuple[int, Any]:
         return (0, tag or "")
 
 
-def suggest_ref(home: Home, name: str, version: str | None) -> str:
+def suggest_ref(home: Home, name: str, version: str | None) -> Reference:
     """Where to install ``name`` from: a matching store ref, else the default registry."""
     for ref, _desc in reversed(store_refs_named(home, name)):
         if version is None or ref.tag == version:
-            return str(ref)
-    return str(home.parse_ref(f"{name}:{version}" if version else name))
+            return ref
+    return home.parse_ref(f"{name}:{version}" if version else name)
 
 
 # --- manifests from the store -------------------------------------------------------
@@ -257,12 +257,11 @@ def find_model(home: Home, spec: str, *, variant: str | None = None,
     if variant is not None:
         found = [i for i in found if i.record.get("variant") == variant]
     if not found:
-        ref_text = suggest_ref(home, name, version)
+        ref = suggest_ref(home, name, version)
         if not install:
-            raise ModelNotInstalledError("model", spec, ref_text)
+            raise ModelNotInstalledError("model", spec, str(ref))
         from sxpm.ops.install import install as do_install
 
-        ref = home.parse_ref(ref_text)
         chosen = variant or _choose_variant_in_store(home, ref, memory_budget)
         item = do_install(home, ref, variant=chosen, **install_kw)
     else:
@@ -401,10 +400,10 @@ def find_expert(home: Home, spec: str, model_name: str, *, install: bool = False
     name, version = split_spec(spec)
     found = _installed(home, "expert", name, version)
     if not found:
-        ref_text = suggest_ref(home, name, version)
+        ref = suggest_ref(home, name, version)
         if not install:
-            raise ModelNotInstalledError("expert", spec, f"{ref_text} --for {model_name}")
-        install_expert(home, home.parse_ref(ref_text), model_name, **install_kw)
+            raise ModelNotInstalledError("expert", spec, f"{ref} --for {model_name}")
+        install_expert(home, ref, model_name, **install_kw)
         found = find_installed(home.root, "expert", name, version)
     item = _newest(found)
     manifest = _manifest_by_digest(home, item.record["digest"])
