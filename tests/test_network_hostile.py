@@ -546,3 +546,22 @@ def test_logout_forgets_the_helper_secret_too(helper: Path, docker: Path) -> Non
     assert credentials.erase(host)
     assert credentials.get(host) is None
     assert json.loads(helper.read_text()) == {}
+
+
+def test_a_compressed_bomb_is_bounded_by_what_it_decodes_to(registry: HostileRegistry,
+                                                             docker: Path) -> None:
+    import gzip
+
+    login(docker, registry.host)
+    bomb = gzip.compress(b'{"tags": ["' + b"0" * (64 * MiB) + b'"]}', 9)  # 64 MiB in 64 KiB
+
+    def tags(req: Request) -> bool:
+        if "/tags/list" not in req.path or not req.headers.get("authorization"):
+            return False
+        req.send(200, bomb, {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+        return True
+
+    registry.hooks.append(tags)
+    peak, error = _peak_while(repo(registry).tags)
+    assert error is not None and "reading stopped" in str(error)
+    assert peak < 8 * MiB, f"{peak / MiB:.1f} MiB held"
