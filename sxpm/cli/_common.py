@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -43,7 +42,11 @@ def transfer_options(f: F) -> F:
 
 _TRANSPORT_ENV = {"SXPM_RETRIES": "retries", "SXPM_RANGE_MIN": "range_min_bytes",
                   "SXPM_RANGE_PIECE": "range_piece_bytes",
-                  "SXPM_RANGE_STREAMS": "range_streams", "SXPM_CHUNK": "chunk_bytes"}
+                  "SXPM_RANGE_STREAMS": "range_streams", "SXPM_CHUNK": "chunk_bytes",
+                  "SXPM_STALL_BYTES": "stall_bytes"}
+# Seconds: the read timeout, the stall window, the deadline of a body read whole.
+_TRANSPORT_SECONDS = {"SXPM_TIMEOUT": "timeout_s", "SXPM_STALL_WINDOW": "stall_window_s",
+                      "SXPM_DEADLINE": "deadline_s"}
 
 
 def transport(insecure: bool, jobs: int) -> TransportOptions:
@@ -54,15 +57,14 @@ def transport(insecure: bool, jobs: int) -> TransportOptions:
 
     tuning = {field: int(value) for name, field in _TRANSPORT_ENV.items()
               if (value := os.environ.get(name, "")).isdigit() and int(value) > 0}
-    options = TransportOptions(insecure=insecure, jobs=jobs, **tuning)
-    # Seconds without a byte before a read gives up (and is retried, resuming).
-    timeout = os.environ.get("SXPM_TIMEOUT", "")
-    try:
-        if float(timeout) > 0:
-            options = replace(options, timeout_s=float(timeout))
-    except ValueError:
-        pass
-    return options
+    seconds: dict[str, Any] = {}
+    for name, field in _TRANSPORT_SECONDS.items():
+        try:
+            if float(os.environ.get(name, "")) > 0:
+                seconds[field] = float(os.environ[name])
+        except ValueError:
+            pass
+    return TransportOptions(insecure=insecure, jobs=jobs, **tuning, **seconds)
 
 
 def reporter(quiet: bool) -> Reporter:

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import click
 
+from sxpm.core.http import strip_userinfo
+
 F = TypeVar("F", bound=Callable[..., Any])
 KIND = click.Choice(["model", "expert", "package"])
 
@@ -40,7 +42,8 @@ def _local_index(index: str | None, directory: Path | None) -> Path:
 
     location = str(directory) if directory is not None else find_index(index)
     if is_url(location):
-        raise IndexLocationError(f"{location} is a URL; this command needs a local checkout",
+        raise IndexLocationError(f"{strip_userinfo(location)} is a URL; this command needs "
+                                 "a local checkout",
                                  hint="git clone the index and pass its directory")
     return Path(location.removeprefix("file://"))
 

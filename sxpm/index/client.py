@@ -7,6 +7,12 @@ cached copy with no request at all. ``requests`` is imported only for HTTP index
 so a search of a local checkout stays fast; and a warm read that CacheControl's
 entry answers (a 304, or a fresh entry) does not import it either: see
 :mod:`sxpm.index.httpcache`.
+
+Over HTTP every file is read with a byte limit suited to it and an overall deadline
+(:data:`FILE_LIMITS`, :data:`DEADLINE_S`), at most :data:`~sxpm.core.http.MAX_REDIRECTS`
+redirects. Userinfo in the index URL (``https://user:token@host/``) authenticates the
+requests to that host only (``requests`` drops it on a redirect elsewhere) and is
+never shown: :attr:`IndexClient.location` and every message use the URL without it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sxpm.core.http import (
+    MAX_REDIRECTS,
+    BodyTooLargeError,
+    Deadline,
+    StalledError,
+    read_bounded,
+    response_socket,
+    strip_userinfo,
+)
 from sxpm.core.names import normalize_name
 from sxpm.core.reference import is_loopback
 from sxpm.core.versions import version_key
@@ -30,6 +45,13 @@ from sxpm.index.format import (
     index_path,
     parse_lines,
 )
+
+FILE_LIMITS = {CONFIG_FILE: 1024 * 1024, CATALOG_FILE: 64 * 1024 * 1024}
+"""Bytes an index file may have over HTTP, by name; others: :data:`DEFAULT_FILE_LIMIT`."""
+DEFAULT_FILE_LIMIT = 16 * 1024 * 1024
+"""A name's file: one JSON line per version, 16 MiB is tens of thousands of versions."""
+DEADLINE_S = 120.0
+"""Seconds one index file may take to arrive in all (each read also times out)."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +93,7 @@ class IndexClient:
         text = os.fspath(location)
         if text.startswith("file://"):
             text = text[len("file://"):]
-        self.location = text
+        self.location = strip_userinfo(text)
         self.offline = offline
         self.insecure = insecure
         self.cache_dir = cache_dir or default_cache_dir()
@@ -80,13 +102,15 @@ class IndexClient:
         self._config: IndexConfig | None = None
         if is_url(text):
             self.base_url = text if text.endswith("/") else text + "/"
+            self.public_url = strip_userinfo(self.base_url)
             parts = urlsplit(self.base_url)
             if parts.scheme == "http" and not insecure and not is_loopback(parts.hostname or ""):
                 raise IndexLocationError(
-                    f"Index {text} is plain HTTP", hint="use https://, or pass --insecure")
+                    f"Index {self.location} is plain HTTP",
+                    hint="use https://, or pass --insecure")
             self.root: Path | None = None
         else:
-            self.base_url = ""
+            self.base_url = self.public_url = ""
             self.root = Path(text).expanduser()
             if not self.root.is_dir():
                 raise IndexLocationError(f"Index {text} is not a directory or an http(s) URL")
@@ -100,7 +124,7 @@ class IndexClient:
 
     def source(self, rel: str) -> str:
         """How a file of the index is named in messages: its path or URL."""
-        return str(self.root / rel) if self.root is not None else self.base_url + rel
+        return str(self.root / rel) if self.root is not None else self.public_url + rel
 
     # --- raw files ------------------------------------------------------------
 
@@ -122,37 +146,66 @@ class IndexClient:
 
     def _fetch(self, rel: str) -> str | None:
         url = self.base_url + rel
+        shown = self.public_url + rel
         if self.offline:
-            return self._cached(url)
+            return self._cached(url, shown)
         if self._session is None:
             # Warm path: revalidate CacheControl's entry without importing requests.
             from sxpm.index.httpcache import revalidate
 
             body = revalidate(url, self.cache_dir, insecure=self.insecure)
             if body is not None:
-                return self._decode(body, url)
+                return self._decode(body, shown)
         import requests
 
+        limit = FILE_LIMITS.get(rel, DEFAULT_FILE_LIMIT)
+        hint = "check the URL and the network; --offline reads the cached copy"
         try:
-            resp = self._http().get(url, timeout=30)
-        except requests.RequestException as exc:
+            # Streamed, so the body is read here with a limit; CacheControl stores it
+            # only once it has been read to its end.
+            resp = self._http().get(url, timeout=30, stream=True)
+            with resp:
+                if resp.status_code == 404:
+                    return None
+                if resp.status_code != 200:
+                    raise IndexUnavailableError(
+                        f"The index answered {resp.status_code} for {shown}", url=shown,
+                        status=resp.status_code)
+                length = resp.headers.get("Content-Length", "")
+                if length.isdigit() and int(length) > limit:
+                    raise BodyTooLargeError(limit)
+                with Deadline(DEADLINE_S, lambda: response_socket(resp)) as deadline:
+                    try:
+                        body = read_bounded(resp.iter_content(65536), limit)
+                    except (requests.RequestException, OSError):
+                        if deadline.fired:
+                            raise StalledError(f"it took over {DEADLINE_S:g} s") from None
+                        raise
+        except requests.TooManyRedirects:
             raise IndexUnavailableError(
-                f"Cannot reach the index at {url}: {exc.__class__.__name__}", url=url,
-                hint="check the URL and the network; --offline reads the cached copy"
-            ) from None
-        if resp.status_code == 404:
-            return None
-        if resp.status_code != 200:
-            raise IndexUnavailableError(f"The index answered {resp.status_code} for {url}",
-                                        url=url, status=resp.status_code)
-        return self._decode(bytes(resp.content), url)
+                f"The index redirected {shown} more than {MAX_REDIRECTS} times (a redirect "
+                "loop)", url=shown, hint="check the index URL; report the loop to the "
+                "index's operators") from None
+        except BodyTooLargeError:
+            raise IndexUnavailableError(
+                f"The index file {shown} is over {limit // (1024 * 1024)} MiB; reading "
+                "stopped", url=shown, hint="check the index URL; an index file this large "
+                "is refused by design") from None
+        except StalledError as exc:
+            raise IndexUnavailableError(f"Reading {shown} stalled: {exc}", url=shown,
+                                        hint=hint) from None
+        except (requests.RequestException, OSError) as exc:
+            raise IndexUnavailableError(
+                f"Cannot reach the index at {shown}: {exc.__class__.__name__}", url=shown,
+                hint=hint) from None
+        return self._decode(body, shown)
 
     @staticmethod
-    def _decode(body: bytes, url: str) -> str:
+    def _decode(body: bytes, shown: str) -> str:
         try:
             return body.decode("utf-8")
         except UnicodeDecodeError:
-            raise IndexFormatError(url, None, "not UTF-8 text") from None
+            raise IndexFormatError(shown, None, "not UTF-8 text") from None
 
     def _http(self) -> Any:
         if self._session is None:
@@ -164,16 +217,17 @@ class IndexClient:
             session = requests.Session()
             session.headers["User-Agent"] = "sxpm-index"
             session.verify = not self.insecure
+            session.max_redirects = MAX_REDIRECTS
             self._session = CacheControl(session, cache=FileCache(str(self.cache_dir)))
         return self._session
 
-    def _cached(self, url: str) -> str | None:
+    def _cached(self, url: str, shown: str) -> str | None:
         """The cached body of ``url`` without any request (offline mode)."""
         from sxpm.index.httpcache import read_offline
 
         found, body = read_offline(url, self.cache_dir)
         if found:
-            return None if body is None else self._decode(body, url)
+            return None if body is None else self._decode(body, shown)
         import requests
         from cachecontrol.caches.file_cache import FileCache
         from cachecontrol.controller import CacheController
@@ -185,11 +239,11 @@ class IndexClient:
         response = controller.serializer.loads(request, data) if data else None
         if response is None:
             raise IndexUnavailableError(
-                f"{url} is not in the cache (offline)", url=url,
+                f"{shown} is not in the cache (offline)", url=shown,
                 hint="run the command once without --offline to fill the cache")
         if response.status == 404:
             return None
-        return self._decode(bytes(response.read()), url)
+        return self._decode(bytes(response.read()), shown)
 
     def _json(self, rel: str) -> Any:
         text = self.read_text(rel)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sxpm.core.http import strip_userinfo
 from sxpm.core.progress import SILENT, Reporter
 from sxpm.errors import CorruptBlobError, InputError, ManifestError, NotFoundError, StoreError
 from sxpm.installed.records import INSTALL_RECORD, install_dir, list_installed
@@ -186,7 +187,7 @@ def lock(project: Project, home: Home, provider: Provider, *, index_source: str 
     pinned = [_pin(fetcher, r.candidate, r.variant, r.deps)
               for r in resolution.artifacts.values()]
     new = Lock(project.requirements_hash(), project.requirement_records(), pinned,
-               index_source, index_state)
+               strip_userinfo(index_source), index_state)
     updates = _diff_versions(old, new)
     changed = old is None or old.dumps() != new.dumps()
     if changed:

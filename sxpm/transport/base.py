@@ -44,6 +44,15 @@ class TransportOptions:
     range_streams: int = 0
     """Streams per large blob; 0 decides: one from a loopback registry, else the
     ``jobs`` shared among the large blobs, at most the CPUs (at least 2)."""
+    stall_bytes: int = 64 * 1024
+    """A streamed blob that brings fewer bytes than this in ``stall_window_s`` seconds
+    has stalled: it is cut and resumed like a dropped connection (a server dripping a
+    byte now and then never trips the read timeout)."""
+    stall_window_s: float = 30.0
+    """The window of ``stall_bytes``."""
+    deadline_s: float = 120.0
+    """Seconds a body read whole (manifest, tag list page, token, referrers, error
+    body) may take in all, per attempt."""
 
 
 class Repository(ABC):

@@ -6,6 +6,11 @@ The file is Docker's ``config.json`` (``$DOCKER_CONFIG/config.json``, else
 is the program ``docker-credential-<name>`` speaking its ``get``/``store``/``erase``
 protocol on stdin and stdout. Both are read when a command runs, never cached at
 import time, and nothing here ever prints or logs a secret.
+
+Precedence is Docker's: the host's ``credHelpers`` entry, then ``credsStore``, then
+``auths``; an entry of ``auths`` is read only when no helper has the host. So a
+login saved in a helper wins over an old plaintext entry (``store`` also removes that
+entry, as ``docker login`` does), and ``erase`` forgets the host in both places.
 """
 
 from __future__ import annotations
@@ -22,6 +27,14 @@ from sxpm.errors import RegistryError
 from sxpm.store.layout import write_atomic
 
 _DOCKER_HUB_KEY = "https://index.docker.io/v1/"
+_DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+_DOCKER_HUB_AUTH = "auth.docker.io"
+
+
+def same_login(registry: str, other: str) -> bool:
+    """Whether ``other`` may receive ``registry``'s login though it is another host:
+    only Docker Hub's token service, which Docker Hub's login is for."""
+    return registry.lower() in _DOCKER_HUB_HOSTS and other.lower() == _DOCKER_HUB_AUTH
 
 
 @dataclass(frozen=True)
@@ -70,7 +83,7 @@ def _read_config(path: Path | None = None) -> dict[str, Any]:
 
 
 def _keys(host: str) -> list[str]:
-    if host in ("docker.io", "index.docker.io", "registry-1.docker.io"):
+    if host in _DOCKER_HUB_HOSTS:
         return [_DOCKER_HUB_KEY, "docker.io", "index.docker.io"]
     return [host, f"https://{host}", f"http://{host}", f"https://{host}/v1/"]
 
@@ -115,6 +128,34 @@ def get(host: str) -> Credentials | None:
 
 
 def _get_from(config: dict[str, Any], path: Path, host: str) -> Credentials | None:
+    """Docker's precedence within one file: the host's helper, then ``auths``."""
+    helper = _helper_for(config, host)
+    if helper:
+        found = _from_helper(helper, host)
+        if found is not None:
+            return found
+    return _from_auths(config, path, host)
+
+
+def _from_helper(helper: str, host: str) -> Credentials | None:
+    out = _helper(helper, "get", _server_url(host))
+    if not out.strip():
+        return None
+    try:
+        obj = json.loads(out)
+        username, secret = str(obj["Username"]), str(obj["Secret"])
+    except (ValueError, KeyError, TypeError):
+        raise RegistryError(f"The credential helper docker-credential-{helper} "
+                            "gave an answer sxpm cannot read") from None
+    return Credentials(username, secret) if secret else None
+
+
+def _server_url(host: str) -> str:
+    """The name a helper files ``host`` under (Docker Hub's is its old URL)."""
+    return _DOCKER_HUB_KEY if host in _DOCKER_HUB_HOSTS else host
+
+
+def _from_auths(config: dict[str, Any], path: Path, host: str) -> Credentials | None:
     auths = config.get("auths") or {}
     for key in _keys(host):
         entry = auths.get(key)
@@ -132,17 +173,6 @@ def _get_from(config: dict[str, Any], path: Path, host: str) -> Credentials | No
             return Credentials(user, password)
         if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
             return Credentials(entry["username"], entry["password"])
-    helper = _helper_for(config, host)
-    if helper:
-        out = _helper(helper, "get", _keys(host)[0] if host in (
-            "docker.io", "index.docker.io") else host)
-        if out.strip():
-            try:
-                obj = json.loads(out)
-                return Credentials(str(obj["Username"]), str(obj["Secret"]))
-            except (ValueError, KeyError, TypeError):
-                raise RegistryError(f"The credential helper docker-credential-{helper} "
-                                    "gave an answer sxpm cannot read") from None
     return None
 
 
@@ -152,7 +182,15 @@ def store(host: str, creds: Credentials) -> Path:
     helper = _helper_for(config, host)
     if helper:
         _helper(helper, "store", json.dumps(
-            {"ServerURL": host, "Username": creds.username, "Secret": creds.password}))
+            {"ServerURL": _server_url(host), "Username": creds.username,
+             "Secret": creds.password}))
+        # An old plaintext entry would outlive the login; Docker keeps an empty one.
+        auths = config.get("auths")
+        if isinstance(auths, dict) and any(k in auths for k in _keys(host)):
+            for key in _keys(host):
+                auths.pop(key, None)
+            auths[_keys(host)[0]] = {}
+            _write(config)
         return config_path()
     auths = config.setdefault("auths", {})
     token = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
@@ -173,12 +211,16 @@ def erase(host: str) -> bool:
     if found:
         _write(config)
     helper = _helper_for(config, host)
-    if helper and not found:
+    if helper:
+        # Erased from the file or not, the helper may hold it too; a helper without
+        # it fails on erase, which is no error here.
+        had = _from_helper(helper, host) is not None
         try:
-            _helper(helper, "erase", host)
-            found = True
+            _helper(helper, "erase", _server_url(host))
         except RegistryError:
-            pass
+            if had:
+                raise
+        found = found or had
     return found
 
 

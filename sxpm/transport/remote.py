@@ -16,7 +16,14 @@ repository of that host in the process, so connections and tokens are reused):
 Authentication follows the registry's ``WWW-Authenticate`` challenge: Basic, or a
 Bearer token fetched from the realm with the credentials of Docker's
 ``config.json`` (:mod:`sxpm.transport.credentials`). Credentials never appear in an
-error message, a log line or a ``repr``.
+error message, a log line or a ``repr``, and go only where :mod:`sxpm.core.http`
+allows: the registry's own host (a realm on another host gets that host's own
+credentials, if any), over HTTPS unless the host is loopback or ``--insecure`` was
+given. Redirects are followed here, not by ``requests``, so that every hop is held
+to that rule and a loop ends with its own error.
+
+Every body has a bound: those read whole a byte limit and a deadline, streamed blobs
+a minimum rate (:class:`~sxpm.transport.base.TransportOptions`).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import collections
 import email.utils
 import functools
 import hashlib
+import json
 import random
 import re
 import threading
@@ -34,6 +42,18 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlencode, urljoin
 
 from sxpm._version import __version__
+from sxpm.core.http import (
+    MAX_REDIRECTS,
+    BodyTooLargeError,
+    Deadline,
+    RateGuard,
+    StalledError,
+    authority,
+    may_send_credentials,
+    read_bounded,
+    response_socket,
+    same_host,
+)
 from sxpm.core.oci import (
     INDEX_TYPES,
     MANIFEST_TYPES,
@@ -54,6 +74,7 @@ from sxpm.errors import (
 )
 from sxpm.store.layout import CHUNK, BlobWriter, OCILayout
 from sxpm.store.sink import BUFFER, LANE_BUFFERS, Lane, Sink, receive
+from sxpm.transport import credentials
 from sxpm.transport.base import (
     Repository,
     TransportOptions,
@@ -66,6 +87,20 @@ if TYPE_CHECKING:
     import requests
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+ERROR_BODY_MAX = 64 * 1024
+"""Bytes of an error answer read for its message; the rest is never read."""
+SMALL_BODY_MAX = 64 * 1024
+"""Bytes read of an answer whose body sxpm does not use (HEAD, PUT, POST, PATCH)."""
+TOKEN_BODY_MAX = 256 * 1024
+"""A token answer: a JWT of a few KiB in practice."""
+TAG_PAGE_MAX = 1024 * 1024
+"""One page of a tag list (1 000 tags of up to 128 characters is 135 KB)."""
+MAX_TAG_PAGES = 200
+MAX_TAGS = 100_000
+MAX_MEMO_BYTES = 64 * 1024 * 1024
+"""Manifests kept by digest per repository, so an index naming one manifest many
+times is fetched and held once."""
 ACCEPT_MANIFESTS = ", ".join(sorted(MANIFEST_TYPES | INDEX_TYPES))
 _CHALLENGE_RE = re.compile(r'([A-Za-z_]+)=(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
@@ -77,6 +112,8 @@ _PERMANENT = frozenset({"connection refused", "name or service not known",
 
 def _reason(exc: BaseException) -> str:
     """A short cause for a connection failure, without URLs that could carry secrets."""
+    if isinstance(exc, StalledError):
+        return str(exc)
     text = str(exc)
     for marker in ("Connection refused", "Name or service not known", "timed out",
                    "Connection reset", "certificate verify failed", "No route to host",
@@ -88,6 +125,10 @@ def _reason(exc: BaseException) -> str:
 
 def _same(value: Any) -> Any:
     return value
+
+
+class AnswerTooLargeError(RegistryError):
+    """An answer read whole went past its limit (reading stopped there)."""
 
 
 class _NoRangesError(Exception):
@@ -116,17 +157,44 @@ def _network_errors() -> tuple[type[BaseException], ...]:
             http.client.HTTPException, ConnectionError, TimeoutError)
 
 
-def _reader(resp: requests.Response) -> Callable[[memoryview], int]:
-    """``readinto`` for a streamed body: straight from the socket when possible."""
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a body whole may raise: the network's errors and the limit's."""
+    return (BodyTooLargeError, *_network_errors())
+
+
+def _reader(resp: requests.Response, guard: RateGuard) -> Callable[[memoryview], int]:
+    """``readinto`` for a streamed body, held to ``guard``'s minimum rate.
+
+    Each call is one read of the socket (what has arrived, at least a byte), so the
+    guard sees a dripping server between its bytes: a read that fills the whole view
+    would wait for 2 MiB, byte by byte. With a ``Content-Length`` and no encoding the
+    bytes go straight from the socket's buffer into the view; otherwise through
+    urllib3, which decodes chunks.
+    """
     raw = resp.raw
-    fp = getattr(raw, "_fp", None)
-    if fp is not None and callable(getattr(fp, "readinto", None)) \
-            and not resp.headers.get("Content-Encoding"):
-        return fp.readinto  # type: ignore[no-any-return]
+    fp = getattr(getattr(raw, "_fp", None), "fp", None)  # the socket's BufferedReader
+    length = resp.headers.get("Content-Length", "")
+    if fp is not None and callable(getattr(fp, "readinto1", None)) and length.isdigit() \
+            and not resp.headers.get("Content-Encoding") \
+            and not getattr(raw._fp, "chunked", True):
+        left = int(length)
+        readinto1 = fp.readinto1
+
+        def direct(view: memoryview) -> int:
+            nonlocal left
+            if left <= 0:
+                return 0
+            n: int = readinto1(view[:left] if len(view) > left else view)
+            left -= n
+            guard.add(n)
+            return n
+
+        return direct
 
     def readinto(view: memoryview) -> int:
-        data = raw.read(len(view), decode_content=False)
+        data = raw.read1(len(view), decode_content=False)
         view[:len(data)] = data
+        guard.add(len(data))
         return len(data)
 
     return readinto
@@ -204,8 +272,6 @@ class RegistryClient:
     def credentials(self) -> Credentials | None:
         with self._lock:
             if not self._credentials_loaded:
-                from sxpm.transport import credentials
-
                 self._credentials = credentials.get(self.host)
                 self._credentials_loaded = True
             return self._credentials
@@ -214,6 +280,10 @@ class RegistryClient:
         if path.startswith(("http://", "https://")):
             return path
         return f"{self.scheme}://{self.host}{path}"
+
+    def _may_carry(self, url: str) -> bool:
+        """Whether this registry's login (Basic or its tokens) may go with ``url``."""
+        return may_send_credentials(url, self.host, insecure=self.options.insecure)
 
     def _auth_header(self, scope: str) -> str | None:
         return self._tokens.get(scope) or self._basic
@@ -224,8 +294,8 @@ class RegistryClient:
         kind, _, rest = challenge.strip().partition(" ")
         params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
                   for m in _CHALLENGE_RE.finditer(rest)}
-        creds = self.credentials()
         if kind.lower() == "basic":
+            creds = self.credentials()
             if creds is None or creds.is_identity_token:
                 return False
             import base64
@@ -235,48 +305,87 @@ class RegistryClient:
             return True
         if kind.lower() != "bearer" or not params.get("realm"):
             return False
+        realm = urljoin(self.url("/v2/"), params["realm"])
         scopes = sorted(set(scope.split()) | set((params.get("scope") or "").split()))
-        self._tokens[scope] = f"Bearer {self._fetch_token(params, scopes, creds)}"
+        self._tokens[scope] = f"Bearer {self._fetch_token(realm, params, scopes)}"
         return True
 
-    def _fetch_token(self, params: Mapping[str, str], scopes: list[str],
-                     creds: Credentials | None) -> str:
-        import requests
+    def _realm_credentials(self, realm: str) -> Credentials | None:
+        """What goes to a token realm: the registry's login when the realm is the
+        registry's own host (or Docker Hub's auth service), else the realm host's own
+        credentials; none over plain HTTP to a host that is not loopback."""
+        host = authority(realm)
+        if same_host(realm, self.host) or credentials.same_login(self.host, host):
+            creds = self.credentials()
+        else:
+            creds = credentials.get(host)
+        if creds is None or not may_send_credentials(realm, host,
+                                                     insecure=self.options.insecure):
+            return None
+        return creds
 
-        realm = params["realm"]
+    def _fetch_token(self, realm: str, params: Mapping[str, str], scopes: list[str]) -> str:
+
+        creds = self._realm_credentials(realm)
         query: list[tuple[str, str]] = [("scope", s) for s in scopes]
         if params.get("service"):
             query.append(("service", params["service"]))
+        shown = realm.split("?", 1)[0]
         try:
             if creds is not None and creds.is_identity_token:
                 resp = self.session.post(realm, data={
                     "grant_type": "refresh_token", "refresh_token": creds.password,
                     "service": params.get("service", ""), "scope": " ".join(scopes),
-                    "client_id": "sxpm"}, verify=self.verify, timeout=30)
+                    "client_id": "sxpm"}, verify=self.verify, timeout=30, stream=True,
+                    allow_redirects=False)
             else:
                 auth = (creds.username, creds.password) if creds else None
+                # Redirects are not followed: a login sent to a realm must not travel on.
                 resp = self.session.get(realm, params=query, auth=auth, verify=self.verify,
-                                        timeout=30)
-        except requests.RequestException as exc:
-            raise RegistryError(f"Cannot reach the token service {realm} of {self.host}: "
-                                f"{_reason(exc)}", url=realm) from None
+                                        timeout=30, stream=True, allow_redirects=False)
+            with resp:
+                data = self._read(resp, TOKEN_BODY_MAX) if resp.status_code == 200 else b""
+        except _read_errors() as exc:
+            reason = "an answer over 256 KiB" if isinstance(exc, BodyTooLargeError) \
+                else _reason(exc)
+            raise RegistryError(f"Cannot get a token from {shown} for {self.host}: {reason}",
+                                url=shown) from None
         if resp.status_code in (401, 403):
             raise AuthenticationError(
                 f"{self.host} refused the credentials"
                 if creds else f"{self.host} needs credentials",
-                url=realm, status=resp.status_code, hint=f"run `sxpm login {self.host}`")
+                url=shown, status=resp.status_code, hint=f"run `sxpm login {self.host}`")
         if resp.status_code != 200:
-            raise RegistryError(f"The token service {realm} of {self.host} answered HTTP "
-                                f"{resp.status_code}", url=realm, status=resp.status_code)
+            raise RegistryError(f"The token service {shown} of {self.host} answered HTTP "
+                                f"{resp.status_code}", url=shown, status=resp.status_code)
         try:
-            body = resp.json()
+            body = json.loads(data)
             token = body.get("token") or body.get("access_token")
-        except ValueError:
+        except (ValueError, AttributeError):
             token = None
         if not isinstance(token, str) or not token:
-            raise RegistryError(f"The token service {realm} of {self.host} sent no token",
-                                url=realm)
+            raise RegistryError(f"The token service {shown} of {self.host} sent no token",
+                                url=shown)
         return token
+
+    def _read(self, resp: requests.Response, limit: int, *, head: bool = False) -> bytes:
+        """A body read whole: at most ``limit`` bytes, within the deadline.
+
+        Raises :class:`BodyTooLargeError`, or :class:`StalledError` when the deadline
+        cut the connection. The answer to a ``HEAD`` has no body whatever its
+        ``Content-Length`` says (reading it releases the connection for reuse).
+        """
+        length = resp.headers.get("Content-Length", "")
+        if not head and length.isdigit() and int(length) > limit:
+            raise BodyTooLargeError(limit)
+        with Deadline(self.options.deadline_s, lambda: response_socket(resp)) as deadline:
+            try:
+                return read_bounded(resp.iter_content(65536), limit)
+            except _network_errors():
+                if deadline.fired:
+                    raise StalledError(f"the answer took over {self.options.deadline_s:g} s"
+                                       ) from None
+                raise
 
     # --- requests ----------------------------------------------------------------------
     def backoff(self, attempt: int) -> float:
@@ -302,41 +411,63 @@ class RegistryClient:
                 headers: Mapping[str, str] | None = None,
                 body: Callable[[], Any] | None = None, stream: bool = False,
                 expect: Sequence[int] = (200,), retry: bool = True,
-                params: Mapping[str, str] | None = None) -> requests.Response:
+                params: Mapping[str, str] | None = None,
+                limit: int = SMALL_BODY_MAX) -> requests.Response:
         """Send a request, answering auth challenges and retrying what is worth it.
 
         ``body`` makes a fresh request body for each attempt. ``what`` names the
-        object for error messages (reference and digest).
+        object for error messages (reference and digest). Unless ``stream``, the body
+        of the answer is read here, at most ``limit`` bytes within the deadline, and
+        is the response's ``content``. Redirects of GET and HEAD are followed (at
+        most :data:`MAX_REDIRECTS`), the login going only to the registry's host.
         """
         import requests
 
         url = self.url(path)
         if params:
             url += ("&" if "?" in url else "?") + urlencode(params)
+        target = url  # where this attempt goes: ``url``, or where it was redirected
         deadline = time.monotonic() + self.options.retry_max_s
         attempt = 0
+        hops = 0
         answered_challenge = False
         while True:
             sent = dict(headers or {})
-            auth = self._auth_header(scope)
+            own = self._may_carry(target)
+            auth = self._auth_header(scope) if own else None
             if auth:
                 sent["Authorization"] = auth
             data = body() if body else None
             try:
-                resp = self.session.request(method, self.url(url), headers=sent, data=data,
-                                            stream=stream, verify=self.verify,
+                resp = self.session.request(method, target, headers=sent, data=data,
+                                            stream=True, verify=self.verify,
+                                            allow_redirects=False,
                                             timeout=(15, self.options.timeout_s))
+                if resp.status_code in expect and not stream:
+                    try:
+                        # requests reads a non-streamed body whole, with no limit; this
+                        # reads it bounded and keeps it where ``Response.content`` does.
+                        resp._content = self._read(resp, limit, head=method == "HEAD")
+                    except BodyTooLargeError:
+                        resp.close()
+                        raise AnswerTooLargeError(
+                            f"{method} {url.split('?', 1)[0]} for {what}: the answer is "
+                            f"over {limit} bytes; reading stopped", url=url.split("?", 1)[0],
+                            hint="the registry is misbehaving; report it to its "
+                                 "operators") from None
             except requests.exceptions.SSLError as exc:
-                if self.options.insecure and self.scheme == "https":
+                if self.options.insecure and target.startswith("https://"):
                     # --insecure: a registry that speaks plain HTTP.
-                    self.scheme = "http"
-                    url = "http://" + url.split("://", 1)[1]
+                    if same_host(target, self.host):
+                        self.scheme = "http"
+                    url = "http://" + url.split("://", 1)[1] if url == target else url
+                    target = "http://" + target.split("://", 1)[1]
                     continue
                 raise RegistryError(f"TLS failed with {self.url('/v2/')}: {_reason(exc)}",
                                     url=self.url("/v2/"),
                                     hint="fix the certificate, or pass --insecure for a "
                                          "registry you trust") from None
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except _network_errors() as exc:
                 if isinstance(data, _Body):
                     data.close()
                 permanent = _reason(exc) in _PERMANENT
@@ -345,12 +476,26 @@ class RegistryClient:
                     time.sleep(self.backoff(attempt))
                     attempt += 1
                     continue
-                where = url.split("?", 1)[0]
+                where = target.split("?", 1)[0]
                 raise RegistryError(f"Cannot reach the registry at {where}: {_reason(exc)}",
                                     url=where,
                                     hint="check the address, the network and that the "
                                          "registry is running") from None
-            if resp.status_code == 401 and not answered_challenge:
+            if resp.status_code in REDIRECT_STATUS and method in ("GET", "HEAD") \
+                    and resp.headers.get("Location"):
+                resp.close()
+                hops += 1
+                if hops > MAX_REDIRECTS:
+                    where = url.split("?", 1)[0]
+                    raise RegistryError(
+                        f"{self.host} redirected {method} {where} for {what} more than "
+                        f"{MAX_REDIRECTS} times (a redirect loop)", url=where,
+                        status=resp.status_code,
+                        hint="the registry or its storage is misconfigured; report it to "
+                             "its operators")
+                target = urljoin(target, resp.headers["Location"])
+                continue
+            if resp.status_code == 401 and not answered_challenge and own:
                 answered_challenge = True
                 resp.close()
                 if self._authenticate(resp, scope):
@@ -362,33 +507,37 @@ class RegistryClient:
                     resp.close()
                     time.sleep(wait)
                     attempt += 1
+                    target = url
                     continue
             if resp.status_code in expect:
                 return resp
-            raise self.error(resp, method, url, what)
+            raise self.error(resp, method, target, what)
 
     def error(self, resp: requests.Response, method: str, url: str, what: str) -> Exception:
         status = resp.status_code
         message = ""
         try:
-            if len(resp.content) < 65536:
-                errors = resp.json().get("errors") or []
-                if errors and isinstance(errors[0], dict):
-                    message = str(errors[0].get("message") or errors[0].get("code") or "")
+            with resp:
+                errors = json.loads(self._read(resp, ERROR_BODY_MAX)).get("errors") or []
+            if errors and isinstance(errors[0], dict):
+                message = str(errors[0].get("message") or errors[0].get("code") or "")
+        except _read_errors():
+            pass  # no message, or not one worth the wait: the status says enough
         except (ValueError, AttributeError):
-            pass
+            pass  # not the distribution spec's error JSON
         message = " ".join(message.split())[:200]
         where = url.split("?", 1)[0]
+        host = authority(url)
         if status in (401, 403):
             has = self.credentials() is not None
             return AuthenticationError(
-                f"{self.host} refused access to {what} (HTTP {status}"
+                f"{host} refused access to {what} (HTTP {status}"
                 + (f": {message}" if message else "") + ")",
                 url=where, status=status,
-                hint=(f"check your permissions, or run `sxpm login {self.host}` again" if has
-                      else f"run `sxpm login {self.host}`"))
+                hint=(f"check your permissions, or run `sxpm login {host}` again" if has
+                      else f"run `sxpm login {host}`"))
         if status == 404:
-            return NotFoundError(f"{what} not found at {self.host}"
+            return NotFoundError(f"{what} not found at {host}"
                                  + (f" ({message})" if message else ""),
                                  hint="check the repository, tag and digest")
         return RegistryError(f"{method} {where} for {what} failed: HTTP {status}"
@@ -419,6 +568,20 @@ class RemoteRepository(Repository):
         self.name = ref.repository
         self._pull = f"repository:{self.name}:pull"
         self._push = f"repository:{self.name}:pull,push"
+        self._memo: collections.OrderedDict[Digest, bytes] = collections.OrderedDict()
+        self._memo_lock = threading.Lock()
+
+    def _remember(self, digest: Digest, data: bytes) -> None:
+        """Keep a manifest fetched by digest (it cannot change), the oldest going first
+        past :data:`MAX_MEMO_BYTES`."""
+        with self._memo_lock:
+            self._memo[digest] = data
+            total = sum(len(v) for v in self._memo.values())
+            while total > MAX_MEMO_BYTES and len(self._memo) > 1:
+                total -= len(self._memo.popitem(last=False)[1])
+
+    def _guard(self) -> RateGuard:
+        return RateGuard(self.options.stall_bytes, self.options.stall_window_s)
 
     def _path(self, kind: str, ref: str | Digest) -> str:
         return f"/v2/{self.name}/{kind}/{ref}"
@@ -432,6 +595,13 @@ class RemoteRepository(Repository):
     def get_manifest(self, reference: str) -> tuple[Descriptor, bytes]:
         what = self._what(reference)
         expected = Digest.parse(reference) if ":" in reference else None
+        if expected is not None:
+            with self._memo_lock:
+                kept = self._memo.get(expected)
+            if kept is not None:
+                obj = parse_manifest_bytes(kept, f"manifest {what}")
+                return Descriptor(obj.media_type, expected, len(kept),
+                                  artifact_type=obj.artifact_type), kept
         resp = self.client.request("GET", self._path("manifests", reference), scope=self._pull,
                                    what=f"manifest {what}", stream=True,
                                    headers={"Accept": ACCEPT_MANIFESTS})
@@ -441,16 +611,17 @@ class RemoteRepository(Repository):
                 raise ManifestError(what, f"the registry offers a manifest of {length} bytes, "
                                     "over the 4 MiB limit; not read",
                                     hint="a manifest this large is refused by design")
-            chunks: list[bytes] = []
-            total = 0
-            for chunk in resp.iter_content(65536):
-                chunks.append(chunk)
-                total += len(chunk)
-                if total > MAX_MANIFEST_BYTES:
-                    raise ManifestError(what, "the registry sent a manifest over the 4 MiB "
-                                        "limit; reading stopped",
-                                        hint="a manifest this large is refused by design")
-            data = b"".join(chunks)
+            try:
+                data = self.client._read(resp, MAX_MANIFEST_BYTES)
+            except BodyTooLargeError:
+                raise ManifestError(what, "the registry sent a manifest over the 4 MiB "
+                                    "limit; reading stopped",
+                                    hint="a manifest this large is refused by design") from None
+            except _network_errors() as exc:
+                raise RegistryError(f"Cannot read manifest {what} from {self.ref.registry}: "
+                                    f"{_reason(exc)}", url=self.client.url(
+                                        self._path("manifests", reference)),
+                                    hint="run the same command again") from None
             announced = resp.headers.get("Docker-Content-Digest")
         algorithm = expected.algorithm if expected else "sha256"
         actual = Digest(algorithm, hashlib.new(algorithm, data).hexdigest())
@@ -464,6 +635,8 @@ class RemoteRepository(Repository):
             if claimed and claimed.algorithm == "sha256" and claimed != actual:
                 raise CorruptBlobError(str(claimed), str(actual), where=what)
         obj = parse_manifest_bytes(data, f"manifest {what}@{actual}")
+        if expected is not None:
+            self._remember(expected, data)
         return Descriptor(obj.media_type, actual, len(data),
                           artifact_type=obj.artifact_type), data
 
@@ -484,38 +657,60 @@ class RemoteRepository(Repository):
             update_referrers_fallback(self, desc, data)
 
     def tags(self) -> list[str]:
+        """Every tag, following ``Link: rel="next"`` pages on the registry's own host,
+        at most :data:`MAX_TAG_PAGES` pages and :data:`MAX_TAGS` tags."""
         import requests
 
-        out: list[str] = []
+        out: set[str] = set()
         path: str | None = f"/v2/{self.name}/tags/list?n=1000"
+        pages = 0
         while path:
+            pages += 1
+            if pages > MAX_TAG_PAGES or len(out) > MAX_TAGS:
+                raise RegistryError(
+                    f"{self.ref.locator}: the tag list goes on past {len(out)} tags in "
+                    f"{pages - 1} pages; stopped (at most {MAX_TAG_PAGES} pages and "
+                    f"{MAX_TAGS} tags are read)", url=self.client.url(path).split("?", 1)[0],
+                    hint="name a version or digest instead of a range, or clean up the "
+                         "repository's tags")
             try:
-                resp = self.client.request("GET", path, scope=self._pull,
+                resp = self.client.request("GET", path, scope=self._pull, limit=TAG_PAGE_MAX,
                                            what=f"tags of {self.ref.locator}")
             except NotFoundError:
                 return []
             with resp:
                 try:
-                    out.extend(t for t in resp.json().get("tags") or [] if isinstance(t, str))
-                except (ValueError, AttributeError):
+                    out.update(t for t in resp.json().get("tags") or [] if isinstance(t, str))
+                except (ValueError, AttributeError, TypeError):
                     raise RegistryError(f"{self.ref.locator}: the tag list is not JSON",
                                         url=self.client.url(path)) from None
                 nxt = requests.utils.parse_header_links(resp.headers.get("Link", ""))
             path = next((urljoin(self.client.url(path), link["url"]) for link in nxt
                          if link.get("rel") == "next" and link.get("url")), None)
-        return sorted(set(out))
+            if path is not None and not same_host(path, self.client.host):
+                # A registry pages on itself; a page elsewhere could only collect our
+                # login or feed us another host's tags.
+                raise RegistryError(
+                    f"{self.ref.locator}: the tag list's next page is on another host "
+                    f"({authority(path)}); refused", url=path.split("?", 1)[0],
+                    hint="the registry is misbehaving; report it to its operators")
+        return sorted(out)
 
     def referrers(self, subject: Digest, artifact_type: str | None = None) -> list[Descriptor]:
         params = {"artifactType": artifact_type} if artifact_type else None
-        resp = self.client.request("GET", self._path("referrers", subject), scope=self._pull,
-                                   what=f"referrers of {self._what(subject)}",
-                                   expect=(200, 404), params=params,
-                                   headers={"Accept": "application/vnd.oci.image.index.v1+json"})
+        try:
+            resp = self.client.request(
+                "GET", self._path("referrers", subject), scope=self._pull,
+                what=f"referrers of {self._what(subject)}", expect=(200, 404), params=params,
+                headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+                limit=MAX_MANIFEST_BYTES)
+        except AnswerTooLargeError:
+            raise ManifestError(self._what(subject), "referrers index over 4 MiB; "
+                                    "reading stopped") from None
+            raise
         with resp:
             content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
             if resp.status_code == 200 and content_type in INDEX_TYPES:
-                if len(resp.content) > MAX_MANIFEST_BYTES:
-                    raise ManifestError(self._what(subject), "referrers index over 4 MiB")
                 index = parse_manifest_bytes(resp.content, f"referrers of {subject}")
                 if isinstance(index, ImageIndex):
                     return [d for d in index.manifests
@@ -575,7 +770,7 @@ class RemoteRepository(Repository):
                     writer.abort(keep_partial=False)
                     raise SizeMismatchError(str(desc.digest), desc.size, start + int(length),
                                             where=what)
-                readinto = _reader(resp)
+                readinto = _reader(resp, self._guard())
                 try:
                     with writer.sink() as sink:
                         receive(readinto, sink, sink.lane(), start, desc.size, progress)
@@ -687,7 +882,7 @@ class RemoteRepository(Repository):
                 if first != pos or last != b - 1:
                     raise _NoRangesError()
                 try:
-                    pos = receive(_reader(resp), sink, lane, pos, b, progress, stop)
+                    pos = receive(_reader(resp, self._guard()), sink, lane, pos, b, progress, stop)
                     if pos < b and not stop.is_set():
                         raise ConnectionError("the registry ended the range early")
                 except _network_errors() as exc:
