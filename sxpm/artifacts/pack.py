@@ -25,6 +25,7 @@ from typing import Any
 from sxpm.core import oci
 from sxpm.core.oci import Descriptor, ImageIndex, Manifest, canonical_json
 from sxpm.core.reference import Reference, validate_name
+from sxpm.core.unpack import check_paths
 from sxpm.core.validation import validate
 from sxpm.core.versions import parse_version
 from sxpm.errors import ArtifactInputError, InputError, InvalidVersionError, ManifestError
@@ -34,6 +35,10 @@ from sxpm.store.layout import OCILayout
 # Files that never belong in an artifact.
 _IGNORED_NAMES = {".git", ".hg", ".svn", "__pycache__", ".simplex", ".DS_Store", ".venv"}
 _DOC_PREFIXES = ("readme", "license", "licence", "notice", "copying", "changelog")
+# Installed files are hard links to store blobs: two files on one path (or on the
+# install record's) would make an install write one through the other.
+_RENAME = ("rename the file: installed trees need distinct names, also ignoring case, "
+           "and .sxpm-install.json is sxpm's")
 MAX_LEGACY_MEMBERS = 10_000
 MAX_LEGACY_BYTES = 64 * 1024**3
 
@@ -196,6 +201,7 @@ def _pack_model(home: Home, path: Path, ref: Reference, variant: str | None,
         raise ArtifactInputError(f"{path} holds no .gguf weight file",
                                  hint="a model artifact needs at least one GGUF file")
     # The largest GGUF is the model; others (e.g. a vision projector) travel with it.
+    check_paths([rel for rel, _ in files], str(path), _RENAME)
     main_rel, main_path = max(weights, key=lambda item: item[1].stat().st_size)
     info = read_gguf(main_path)
     if info.general_type == "adapter":
@@ -352,6 +358,9 @@ def _pack_expert(home: Home, root: Path, ref: Reference, variant: str | None,
         if not (root / rel).is_file():
             raise ArtifactInputError(f"{rel!r} named in manifest.json is missing from {root}",
                                      hint="add the file or fix manifest.json")
+    for base in bases:  # the files one manifest installs side by side
+        check_paths([base[k] for k in ("weights", "prompt_template") if base.get(k)]
+                    + [rel for rel, _ in shared], str(root), _RENAME)
     config_desc = store.put_bytes(canonical_json(data), oci.EXPERT_CONFIG)
     ref = ref if ref.tag else ref.with_tag(vers)
     built: list[tuple[dict[str, Any], Descriptor]] = []
@@ -486,6 +495,7 @@ def _pack_package(home: Home, root: Path, ref: Reference, variant: str | None,
                                  hint="a code package is a directory with simplex.toml")
     meta = load_package_metadata(root)
     vers = _resolve_version(ref, version, meta["version"])
+    check_paths([rel for rel, _ in _walk(root)], str(root), _RENAME)
     store = home.store
     layer = build_package_layer(root, store)
     layer = Descriptor(layer.media_type, layer.digest, layer.size,

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sxpm.core.unpack import INSTALL_RECORD
 from sxpm.home import KINDS
 
-INSTALL_RECORD = ".sxpm-install.json"
+__all__ = ["INSTALL_RECORD", "Installed", "find_installed", "install_dir", "list_installed"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,198 @@
+"""Hostile artifacts against the store and installed trees (issue 13: 1, 7, 14, 15).
+
+Installed files are hard links to store blobs, so an install that opened a file of
+its tree for writing would write into a blob another artifact uses. The tests run as
+root (as Docker builds and CI do), where file modes stop nothing: each checks that the
+store is byte for byte what it was after a refused attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import unicodedata
+from pathlib import Path
+
+import pytest
+from relhelp import make_model, store_state, tar_zstd
+
+pytestmark = pytest.mark.timeout(120)
+
+PKG = "application/vnd.simplex.package.layer.v1.tar+zstd"
+
+
+def _file(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def _dir(name: str) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info, None
+
+
+def _artifact(home: Path, ref_text: str, layers: list[tuple[str, bytes, str | None]],
+              kind: str = "model") -> str:
+    """An artifact whose layers are (media type, bytes, title) exactly as given."""
+    from sxpm.core import oci
+    from sxpm.home import Home
+    from sxpm.store.refs import store_name
+
+    h = Home(home)
+    store = h.store
+    store.ensure()
+    config_type, artifact_type = {
+        "model": (oci.MODEL_CONFIG, oci.MODEL_ARTIFACT),
+        "package": (oci.PACKAGE_CONFIG, oci.PACKAGE_ARTIFACT)}[kind]
+    cfg = ({"descriptor": {"name": "evil", "version": "1.0.0"}} if kind == "model"
+           else {"name": "evil", "version": "1.0.0"})
+    config = store.put_bytes(json.dumps(cfg).encode(), config_type)
+    descs = tuple(store.put_bytes(data, mt, annotations={oci.ANN_TITLE: title} if title else {})
+                  for mt, data, title in layers)
+    desc = store.put_manifest(oci.Manifest(config, descs, artifact_type=artifact_type))
+    store.set_ref(store_name(h.parse_ref(ref_text)), desc)
+    return str(desc.digest)
+
+
+W = "application/vnd.cncf.model.weight.v1.raw"
+VICTIM = b"the signed weights of another artifact"
+NFC = unicodedata.normalize("NFC", "caf\u00e9.bin")
+NFD = unicodedata.normalize("NFD", "caf\u00e9.bin")
+
+# Each: the layers; the victim's bytes are always the first layer's.
+THROUGH_LINKS = {
+    "two layers, one title": [(W, VICTIM, "w.bin"), (W, b"evil", "w.bin")],
+    "title of the install record": [(W, VICTIM, ".sxpm-install.json")],
+    "title of the install record, other case": [(W, VICTIM, ".SXPM-Install.json")],
+    "titles equal up to case": [(W, VICTIM, "W.bin"), (W, b"evil", "w.bin")],
+    "titles equal up to Unicode normalisation": [(W, VICTIM, NFC), (W, b"evil", NFD)],
+    "titles equal after path normalisation": [(W, VICTIM, "d/w.bin"), (W, b"evil", "d/./w.bin")],
+    "a title that is a directory of another": [(W, VICTIM, "a"), (W, b"evil", "a/b")],
+    "a title under another": [(W, VICTIM, "a/b"), (W, b"evil", "a")],
+    "package file on a linked title": [(W, VICTIM, "w.bin"),
+                                       (PKG, tar_zstd([_file("w.bin", b"evil")]), None)],
+    "package file on a linked title, package first": [
+        (PKG, tar_zstd([_file("w.bin", b"evil")]), None), (W, VICTIM, "w.bin")],
+    "package directory over a linked title": [
+        (W, VICTIM, "w.bin"), (PKG, tar_zstd([_dir("w.bin"), _file("w.bin/x")]), None)],
+    "package file named like the install record": [
+        (W, VICTIM, "w.bin"), (PKG, tar_zstd([_file(".sxpm-install.json", b"{}")]), None)],
+    "package with one member twice": [
+        (W, VICTIM, "w.bin"), (PKG, tar_zstd([_file("x", b"1"), _file("x", b"2")]), None)],
+}
+
+
+@pytest.mark.parametrize("case", list(THROUGH_LINKS))
+def test_install_never_writes_through_a_link(case: str, lib_home, tmp_path: Path,  # noqa: ANN001
+                                             registry_dir: Path) -> None:
+    from sxpm.errors import SxpmError
+    from sxpm.ops.install import install
+
+    ref = f"oci:{registry_dir}/evil:1.0.0"
+    _artifact(lib_home.root, ref, THROUGH_LINKS[case])
+    before = store_state(lib_home.root)
+    with pytest.raises(SxpmError) as err:
+        install(lib_home, lib_home.parse_ref(ref))
+    line = err.value.one_line()
+    assert len(line.splitlines()) == 1
+    assert "land on" in line or "reserved" in line or "also" in line or "inside" in line, line
+    assert store_state(lib_home.root) == before  # not one byte of a blob changed
+    assert lib_home.store.verify().bad == []
+    assert not any((lib_home.root / "models").glob("*/*")), "no install left behind"
+
+
+def test_reserved_name_of_another_case_installs_nothing_elsewhere(lib_home,  # noqa: ANN001
+                                                                  registry_dir: Path) -> None:
+    """A second, honest artifact sharing the victim blob still installs its own bytes."""
+    from sxpm.errors import SxpmError
+    from sxpm.ops.install import install
+
+    good = f"oci:{registry_dir}/good:1.0.0"
+    make_model(lib_home.root, good, {"w.bin": VICTIM}, name="good")
+    evil = f"oci:{registry_dir}/evil:1.0.0"
+    _artifact(lib_home.root, evil, [(W, VICTIM, "w.bin"), (W, b"evil", "w.bin")])
+    with pytest.raises(SxpmError):
+        install(lib_home, lib_home.parse_ref(evil))
+    inst = install(lib_home, lib_home.parse_ref(good))
+    assert (inst.path / "w.bin").read_bytes() == VICTIM
+
+
+PACK_CASES = {
+    "a file named like the install record": {".sxpm-install.json": b"{}"},
+    "two files equal up to case": {"README.md": b"a", "readme.md": b"b"},
+    "two files equal up to Unicode normalisation": {NFC: b"a", NFD: b"b"},
+}
+
+
+@pytest.mark.parametrize("case", list(PACK_CASES))
+@pytest.mark.parametrize("kind", ["model", "package"])
+def test_pack_refuses_colliding_paths(case: str, kind: str, lib_home, tmp_path: Path,  # noqa: ANN001
+                                      sample_dir: Path) -> None:
+    import shutil
+
+    from sxpm.artifacts.pack import pack
+    from sxpm.errors import ArtifactInputError
+
+    src = tmp_path / "src"
+    if kind == "model":
+        src.mkdir()
+        shutil.copy(sample_dir / "tiny-llama" / "model.gguf", src / "model.gguf")
+    else:
+        shutil.copytree(sample_dir / "simplex-hello", src)
+    for name, data in PACK_CASES[case].items():
+        (src / name).write_bytes(data)
+    lib_home.store.ensure()
+    before = store_state(lib_home.root)
+    with pytest.raises(ArtifactInputError) as err:
+        pack(lib_home, kind, src, lib_home.parse_ref(f"oci:{tmp_path}/reg/x:1.0.0"))
+    assert "rename the file" in err.value.one_line()
+    assert store_state(lib_home.root) == before
+
+
+def test_pack_refuses_an_expert_file_listed_twice(lib_home, tmp_path: Path,  # noqa: ANN001
+                                                  sample_dir: Path) -> None:
+    import shutil
+
+    from sxpm.artifacts.pack import pack
+    from sxpm.errors import ArtifactInputError
+
+    src = tmp_path / "expert"
+    shutil.copytree(sample_dir / "sql-expert", src)
+    manifest = json.loads((src / "manifest.json").read_text())
+    manifest["files"] = [*manifest.get("files", []), manifest["weights"]]
+    (src / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactInputError, match="one path, two files"):
+        pack(lib_home, "expert", src, lib_home.parse_ref(f"oci:{tmp_path}/reg/e:1.0.0"))
+
+
+def test_copy_fallback_refuses_an_existing_file(tmp_path: Path) -> None:
+    """Where hard links fail (another file system), the copy is a new file too."""
+    import os
+
+    from sxpm.errors import ArtifactInputError
+    from sxpm.installed import tree as inst
+
+    blob = tmp_path / "blob"
+    blob.write_bytes(VICTIM)
+    os.chmod(blob, 0o444)
+    dst = tmp_path / "tree" / "w.bin"
+    dst.parent.mkdir()
+    os.link(blob, dst)
+    real_link = os.link
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    os.link = no_links  # type: ignore[assignment]
+    try:
+        with pytest.raises(ArtifactInputError, match="land on"):
+            inst._link_or_copy(tmp_path / "other", dst, "test")
+        inst._link_or_copy(blob, tmp_path / "tree" / "copy.bin", "test")
+    finally:
+        os.link = real_link
+    assert blob.read_bytes() == VICTIM
+    assert (tmp_path / "tree" / "copy.bin").read_bytes() == VICTIM
+    assert (tmp_path / "tree" / "copy.bin").stat().st_ino != blob.stat().st_ino
+
