@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sxpm.core import oci
+from sxpm.core.gguf import is_gguf, read_gguf
 from sxpm.core.oci import Descriptor, ImageIndex, Manifest, canonical_json
 from sxpm.core.reference import Reference, validate_name
 from sxpm.core.unpack import check_paths
@@ -192,8 +193,6 @@ def _classify_model_file(rel: str) -> str:
 
 def _pack_model(home: Home, path: Path, ref: Reference, variant: str | None,
                 version: str | None) -> PackResult:
-    from sxpm.core.gguf_info import read_gguf
-
     name = validate_name(ref.name)
     files = [(path.name, path)] if path.is_file() else _walk(path)
     weights = [(rel, p) for rel, p in files if _classify_model_file(rel) == oci.MODEL_WEIGHT]
@@ -204,18 +203,19 @@ def _pack_model(home: Home, path: Path, ref: Reference, variant: str | None,
     check_paths([rel for rel, _ in files], str(path), _RENAME)
     main_rel, main_path = max(weights, key=lambda item: item[1].stat().st_size)
     info = read_gguf(main_path)
+    arch = info.architecture or ""  # read_gguf refuses a file without one
     if info.general_type == "adapter":
         raise ArtifactInputError(f"{main_path} is a LoRA adapter, not a model",
                                  hint="pack it as an expert: sxpm pack expert DIR --ref ...")
     vers = _resolve_version(ref, version, None)
     store = home.store
     layers = [_file_layer(store, rel, p, _classify_model_file(rel)) for rel, p in files]
-    descriptor: dict[str, Any] = {"name": name, "version": vers, "family": info.architecture}
+    descriptor: dict[str, Any] = {"name": name, "version": vers, "family": arch}
     if info.name:
         descriptor["title"] = info.name
     if info.license:
         descriptor["licenses"] = [info.license]
-    model_config: dict[str, Any] = {"architecture": info.architecture, "format": "gguf",
+    model_config: dict[str, Any] = {"architecture": arch, "format": "gguf",
                                     "paramSize": info.param_size}
     if info.file_type:
         model_config["quantization"] = info.file_type
@@ -232,7 +232,7 @@ def _pack_model(home: Home, path: Path, ref: Reference, variant: str | None,
         oci.ANN_NAME: name,
         oci.ANN_VERSION: vers,
         "org.simplex.gguf.main": main_rel,
-        "org.simplex.gguf.architecture": info.architecture,
+        "org.simplex.gguf.architecture": arch,
         "org.simplex.gguf.param-count": str(info.param_count),
     }
     if info.file_type:
@@ -318,8 +318,6 @@ def _check_adapter(root: Path, rel: str, base: dict[str, Any]) -> dict[str, str]
     if not path.is_file():
         raise ArtifactInputError(f"Weight file {rel!r} of base model {base['name']!r} is "
                                  f"missing from {root}", hint="add the file or fix manifest.json")
-    from sxpm.core.gguf_info import is_gguf, read_gguf
-
     if not is_gguf(path):
         return {}
     info = read_gguf(path)
@@ -331,7 +329,7 @@ def _check_adapter(root: Path, rel: str, base: dict[str, Any]) -> dict[str, str]
         raise ArtifactInputError(
             f"{path} is an adapter for {info.architecture!r}, but manifest.json says "
             f"{base['name']!r} is {arch!r}", hint="rebuild the adapter for that base model")
-    return {"org.simplex.adapter.architecture": info.architecture}
+    return {"org.simplex.adapter.architecture": info.architecture or ""}
 
 
 def _pack_expert(home: Home, root: Path, ref: Reference, variant: str | None,
