@@ -69,6 +69,12 @@ def sha256_digest(data: bytes) -> Digest:
     return Digest("sha256", hashlib.sha256(data).hexdigest())
 
 
+def digest_of(data: bytes, algorithm: str = "sha256") -> Digest:
+    """``data``'s digest by ``algorithm``: content named by a sha512 digest is checked
+    with sha512, never re-hashed with sha256."""
+    return Digest(algorithm, hashlib.new(algorithm, data).hexdigest())
+
+
 def _require(obj: Mapping[str, Any], key: str, kind: type, source: str, path: str) -> Any:
     if key not in obj:
         raise ManifestError(source, f"missing required field {key!r}", path=path or "$")
@@ -97,8 +103,9 @@ class Descriptor:
     artifact_type: str | None = None
 
     @classmethod
-    def for_bytes(cls, media_type: str, data: bytes, **kw: Any) -> Descriptor:
-        return cls(media_type, sha256_digest(data), len(data), **kw)
+    def for_bytes(cls, media_type: str, data: bytes, algorithm: str = "sha256", **kw: Any
+                  ) -> Descriptor:
+        return cls(media_type, digest_of(data, algorithm), len(data), **kw)
 
     @classmethod
     def from_dict(cls, obj: Any, *, source: str = "descriptor", path: str = "$") -> Descriptor:

@@ -77,7 +77,7 @@ class ManifestSource:
             desc, data = self.repo(source).get_manifest(digest)
             if desc.digest != d:
                 raise CorruptBlobError(digest, str(desc.digest), where=source)
-            store.put_bytes(data, desc.media_type)
+            store.put_bytes(data, desc.media_type, d.algorithm)
         obj = parse_manifest_bytes(data, f"{source}@{digest}")
         return Descriptor(obj.media_type, d, len(data), artifact_type=obj.artifact_type), obj
 
