@@ -8,6 +8,7 @@ store is byte for byte what it was after a refused attempt.
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 import unicodedata
@@ -196,3 +197,112 @@ def test_copy_fallback_refuses_an_existing_file(tmp_path: Path) -> None:
     assert (tmp_path / "tree" / "copy.bin").read_bytes() == VICTIM
     assert (tmp_path / "tree" / "copy.bin").stat().st_ino != blob.stat().st_ino
 
+
+
+# --- 7: legacy .expert bombs -------------------------------------------------------
+
+
+def _gz_stream(path: Path, chunks) -> Path:  # noqa: ANN001
+    import gzip
+
+    with gzip.open(path, "wb", compresslevel=6) as out:
+        for chunk in chunks:
+            out.write(chunk)
+    return path
+
+
+def _zeros_member(n: int):  # noqa: ANN202
+    info = tarfile.TarInfo("weights.bin")
+    info.size = n
+    yield info.tobuf(format=tarfile.USTAR_FORMAT)
+    block = bytes(1 << 20)
+    for _ in range(n >> 20):
+        yield block
+    yield bytes(-n % 512) + bytes(1024)
+
+
+def _pax_header(n: int):  # noqa: ANN202
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type = tarfile.XHDTYPE
+    header.size = n
+    yield header.tobuf(format=tarfile.USTAR_FORMAT)
+    block = b"9" * (1 << 20)
+    for _ in range(n >> 20):
+        yield block
+
+
+def _peak(fn):  # noqa: ANN001, ANN202
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        fn()
+    finally:
+        elapsed = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return elapsed, peak
+
+
+LEGACY_BOMBS = {
+    "ratio bomb (256 MiB of zeros)": (lambda: _zeros_member(256 << 20), "unpacks to over"),
+    "pax header of 64 MiB": (lambda: _pax_header(64 << 20), "header over"),
+}
+
+
+@pytest.mark.parametrize("case", list(LEGACY_BOMBS))
+def test_legacy_expert_bombs_are_bounded(case: str, tmp_path: Path) -> None:
+    from sxpm.artifacts.pack import extract_legacy_expert
+    from sxpm.errors import ArtifactInputError
+
+    make, expected = LEGACY_BOMBS[case]
+    archive = _gz_stream(tmp_path / "bomb.expert", make())
+    assert archive.stat().st_size < 1 << 20
+    dest = tmp_path / "out"
+    dest.mkdir()
+    caught: list[ArtifactInputError] = []
+
+    def run() -> None:
+        try:
+            extract_legacy_expert(archive, dest)
+        except ArtifactInputError as exc:
+            caught.append(exc)
+
+    elapsed, peak = _peak(run)
+    assert caught and expected in caught[0].one_line(), caught
+    written = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    # At most MAX_RATIO times the archive was written; headers never held whole.
+    assert written <= 200 * archive.stat().st_size and peak < 16 << 20, (written, peak)
+
+
+def test_legacy_expert_member_count_is_bounded(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from sxpm.artifacts import pack as packmod
+    from sxpm.errors import ArtifactInputError
+
+    monkeypatch.setattr(packmod, "MAX_LEGACY_MEMBERS", 100)  # 10 000 in use; same code
+    archive = tmp_path / "many.expert"
+    with tarfile.open(archive, "w:gz") as tf:
+        for i in range(101):
+            info = tarfile.TarInfo(f"f{i}")
+            tf.addfile(info, None)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ArtifactInputError, match="over 100 files"):
+        packmod.extract_legacy_expert(archive, tmp_path / "out")
+
+
+def test_legacy_expert_with_duplicate_members_is_refused(tmp_path: Path) -> None:
+    from sxpm.artifacts.pack import extract_legacy_expert
+    from sxpm.errors import ArtifactInputError
+
+    archive = tmp_path / "dup.expert"
+    with tarfile.open(archive, "w:gz") as tf:
+        for data in (b'{"name": "a"}', b'{"name": "b"}'):
+            info = tarfile.TarInfo("manifest.json")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ArtifactInputError, match="two files"):
+        extract_legacy_expert(archive, tmp_path / "out")

@@ -26,7 +26,7 @@ from sxpm.core import oci
 from sxpm.core.gguf import is_gguf, read_gguf
 from sxpm.core.oci import Descriptor, ImageIndex, Manifest, canonical_json
 from sxpm.core.reference import Reference, validate_name
-from sxpm.core.unpack import check_paths
+from sxpm.core.unpack import check_paths, extract_tar
 from sxpm.core.validation import validate
 from sxpm.core.versions import parse_version
 from sxpm.errors import ArtifactInputError, InputError, InvalidVersionError, ManifestError
@@ -401,31 +401,45 @@ def _pack_expert(home: Home, root: Path, ref: Reference, variant: str | None,
                       tuple(b["name"] for b, _ in built))
 
 
+def _decompressed(fh: Any) -> Any:
+    """The tar stream inside a ``.expert`` file: gzip (the format), bzip2, xz or none."""
+    import bz2
+    import gzip
+    import lzma
+
+    magic = fh.peek(6)[:6]
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=fh, mode="rb")
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(fh)
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(fh)
+    return fh
+
+
 def extract_legacy_expert(archive: Path, dest: Path) -> Path:
-    """Unpack a legacy ``.expert`` tar.gz safely; the directory holding manifest.json."""
+    """Unpack a legacy ``.expert`` tar.gz safely; the directory holding manifest.json.
+
+    Bounded like a package layer (members, total bytes, ratio to the archive's size,
+    header bytes), so a small archive cannot fill the disk or the memory.
+    """
+    import lzma
+    import zlib
+
+    where = str(archive)
     try:
-        tf = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, OSError) as exc:
+        fh = open(archive, "rb")  # noqa: SIM115 - closed below, also on errors
+    except OSError as exc:
         raise ArtifactInputError(f"{archive} is not a readable .expert archive ({exc})",
                                  hint="give an expert directory or a .expert tar.gz") from None
-    with tf:
-        members = []
-        total = 0
-        for i, member in enumerate(tf):
-            if i >= MAX_LEGACY_MEMBERS:
-                raise ArtifactInputError(f"{archive} has more than {MAX_LEGACY_MEMBERS} members")
-            if not (member.isfile() or member.isdir()):
-                raise ArtifactInputError(
-                    f"{archive}: member {member.name!r} is not a regular file",
-                    hint="links and device files are refused in .expert archives")
-            total += member.size
-            if total > MAX_LEGACY_BYTES:
-                raise ArtifactInputError(f"{archive} unpacks to more than 64 GiB")
-            members.append(member)
+    with fh:
         try:
-            tf.extractall(dest, members=members, filter="data")
-        except (tarfile.FilterError, OSError) as exc:
-            raise ArtifactInputError(f"{archive}: unsafe or unreadable member ({exc})") from None
+            extract_tar(_decompressed(fh), dest, where, packed_size=os.fstat(fh.fileno()).st_size,
+                        max_members=MAX_LEGACY_MEMBERS, max_bytes=MAX_LEGACY_BYTES)
+        except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+            raise ArtifactInputError(f"{archive} is not a readable .expert archive ({exc})",
+                                     hint="give an expert directory or a .expert tar.gz"
+                                     ) from None
     if (dest / "manifest.json").is_file():
         return dest
     subdirs = [p for p in dest.iterdir() if p.is_dir()]

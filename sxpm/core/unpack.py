@@ -12,8 +12,11 @@ cannot unpack to gigabytes, nor a header claim them.
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import tarfile
 import unicodedata
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sxpm.errors import ArtifactInputError
@@ -22,6 +25,13 @@ from sxpm.errors import ArtifactInputError
 INSTALL_RECORD = ".sxpm-install.json"
 
 _HOSTILE = "the artifact is malformed or hostile; do not install it"
+
+MAX_RATIO = 200  # unpacked bytes per packed byte before we call it a bomb
+MAX_HEADER_BYTES = 1 << 20  # a member's headers (pax, long names): real ones are < 4 KiB
+_READ = 1 << 20
+# What the readers above a Bounded stream may hold ahead of tarfile's position: the
+# buffered reader's chunk and tarfile's stream buffer (20 records).
+_AHEAD = _READ + 20 * tarfile.RECORDSIZE
 
 
 def safe_relpath(title: str, where: str) -> str:
@@ -96,11 +106,12 @@ def check_paths(titles: list[str], where: str, hint: str = _HOSTILE) -> None:
 
 
 class Bounded(io.RawIOBase):
-    """A decompressed stream, cut off once it passes ``limit`` bytes.
+    """A decompressed stream, cut off once it passes ``limit`` bytes, or the end of a
+    window that the caller moves along (:meth:`window`).
 
-    Member sizes are checked against a budget as they come, but archive headers (a
-    pax header can claim gigabytes that ``tarfile`` reads into memory) are not
-    members: the whole stream is bounded too.
+    Member sizes are checked against a budget as they come, but archive headers are
+    not members: a pax header can claim gigabytes that ``tarfile`` reads into memory
+    whole. The limit bounds the whole stream; the window bounds each header.
     """
 
     def __init__(self, inner: Any, limit: int, what: str) -> None:
@@ -108,9 +119,15 @@ class Bounded(io.RawIOBase):
         self._left = limit
         self._limit = limit
         self._what = what
+        self._read = 0
+        self._window_end: int | None = None
 
     def readable(self) -> bool:
         return True
+
+    def window(self, end: int) -> None:
+        """Refuse reading past stream offset ``end`` (plus what readers buffer ahead)."""
+        self._window_end = end + _AHEAD
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer)
@@ -119,5 +136,60 @@ class Bounded(io.RawIOBase):
             raise ArtifactInputError(f"{self._what} unpacks to over {self._limit} bytes",
                                      hint="refused as a decompression bomb")
         self._left -= len(data)
+        self._read += len(data)
+        if self._window_end is not None and self._read > self._window_end:
+            raise ArtifactInputError(f"{self._what} has a header over {MAX_HEADER_BYTES} "
+                                     "bytes", hint="refused as a decompression bomb")
         view[:len(data)] = data
         return len(data)
+
+
+def extract_tar(stream: Any, dest: Path, where: str, *, packed_size: int, max_members: int,
+                max_bytes: int, paths: PathSet | None = None) -> None:
+    """Unpack a tar ``stream`` (already decompressed, read once) under ``dest``.
+
+    Only regular files and directories, under safe relative names that no other file
+    of the tree (``paths``) takes; every file is created new. Bounded in members,
+    total bytes (``max_bytes`` and :data:`MAX_RATIO` times ``packed_size``) and
+    header bytes, so memory and disk stay bounded whatever the archive claims.
+    Raises :class:`ArtifactInputError`; ``tarfile.TarError`` and the decompressor's
+    own errors are the caller's to word.
+    """
+    budget = min(max_bytes, max(packed_size, 1) * MAX_RATIO)
+    paths = paths or PathSet(where)
+    # Headers and padding: 512 bytes or so per member, on top of the files' bytes.
+    bounded = Bounded(stream, budget + 1024 * max_members, where)
+    bounded.window(MAX_HEADER_BYTES)
+    total = 0
+    try:
+        with tarfile.open(fileobj=io.BufferedReader(bounded, _READ), mode="r|") as tf:
+            for count, member in enumerate(tf, 1):
+                if count > max_members:
+                    raise ArtifactInputError(f"{where} has over {max_members} files")
+                if not (member.isfile() or member.isdir()):
+                    raise ArtifactInputError(
+                        f"{where}: {member.name!r} is a link or special file",
+                        hint="only regular files and directories are allowed")
+                rel = safe_relpath(member.name, where)
+                total += member.size
+                if total > budget:
+                    raise ArtifactInputError(f"{where} unpacks to over {budget} bytes",
+                                             hint="refused as a decompression bomb")
+                # The next header starts at tf.offset; it may take MAX_HEADER_BYTES.
+                bounded.window(tf.offset + MAX_HEADER_BYTES)
+                target = dest / rel
+                if member.isdir():
+                    paths.add_dir(rel)
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                paths.add_file(rel)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tf.extractfile(member)
+                assert src is not None
+                # "x": a new file, never through a link into the store.
+                with open(target, "xb") as out:
+                    shutil.copyfileobj(src, out, _READ)
+                    os.fchmod(out.fileno(), 0o755 if member.mode & 0o111 else 0o644)
+    except (FileExistsError, NotADirectoryError):
+        raise ArtifactInputError(f"{where}: two files land on one path",
+                                 hint=_HOSTILE) from None

@@ -10,7 +10,6 @@ its final place and renamed in, so a crash never leaves half an install.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import re
@@ -23,14 +22,13 @@ from typing import Any
 from sxpm.artifacts.describe import ArtifactInfo
 from sxpm.core import oci
 from sxpm.core.oci import Descriptor
-from sxpm.core.unpack import INSTALL_RECORD, Bounded, PathSet, safe_relpath
+from sxpm.core.unpack import INSTALL_RECORD, PathSet, extract_tar, safe_relpath
 from sxpm.errors import ArtifactInputError, NotFoundError
 from sxpm.installed.records import Installed, find_installed, install_dir
 from sxpm.store.layout import CHUNK, OCILayout
 
 MAX_PACKAGE_MEMBERS = 100_000
 MAX_PACKAGE_BYTES = 16 * 1024**3
-MAX_RATIO = 200  # unpacked bytes per packed byte before we call it a bomb
 
 
 def _link_or_copy(src: Path, dst: Path, where: str) -> None:
@@ -79,53 +77,13 @@ def extract_package(store: OCILayout, layer: Descriptor, dest: Path,
     import zstandard
 
     where = f"package {layer.digest}"
-    paths = paths or PathSet(where)
-
-    budget = min(MAX_PACKAGE_BYTES, max(layer.size, 1) * MAX_RATIO)
     with store.open_blob(layer.digest) as raw:
-        # Headers and padding: 512 bytes or so per member, on top of the files' bytes.
-        reader = io.BufferedReader(Bounded(
-            zstandard.ZstdDecompressor().stream_reader(raw),
-            budget + 1024 * MAX_PACKAGE_MEMBERS, f"package {layer.digest}"), CHUNK)
         try:
-            with tarfile.open(fileobj=reader, mode="r|") as tf:
-                total = 0
-                for count, member in enumerate(tf, 1):
-                    if count > MAX_PACKAGE_MEMBERS:
-                        raise ArtifactInputError(f"package {layer.digest} has over "
-                                                 f"{MAX_PACKAGE_MEMBERS} files")
-                    if not (member.isfile() or member.isdir()):
-                        raise ArtifactInputError(
-                            f"package {layer.digest}: {member.name!r} is a link or special "
-                            "file", hint="packages may hold only regular files")
-                    rel = safe_relpath(member.name, where)
-                    if member.isdir():
-                        paths.add_dir(rel)
-                    else:
-                        paths.add_file(rel)
-                    total += member.size
-                    if total > budget:
-                        raise ArtifactInputError(
-                            f"package {layer.digest} unpacks to over {budget} bytes",
-                            hint="refused as a decompression bomb")
-                    target = dest / rel
-                    if member.isdir():
-                        target.mkdir(parents=True, exist_ok=True)
-                        continue
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    src = tf.extractfile(member)
-                    assert src is not None
-                    # "x": a new file, never through a link another layer made.
-                    with open(target, "xb") as out:
-                        shutil.copyfileobj(src, out, CHUNK)
-                        os.fchmod(out.fileno(), 0o755 if member.mode & 0o111 else 0o644)
-        except (FileExistsError, NotADirectoryError):
-            raise ArtifactInputError(f"{where}: two files of the artifact land on one path",
-                                     hint="the artifact is malformed or hostile; do not "
-                                          "install it") from None
+            extract_tar(zstandard.ZstdDecompressor().stream_reader(raw), dest, where,
+                        packed_size=layer.size, max_members=MAX_PACKAGE_MEMBERS,
+                        max_bytes=MAX_PACKAGE_BYTES, paths=paths)
         except (tarfile.TarError, zstandard.ZstdError) as exc:
-            raise ArtifactInputError(f"package {layer.digest} is not a valid tar+zstd ({exc})"
-                                     ) from None
+            raise ArtifactInputError(f"{where} is not a valid tar+zstd ({exc})") from None
 
 
 def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
