@@ -306,3 +306,64 @@ def test_legacy_expert_with_duplicate_members_is_refused(tmp_path: Path) -> None
     (tmp_path / "out").mkdir()
     with pytest.raises(ArtifactInputError, match="two files"):
         extract_legacy_expert(archive, tmp_path / "out")
+
+
+# --- 14: deeply nested JSON ----------------------------------------------------------
+
+DEEP = b'{"descriptor": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+def _deep_config_model(home: Path, ref_text: str) -> None:
+    from sxpm.core import oci
+    from sxpm.home import Home
+    from sxpm.store.refs import store_name
+
+    h = Home(home)
+    store = h.store
+    store.ensure()
+    config = store.put_bytes(DEEP, oci.MODEL_CONFIG)
+    layer = store.put_bytes(b"w", W, annotations={oci.ANN_TITLE: "w.bin"})
+    desc = store.put_manifest(oci.Manifest(config, (layer,), artifact_type=oci.MODEL_ARTIFACT,
+                                           annotations={oci.ANN_NAME: "deep",
+                                                        oci.ANN_VERSION: "1.0.0"}))
+    store.set_ref(store_name(h.parse_ref(ref_text)), desc)
+
+
+def test_deeply_nested_config_is_one_line(cli, registry_dir: Path) -> None:  # noqa: ANN001
+    _deep_config_model(cli.home, f"oci:{registry_dir}/deep:1.0.0")
+    r = cli("model", "install", f"oci:{registry_dir}/deep:1.0.0", ok=False)
+    assert r.returncode in (1, 2) and "Traceback" not in r.stderr, r.stderr
+    assert "nests too deeply" in r.stderr and len(r.stderr.strip().splitlines()) <= 2, r.stderr
+
+
+def test_one_bad_artifact_never_breaks_list(cli, registry_dir: Path) -> None:  # noqa: ANN001
+    make_model(cli.home, f"oci:{registry_dir}/good:1.0.0", {"w.bin": b"w"}, name="good")
+    _deep_config_model(cli.home, f"oci:{registry_dir}/deep:1.0.0")
+    r = cli("list")
+    assert "good" in r.stdout and "Traceback" not in r.stderr
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "deep" in warnings[0], r.stderr
+    rows = cli("list", "--json").json
+    assert {row["ref"].rsplit("/", 1)[-1]: row.get("error") is None for row in rows} == {
+        "good:1.0.0": True, "deep:1.0.0": False}
+
+
+def test_a_foreign_install_record_never_breaks_list(cli, registry_dir: Path) -> None:  # noqa: ANN001
+    make_model(cli.home, f"oci:{registry_dir}/good:1.0.0", {"w.bin": b"w"}, name="good")
+    cli("model", "install", f"oci:{registry_dir}/good:1.0.0")
+    bad = cli.home / "models" / "odd" / "1.0.0"
+    bad.mkdir(parents=True)
+    (bad / ".sxpm-install.json").write_text("[1, 2]")
+    deep = cli.home / "models" / "deep" / "1.0.0"
+    deep.mkdir(parents=True)
+    (deep / ".sxpm-install.json").write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    r = cli("model", "list", "--json")
+    assert [row["name"] for row in r.json] == ["good"]
+
+
+def test_deeply_nested_manifest_is_refused() -> None:
+    from sxpm.core.oci import parse_manifest_bytes
+    from sxpm.errors import ManifestError
+
+    with pytest.raises(ManifestError, match="nested too deeply"):
+        parse_manifest_bytes(b'{"layers": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "test")

@@ -34,7 +34,7 @@ class ArtifactInfo:
             return []
         try:
             deps = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # nesting deeper than the parser goes
             raise ManifestError(str(self.descriptor.digest), "bad dependencies annotation"
                                 ) from None
         if not isinstance(deps, list):
@@ -63,6 +63,8 @@ def describe(store: OCILayout, top: Descriptor, variant: str | None = None) -> A
         config = json.loads(raw)
     except ValueError:
         raise ManifestError(str(obj.config.digest), "config blob is not JSON") from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise ManifestError(str(obj.config.digest), "config blob nests too deeply") from None
     if not isinstance(config, dict) or not isinstance(config.get("descriptor", {}), dict):
         raise ManifestError(str(obj.config.digest), "config blob is not a JSON object of "
                             "the artifact's kind")

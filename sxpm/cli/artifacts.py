@@ -21,7 +21,7 @@ from sxpm.cli._common import (
     warn_skip_verify,
 )
 from sxpm.core.humanize import human_size
-from sxpm.errors import CorruptBlobError, NotFoundError, StoreError
+from sxpm.errors import NotFoundError, StoreError, SxpmError
 
 _REFERRERS_TAG = re.compile(r":sha(256|512)-[0-9a-f]{64,128}$")
 
@@ -221,8 +221,10 @@ def list_(as_json: bool) -> None:
                     assert isinstance(index, ImageIndex)
                     entry["variants"] = [d.annotations.get(ANN_VARIANT, str(d.digest))
                                          for d in index.manifests]
-            except (StoreError, CorruptBlobError, NotFoundError, ValueError) as exc:
-                entry["error"] = str(exc)
+            except (SxpmError, ValueError, RecursionError) as exc:
+                # One bad artifact never hides the others: a warning, and its row.
+                entry["error"] = exc.one_line() if isinstance(exc, SxpmError) else str(exc)
+                click.echo(f"warning: {name}: {entry['error']}", err=True)
             rows.append(entry)
     if as_json:
         emit_json(rows)

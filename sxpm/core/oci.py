@@ -298,6 +298,8 @@ def parse_manifest_bytes(data: bytes, source: str) -> Manifest | ImageIndex:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError(source, f"not valid JSON ({exc})") from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise ManifestError(source, "JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise ManifestError(source, "a manifest must be a JSON object")
     media_type = obj.get("mediaType")

@@ -722,7 +722,7 @@ class OCILayout:
             obj = json.loads(self.index_path.read_bytes())
         except FileNotFoundError:
             return {"schemaVersion": 2, "manifests": []}
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise StoreError(f"{self.index_path} is not valid JSON ({exc})",
                              hint="restore it or run `sxpm verify`") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("manifests", []), list):
