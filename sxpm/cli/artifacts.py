@@ -22,6 +22,7 @@ from sxpm.cli._common import (
 )
 from sxpm.core.humanize import human_size
 from sxpm.errors import NotFoundError, StoreError, SxpmError
+from sxpm.installed.tree import remove_all_stale_trees
 
 _REFERRERS_TAG = re.compile(r":sha(256|512)-[0-9a-f]{64,128}$")
 
@@ -261,7 +262,7 @@ def rm(refs: tuple[str, ...]) -> None:
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @json_option
 def gc(dry_run: bool, as_json: bool) -> None:
-    """Delete blobs that no ref reaches.
+    """Delete blobs that no ref reaches, and trees killed installs left behind.
 
     \b
     Example:
@@ -269,8 +270,11 @@ def gc(dry_run: bool, as_json: bool) -> None:
     """
     h = home()
     count, freed = h.store.gc(dry_run=dry_run) if h.store.exists() else (0, 0)
+    trees = 0 if dry_run else remove_all_stale_trees(h.root)
+    if trees and not as_json:
+        click.echo(f"removed {trees} unfinished install tree(s)")
     if as_json:
-        emit_json({"blobs": count, "bytes": freed, "dry_run": dry_run})
+        emit_json({"blobs": count, "bytes": freed, "dry_run": dry_run, "trees": trees})
         return
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {count} blob(s), {human_size(freed)}")

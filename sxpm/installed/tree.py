@@ -16,6 +16,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from sxpm.core import oci
 from sxpm.core.oci import Descriptor
 from sxpm.core.unpack import INSTALL_RECORD, PathSet, extract_tar, safe_relpath
 from sxpm.errors import ArtifactInputError, NotFoundError
+from sxpm.home import KINDS
 from sxpm.installed.records import Installed, find_installed, install_dir
 from sxpm.store.layout import CHUNK, OCILayout
 
@@ -105,7 +107,11 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
         paths.add_file(rel)
     created_parent = not dest.parent.exists()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{info.version}.", dir=dest.parent))
+    remove_stale_trees(dest.parent)
+    # The owner's pid in the name lets a later install or gc tell a killed build's
+    # leftovers from a running one's.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{info.version}.tmp-{os.getpid()}-",
+                                dir=dest.parent))
     try:
         for layer in info.manifest.layers:
             if layer.media_type == oci.PACKAGE_LAYER:
@@ -144,6 +150,60 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
                 dest.parent.rmdir()
         raise
     return Installed(info.kind, info.name, info.version, dest, record)
+
+
+# Hidden trees an install leaves when killed: the tree being built and the old tree
+# being replaced; before the owner's pid was in the name, mkdtemp's 8 characters only.
+_BUILDING = re.compile(r"^\.(?P<version>.+)\.tmp-(?P<pid>\d+)-[a-z0-9_]{8}$")
+_REPLACED = re.compile(r"^\.(?P<version>.+)\.old\.(?P<pid>\d+)$")
+_UNOWNED = re.compile(r"^\.(?P<version>.+)\.[a-z0-9_]{8}$")
+STALE_AFTER = 24 * 3600  # seconds; a tree this old is stale whoever owns it (pid reuse)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process: alive
+    return True
+
+
+def remove_stale_trees(parent: Path, now: float | None = None) -> int:
+    """Remove the hidden trees killed installs left in ``<kind>s/<name>/``; how many.
+
+    A tree whose owner (the pid in its name) is gone, or that is older than
+    :data:`STALE_AFTER`, is stale; a running install's tree is left alone.
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+            continue
+        owned = _BUILDING.match(entry.name) or _REPLACED.match(entry.name)
+        if not owned and not _UNOWNED.match(entry.name):
+            continue
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        if age > STALE_AFTER or (owned and not _alive(int(owned.group("pid")))):
+            _rmtree(Path(entry.path))
+            removed += 1
+    return removed
+
+
+def remove_all_stale_trees(root: Path) -> int:
+    """:func:`remove_stale_trees` for every installed name under ``root`` (``gc``)."""
+    return sum(remove_stale_trees(parent) for kind in KINDS
+               for parent in sorted((root / f"{kind}s").glob("*")) if parent.is_dir())
 
 
 def _rmtree(path: Path) -> None:
