@@ -120,9 +120,11 @@ def test_huge_vocabulary_is_skipped_fast(tmp_path: Path) -> None:
     n = 1 << 20
     kv = _s("tokenizer.ggml.tokens") + struct.pack("<IIQ", 9, 8, n) + bytes(8 * n)
     path = _gguf(tmp_path / "vocab.gguf", [*BASE, kv])
-    elapsed, peak = _measure(lambda: read_header(path))
+    start = time.perf_counter()  # timed without tracemalloc, which slows the loop 10x
     assert read_header(path).arrays["tokenizer.ggml.tokens"] == n
-    assert elapsed < 5 and peak < 4 * MiB, (elapsed, peak)
+    elapsed = time.perf_counter() - start
+    peak = _measure(lambda: read_header(path))[1]
+    assert elapsed < 3 and peak < 4 * MiB, (elapsed, peak)
 
 
 def test_pack_refuses_a_hostile_gguf_in_one_line(cli, tmp_path: Path) -> None:  # noqa: ANN001
