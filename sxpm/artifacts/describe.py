@@ -38,12 +38,26 @@ class ArtifactInfo:
             return []
         try:
             deps = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # nesting deeper than the parser goes
             raise ManifestError(str(self.descriptor.digest), "bad dependencies annotation"
                                 ) from None
         if not isinstance(deps, list):
             raise ManifestError(str(self.descriptor.digest), "bad dependencies annotation")
         return [d for d in deps if isinstance(d, dict)]
+
+
+def parse_config(raw: bytes, desc: Descriptor) -> dict[str, Any]:
+    """An artifact's config blob as a JSON object; one-line errors for anything else."""
+    try:
+        config = json.loads(raw)
+    except ValueError:
+        raise ManifestError(str(desc.digest), "config blob is not JSON") from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise ManifestError(str(desc.digest), "config blob nests too deeply") from None
+    if not isinstance(config, dict) or not isinstance(config.get("descriptor", {}), dict):
+        raise ManifestError(str(desc.digest), "config blob is not a JSON object of "
+                            "the artifact's kind")
+    return config
 
 
 def describe(store: OCILayout, top: Descriptor, variant: str | None = None) -> ArtifactInfo:
@@ -65,14 +79,8 @@ def describe(store: OCILayout, top: Descriptor, variant: str | None = None) -> A
     if kind is None:
         raise ManifestError(str(desc.digest), f"not an sxpm artifact (artifactType "
                             f"{obj.artifact_type or obj.config.media_type!r})")
-    raw = store.read_blob(obj.config)  # its own error for a blob over the size limit
-    try:
-        config = json.loads(raw)
-    except ValueError:
-        raise ManifestError(str(obj.config.digest), "config blob is not JSON") from None
-    if not isinstance(config, dict) or not isinstance(config.get("descriptor", {}), dict):
-        raise ManifestError(str(obj.config.digest), "config blob is not a JSON object of "
-                            "the artifact's kind")
+    # read_blob has its own error for a blob over the size limit
+    config = parse_config(store.read_blob(obj.config), obj.config)
     if kind == "model":
         name = config.get("descriptor", {}).get("name")
         version = config.get("descriptor", {}).get("version")

@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from sxpm.core import oci
+from sxpm.core.gguf import is_gguf, read_gguf
 from sxpm.core.names import validate_name
 from sxpm.core.oci import Descriptor, ImageIndex, Manifest, canonical_json
 from sxpm.core.reference import Reference
+from sxpm.core.unpack import check_paths, extract_tar
 from sxpm.core.validation import validate
 from sxpm.core.versions import parse_version
 from sxpm.errors import ArtifactInputError, InputError, InvalidVersionError, ManifestError
@@ -36,6 +38,10 @@ from sxpm.trust.policy import TrustPolicy
 # Files that never belong in an artifact.
 _IGNORED_NAMES = {".git", ".hg", ".svn", "__pycache__", ".simplex", ".DS_Store", ".venv"}
 _DOC_PREFIXES = ("readme", "license", "licence", "notice", "copying", "changelog")
+# Installed files are hard links to store blobs: two files on one path (or on the
+# install record's) would make an install write one through the other.
+_RENAME = ("rename the file: installed trees need distinct names, also ignoring case, "
+           "and .sxpm-install.json is sxpm's")
 MAX_LEGACY_MEMBERS = 10_000
 MAX_LEGACY_BYTES = 64 * 1024**3
 
@@ -192,8 +198,6 @@ def _classify_model_file(rel: str) -> str:
 
 def _pack_model(home: Home, path: Path, ref: Reference, variant: str | None,
                 version: str | None) -> PackResult:
-    from sxpm.core.gguf_info import read_gguf
-
     name = validate_name(ref.name)
     files = [(path.name, path)] if path.is_file() else _walk(path)
     weights = [(rel, p) for rel, p in files if _classify_model_file(rel) == oci.MODEL_WEIGHT]
@@ -201,20 +205,22 @@ def _pack_model(home: Home, path: Path, ref: Reference, variant: str | None,
         raise ArtifactInputError(f"{path} holds no .gguf weight file",
                                  hint="a model artifact needs at least one GGUF file")
     # The largest GGUF is the model; others (e.g. a vision projector) travel with it.
+    check_paths([rel for rel, _ in files], str(path), _RENAME)
     main_rel, main_path = max(weights, key=lambda item: item[1].stat().st_size)
     info = read_gguf(main_path)
+    arch = info.architecture or ""  # read_gguf refuses a file without one
     if info.general_type == "adapter":
         raise ArtifactInputError(f"{main_path} is a LoRA adapter, not a model",
                                  hint="pack it as an expert: sxpm pack expert DIR --ref ...")
     vers = _resolve_version(ref, version, None)
     store = home.store
     layers = [_file_layer(store, rel, p, _classify_model_file(rel)) for rel, p in files]
-    descriptor: dict[str, Any] = {"name": name, "version": vers, "family": info.architecture}
+    descriptor: dict[str, Any] = {"name": name, "version": vers, "family": arch}
     if info.name:
         descriptor["title"] = info.name
     if info.license:
         descriptor["licenses"] = [info.license]
-    model_config: dict[str, Any] = {"architecture": info.architecture, "format": "gguf",
+    model_config: dict[str, Any] = {"architecture": arch, "format": "gguf",
                                     "paramSize": info.param_size}
     if info.file_type:
         model_config["quantization"] = info.file_type
@@ -231,7 +237,7 @@ def _pack_model(home: Home, path: Path, ref: Reference, variant: str | None,
         oci.ANN_NAME: name,
         oci.ANN_VERSION: vers,
         "org.simplex.gguf.main": main_rel,
-        "org.simplex.gguf.architecture": info.architecture,
+        "org.simplex.gguf.architecture": arch,
         "org.simplex.gguf.param-count": str(info.param_count),
     }
     if info.file_type:
@@ -317,8 +323,6 @@ def _check_adapter(root: Path, rel: str, base: dict[str, Any]) -> dict[str, str]
     if not path.is_file():
         raise ArtifactInputError(f"Weight file {rel!r} of base model {base['name']!r} is "
                                  f"missing from {root}", hint="add the file or fix manifest.json")
-    from sxpm.core.gguf_info import is_gguf, read_gguf
-
     if not is_gguf(path):
         return {}
     info = read_gguf(path)
@@ -330,7 +334,7 @@ def _check_adapter(root: Path, rel: str, base: dict[str, Any]) -> dict[str, str]
         raise ArtifactInputError(
             f"{path} is an adapter for {info.architecture!r}, but manifest.json says "
             f"{base['name']!r} is {arch!r}", hint="rebuild the adapter for that base model")
-    return {"org.simplex.adapter.architecture": info.architecture}
+    return {"org.simplex.adapter.architecture": info.architecture or ""}
 
 
 def _pack_expert(home: Home, root: Path, ref: Reference, variant: str | None,
@@ -357,6 +361,9 @@ def _pack_expert(home: Home, root: Path, ref: Reference, variant: str | None,
         if not (root / rel).is_file():
             raise ArtifactInputError(f"{rel!r} named in manifest.json is missing from {root}",
                                      hint="add the file or fix manifest.json")
+    for base in bases:  # the files one manifest installs side by side
+        check_paths([base[k] for k in ("weights", "prompt_template") if base.get(k)]
+                    + [rel for rel, _ in shared], str(root), _RENAME)
     # The config says what the annotations say (--version may differ from the file):
     # an install refuses an artifact whose name, version or kind disagree.
     config_desc = store.put_bytes(canonical_json({**data, "version": vers}), oci.EXPERT_CONFIG)
@@ -401,31 +408,45 @@ def _pack_expert(home: Home, root: Path, ref: Reference, variant: str | None,
                       tuple(b["name"] for b, _ in built))
 
 
+def _decompressed(fh: Any) -> Any:
+    """The tar stream inside a ``.expert`` file: gzip (the format), bzip2, xz or none."""
+    import bz2
+    import gzip
+    import lzma
+
+    magic = fh.peek(6)[:6]
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=fh, mode="rb")
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(fh)
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(fh)
+    return fh
+
+
 def extract_legacy_expert(archive: Path, dest: Path) -> Path:
-    """Unpack a legacy ``.expert`` tar.gz safely; the directory holding manifest.json."""
+    """Unpack a legacy ``.expert`` tar.gz safely; the directory holding manifest.json.
+
+    Bounded like a package layer (members, total bytes, ratio to the archive's size,
+    header bytes), so a small archive cannot fill the disk or the memory.
+    """
+    import lzma
+    import zlib
+
+    where = str(archive)
     try:
-        tf = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, OSError) as exc:
+        fh = open(archive, "rb")  # noqa: SIM115 - closed below, also on errors
+    except OSError as exc:
         raise ArtifactInputError(f"{archive} is not a readable .expert archive ({exc})",
                                  hint="give an expert directory or a .expert tar.gz") from None
-    with tf:
-        members = []
-        total = 0
-        for i, member in enumerate(tf):
-            if i >= MAX_LEGACY_MEMBERS:
-                raise ArtifactInputError(f"{archive} has more than {MAX_LEGACY_MEMBERS} members")
-            if not (member.isfile() or member.isdir()):
-                raise ArtifactInputError(
-                    f"{archive}: member {member.name!r} is not a regular file",
-                    hint="links and device files are refused in .expert archives")
-            total += member.size
-            if total > MAX_LEGACY_BYTES:
-                raise ArtifactInputError(f"{archive} unpacks to more than 64 GiB")
-            members.append(member)
+    with fh:
         try:
-            tf.extractall(dest, members=members, filter="data")
-        except (tarfile.FilterError, OSError) as exc:
-            raise ArtifactInputError(f"{archive}: unsafe or unreadable member ({exc})") from None
+            extract_tar(_decompressed(fh), dest, where, packed_size=os.fstat(fh.fileno()).st_size,
+                        max_members=MAX_LEGACY_MEMBERS, max_bytes=MAX_LEGACY_BYTES)
+        except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+            raise ArtifactInputError(f"{archive} is not a readable .expert archive ({exc})",
+                                     hint="give an expert directory or a .expert tar.gz"
+                                     ) from None
     if (dest / "manifest.json").is_file():
         return dest
     subdirs = [p for p in dest.iterdir() if p.is_dir()]
@@ -493,6 +514,7 @@ def _pack_package(home: Home, root: Path, ref: Reference, variant: str | None,
                                  hint="a code package is a directory with simplex.toml")
     meta = load_package_metadata(root)
     vers = _resolve_version(ref, version, meta["version"])
+    check_paths([rel for rel, _ in _walk(root)], str(root), _RENAME)
     store = home.store
     layer = build_package_layer(root, store)
     layer = Descriptor(layer.media_type, layer.digest, layer.size,

@@ -22,7 +22,8 @@ from sxpm.cli._common import (
 )
 from sxpm.core.detect import memory_budget
 from sxpm.core.humanize import human_size
-from sxpm.errors import CorruptBlobError, NotFoundError, StoreError
+from sxpm.errors import NotFoundError, StoreError, SxpmError
+from sxpm.installed.tree import remove_all_stale_trees
 
 _REFERRERS_TAG = re.compile(r":sha(256|512)-[0-9a-f]{64,128}$")
 
@@ -228,8 +229,10 @@ def list_(as_json: bool) -> None:
                     assert isinstance(index, ImageIndex)
                     entry["variants"] = [d.annotations.get(ANN_VARIANT, str(d.digest))
                                          for d in index.manifests]
-            except (StoreError, CorruptBlobError, NotFoundError, ValueError) as exc:
-                entry["error"] = str(exc)
+            except (SxpmError, ValueError, RecursionError) as exc:
+                # One bad artifact never hides the others: a warning, and its row.
+                entry["error"] = exc.one_line() if isinstance(exc, SxpmError) else str(exc)
+                click.echo(f"warning: {name}: {entry['error']}", err=True)
             rows.append(entry)
     if as_json:
         emit_json(rows)
@@ -266,7 +269,7 @@ def rm(refs: tuple[str, ...]) -> None:
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @json_option
 def gc(dry_run: bool, as_json: bool) -> None:
-    """Delete blobs that no ref reaches.
+    """Delete blobs that no ref reaches, and trees killed installs left behind.
 
     \b
     Example:
@@ -274,8 +277,11 @@ def gc(dry_run: bool, as_json: bool) -> None:
     """
     h = home()
     count, freed = h.store.gc(dry_run=dry_run) if h.store.exists() else (0, 0)
+    trees = 0 if dry_run else remove_all_stale_trees(h.root)
+    if trees and not as_json:
+        click.echo(f"removed {trees} unfinished install tree(s)")
     if as_json:
-        emit_json({"blobs": count, "bytes": freed, "dry_run": dry_run})
+        emit_json({"blobs": count, "bytes": freed, "dry_run": dry_run, "trees": trees})
         return
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {count} blob(s), {human_size(freed)}")

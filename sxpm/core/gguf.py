@@ -1,12 +1,17 @@
-"""A fast, dependency-free reader of a GGUF file's header.
+"""sxpm's one GGUF reader: a fast, bounded, dependency-free reader of a file's header.
 
-The runner reads every model and adapter before handing it to llama.cpp: to refuse
-a truncated or damaged file with a clear message (llama.cpp only says "failed to
-load"), to compare an adapter's architecture with its model's, and to size
-``n_gpu_layers`` from the bytes of each layer. ``gguf.GGUFReader`` does all that
-too, but imports numpy and maps every tensor; reading the header with ``struct``
-costs well under a millisecond for a small file, which keeps ``sxpm run`` within a
-few percent of a plain llama-cpp-python script.
+``pack`` reads what a GGUF file says about itself (architecture, type, quantization,
+parameter count, tensor bytes), so users never have to type it; the runner reads
+every model and adapter before handing it to llama.cpp, to refuse a truncated or
+damaged file with a clear message (llama.cpp only says "failed to load"), to compare
+an adapter's architecture with its model's, and to size ``n_gpu_layers``.
+
+The files are untrusted (``pack`` takes downloads, the runner installed artifacts), so
+every count and length is bounded before anything is allocated for it, and arrays
+(the tokenizer's vocabulary: 262,144 strings in current models) are skipped without
+a Python object per entry. ``gguf.GGUFReader`` builds numpy views of every field and
+tensor: 18 s and 1.6 GB on a hostile 8 MB file. This reader needs ``struct`` and
+``mmap`` only and touches nothing but the header's pages.
 """
 
 from __future__ import annotations
@@ -15,16 +20,23 @@ import mmap
 import re
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from sxpm.errors import ModelFileError
+from sxpm.errors import ArtifactInputError, ModelFileError
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
-# Sanity bounds: a hostile header must not make the reader allocate without limit.
-MAX_COUNT = 1 << 24
-MAX_STRING = 1 << 26
+# Bounds, checked before allocating: a hostile header must not size the reader's memory.
+# Real files have a few dozen keys, a few thousand tensors and under 200 blocks.
+MAX_KV = 1 << 16
+MAX_TENSORS = 1 << 18
+MAX_ARRAY = 1 << 24  # entries of one (skipped) array
+MAX_KEY = 1 << 16  # bytes of a key or a tensor name
+MAX_VALUE = 1 << 20  # bytes of one string value kept (a chat template is ~10 KB)
+MAX_KEPT = 16 << 20  # bytes of all string values kept
+MAX_BLOCKS = 1 << 16
 
 # ggml type id -> (elements per block, bytes per block), as in ggml.h / gguf-py.
 GGML_TYPE_SIZES: dict[int, tuple[int, int]] = {
@@ -41,7 +53,34 @@ GGML_TYPE_SIZES: dict[int, tuple[int, int]] = {
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
             10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
-_LAYER = re.compile(r"^blk\.(\d+)\.")
+_U64 = struct.Struct("<Q")
+_LAYER = re.compile(r"^blk\.(\d{1,9})\.")  # int() of a longer run is costly
+
+# ggml tensor type id -> name (gguf-py's GGMLQuantizationType).
+GGML_TYPE_NAMES: dict[int, str] = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
+    10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS",
+    17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S",
+    23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M",
+    30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4", 40: "NVFP4", 41: "Q1_0",
+}
+# ``general.file_type`` -> name (gguf-py's LlamaFileType, less MOSTLY_/ALL_).
+LLAMA_FILE_TYPES: dict[int, str] = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS",
+    23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S",
+    29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0",
+    38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0", 1024: "GUESSED",
+}
+
+
+def is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == MAGIC
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -83,9 +122,44 @@ class GGUFHeader:
         return value if isinstance(value, str) else None
 
     @property
+    def license(self) -> str | None:
+        value = self.metadata.get("general.license")
+        return value if isinstance(value, str) else None
+
+    @property
     def block_count(self) -> int | None:
         value = self.metadata.get(f"{self.architecture}.block_count")
-        return value if isinstance(value, int) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @cached_property
+    def param_count(self) -> int:
+        return sum(t.n_elements for t in self.tensors)
+
+    @property
+    def param_size(self) -> str:
+        """Human form of the parameter count, as model cards write it (``1.2B``)."""
+        n = float(self.param_count)
+        for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+            if n >= scale:
+                return f"{n / scale:.3g}{unit}"
+        return str(self.param_count)
+
+    @cached_property
+    def file_type(self) -> str | None:
+        """The quantization (``Q4_K_M``, ``F16``): ``general.file_type``, else the most
+        common tensor type (older writers leave the key out)."""
+        ft = self.metadata.get("general.file_type")
+        if isinstance(ft, int) and not isinstance(ft, bool):
+            return LLAMA_FILE_TYPES.get(ft, f"type{ft}")
+        counts: dict[str, int] = {}
+        for t in self.tensors:
+            name = GGML_TYPE_NAMES.get(t.type_id, f"type{t.type_id}")
+            counts[name] = counts.get(name, 0) + 1
+        return max(counts, key=lambda k: counts[k]) if counts else None
+
+    @property
+    def precision(self) -> str | None:
+        return self.file_type if self.file_type in ("F32", "F16", "BF16") else None
 
     def meta_int(self, key: str) -> int | None:
         value = self.metadata.get(f"{self.architecture}.{key}")
@@ -98,7 +172,7 @@ class GGUFHeader:
     def layer_bytes(self) -> tuple[list[int], int]:
         """Bytes of each repeating block (``blk.N.*``) and of everything else."""
         n = self.block_count or 1 + max((t.layer or 0 for t in self.tensors), default=-1)
-        per = [0] * max(n, 0)
+        per = [0] * min(max(n, 0), MAX_BLOCKS)  # the reader refuses more; belt and braces
         other = 0
         for t in self.tensors:
             size = t.n_bytes or 0
@@ -114,6 +188,7 @@ class _Cursor:
         self.buf = buf
         self.pos = 0
         self.path = path
+        self.kept = 0  # bytes of string values kept so far
 
     def need(self, n: int) -> None:
         if self.pos + n > len(self.buf):
@@ -127,32 +202,46 @@ class _Cursor:
         self.pos += size
         return value
 
-    def count(self, what: str) -> int:
+    def count(self, what: str, limit: int, min_bytes: int) -> int:
+        """A count of items that take at least ``min_bytes`` each: refused when over
+        ``limit`` or when the rest of the file cannot hold them."""
         value = int(self.unpack("<Q"))
-        if value > MAX_COUNT:
+        if value > limit or value * min_bytes > len(self.buf) - self.pos:
             raise ModelFileError(self.path, f"implausible {what} ({value})")
         return value
 
-    def string(self) -> str:
+    def string(self, limit: int = MAX_KEY) -> str:
         n = int(self.unpack("<Q"))
-        if n > MAX_STRING:
+        if n > limit:
             raise ModelFileError(self.path, f"implausible string length {n}")
         self.need(n)
         raw = bytes(self.buf[self.pos:self.pos + n])
         self.pos += n
         return raw.decode("utf-8", "replace")
 
-    def skip_string(self) -> None:
-        n = int(self.unpack("<Q"))
-        self.need(n)
-        self.pos += n
+    def skip_strings(self, count: int) -> None:
+        """Skip ``count`` strings: one length read each, no object kept."""
+        buf, pos, end = self.buf, self.pos, len(self.buf)
+        unpack = _U64.unpack_from
+        for _ in range(count):
+            if pos + 8 > end:
+                break
+            pos += 8 + unpack(buf, pos)[0]
+        self.pos = pos
+        self.need(0)  # past the end: truncated
 
     def value(self, type_id: int) -> Any:
         fmt = _SCALARS.get(type_id)
         if fmt is not None:
             return self.unpack(fmt)
         if type_id == _STRING:
-            return self.string()
+            n = int(self.unpack("<Q"))
+            self.pos -= 8
+            if n > MAX_VALUE or self.kept + n > MAX_KEPT:  # not needed: skip, keep nothing
+                self.skip_strings(1)
+                return None
+            self.kept += n
+            return self.string(MAX_VALUE)
         raise ModelFileError(self.path, f"unknown metadata value type {type_id}")
 
 
@@ -178,8 +267,10 @@ def _parse(cur: _Cursor, path: Path, size: int) -> GGUFHeader:
     if version not in (2, 3):
         raise ModelFileError(path, f"unsupported GGUF version {version}",
                              hint="sxpm and llama.cpp read GGUF versions 2 and 3")
-    n_tensors = cur.count("tensor count")
-    n_kv = cur.count("metadata count")
+    # Minimal sizes: a tensor info is a name length, dims, type and offset (24 bytes);
+    # a key-value pair a key length, a type and a one-byte value (13 bytes).
+    n_tensors = cur.count("tensor count", MAX_TENSORS, 24)
+    n_kv = cur.count("metadata count", MAX_KV, 13)
     metadata: dict[str, Any] = {}
     arrays: dict[str, int] = {}
     for _ in range(n_kv):
@@ -187,11 +278,11 @@ def _parse(cur: _Cursor, path: Path, size: int) -> GGUFHeader:
         type_id = int(cur.unpack("<I"))
         if type_id == _ARRAY:
             item_type = int(cur.unpack("<I"))
-            n = cur.count(f"length of {key}")
+            width = 8 if item_type == _STRING else struct.calcsize(_SCALARS.get(item_type, "B"))
+            n = cur.count(f"length of {key}", MAX_ARRAY, width)
             arrays[key] = n
             if item_type == _STRING:
-                for _ in range(n):
-                    cur.skip_string()
+                cur.skip_strings(n)
             elif item_type in _SCALARS:
                 width = struct.calcsize(_SCALARS[item_type]) * n
                 cur.need(width)
@@ -199,7 +290,12 @@ def _parse(cur: _Cursor, path: Path, size: int) -> GGUFHeader:
             else:
                 raise ModelFileError(path, f"unsupported array type {item_type} in {key}")
             continue
-        metadata[key] = cur.value(type_id)
+        value = cur.value(type_id)
+        if value is not None:
+            metadata[key] = value
+    blocks = metadata.get(f"{metadata.get('general.architecture')}.block_count")
+    if isinstance(blocks, int) and not 0 <= blocks <= MAX_BLOCKS:
+        raise ModelFileError(path, f"implausible block count ({blocks})")
     tensors: list[TensorEntry] = []
     for _ in range(n_tensors):
         name = cur.string()
@@ -223,3 +319,21 @@ def _parse(cur: _Cursor, path: Path, size: int) -> GGUFHeader:
         raise ModelFileError(path, f"truncated: its tensors end at byte {end}, the file has "
                              f"{size} bytes")
     return GGUFHeader(path, version, metadata, tuple(tensors), data_offset, size, arrays)
+
+
+def read_gguf(path: Path) -> GGUFHeader:
+    """The header of a GGUF file given to ``pack``; a one-line input error otherwise."""
+    path = Path(path)
+    if not is_gguf(path):
+        raise ArtifactInputError(f"{path} is not a GGUF file (bad magic bytes)",
+                                 hint="give a .gguf file written by llama.cpp or gguf-py")
+    try:
+        header = read_header(path)
+    except ModelFileError as exc:
+        raise ArtifactInputError(f"{path} is not a readable GGUF file ({exc.reason})",
+                                 hint="the file is corrupt or truncated; download it again"
+                                 ) from None
+    if not header.architecture:
+        raise ArtifactInputError(f"{path} has no general.architecture",
+                                 hint="write the file with a current llama.cpp or gguf-py")
+    return header

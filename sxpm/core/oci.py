@@ -73,6 +73,12 @@ def sha256_digest(data: bytes) -> Digest:
     return Digest("sha256", hashlib.sha256(data).hexdigest())
 
 
+def digest_of(data: bytes, algorithm: str = "sha256") -> Digest:
+    """``data``'s digest by ``algorithm``: content named by a sha512 digest is checked
+    with sha512, never re-hashed with sha256."""
+    return Digest(algorithm, hashlib.new(algorithm, data).hexdigest())
+
+
 def _require(obj: Mapping[str, Any], key: str, kind: type, source: str, path: str) -> Any:
     if key not in obj:
         raise ManifestError(source, f"missing required field {key!r}", path=path or "$")
@@ -101,8 +107,9 @@ class Descriptor:
     artifact_type: str | None = None
 
     @classmethod
-    def for_bytes(cls, media_type: str, data: bytes, **kw: Any) -> Descriptor:
-        return cls(media_type, sha256_digest(data), len(data), **kw)
+    def for_bytes(cls, media_type: str, data: bytes, algorithm: str = "sha256", **kw: Any
+                  ) -> Descriptor:
+        return cls(media_type, digest_of(data, algorithm), len(data), **kw)
 
     @classmethod
     def from_dict(cls, obj: Any, *, source: str = "descriptor", path: str = "$") -> Descriptor:
@@ -307,6 +314,8 @@ def parse_manifest_bytes(data: bytes, source: str) -> Manifest | ImageIndex:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError(source, f"not valid JSON ({exc})") from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise ManifestError(source, "JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise ManifestError(source, "a manifest must be a JSON object")
     media_type = obj.get("mediaType")

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sxpm.core.unpack import INSTALL_RECORD
 from sxpm.home import KINDS
 
-INSTALL_RECORD = ".sxpm-install.json"
+__all__ = ["INSTALL_RECORD", "Installed", "find_installed", "install_dir", "list_installed"]
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,10 @@ def list_installed(root: Path, kind: str | None = None) -> list[Installed]:
                 continue  # a tree being built, or one a killed install left behind
             try:
                 record = json.loads(record_path.read_text())
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 continue
+            if not isinstance(record, dict):
+                continue  # not a record sxpm wrote
             out.append(Installed(k, record.get("name", record_path.parent.parent.name),
                                  record.get("version", record_path.parent.name),
                                  record_path.parent, record))

@@ -10,44 +10,55 @@ its final place and renamed in, so a crash never leaves half an install.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import re
 import shutil
 import tarfile
 import tempfile
-from pathlib import Path, PurePosixPath
+import time
+from pathlib import Path
 from typing import Any
 
 from sxpm.artifacts.describe import ArtifactInfo
 from sxpm.core import oci
 from sxpm.core.oci import Descriptor
+from sxpm.core.unpack import INSTALL_RECORD, PathSet, extract_tar, safe_relpath
 from sxpm.errors import ArtifactInputError, NotFoundError
-from sxpm.installed.records import INSTALL_RECORD, Installed, find_installed, install_dir
+from sxpm.home import KINDS
+from sxpm.installed.records import Installed, find_installed, install_dir
 from sxpm.store.layout import CHUNK, OCILayout
 
 MAX_PACKAGE_MEMBERS = 100_000
 MAX_PACKAGE_BYTES = 16 * 1024**3
-MAX_RATIO = 200  # unpacked bytes per packed byte before we call it a bomb
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def _link_or_copy(src: Path, dst: Path, where: str) -> None:
+    """A new file at ``dst`` with ``src``'s bytes; never writes through an existing one.
+
+    ``dst`` is a hard link to a store blob when it can be, so opening an existing
+    ``dst`` for writing would change the blob under every artifact that uses it.
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dst)
+        return
+    except FileExistsError:
+        raise _taken(dst, where) from None
     except OSError:
-        shutil.copyfile(src, dst)
-        os.chmod(dst, 0o444)
+        pass  # another file system, or no hard links there: copy
+    try:
+        out = open(dst, "xb")
+    except FileExistsError:
+        raise _taken(dst, where) from None
+    with out, open(src, "rb") as fh:
+        shutil.copyfileobj(fh, out, CHUNK)
+    os.chmod(dst, 0o444)
 
 
-def _safe_relpath(title: str, where: str) -> str:
-    path = PurePosixPath(title)
-    if not title or path.is_absolute() or ".." in path.parts or "\\" in title \
-            or "\x00" in title or not path.parts or path.parts == (".",):
-        raise ArtifactInputError(f"{where}: unsafe file name {title!r} in the artifact",
-                                 hint="the artifact is malformed or hostile; do not install it")
-    return str(path)
+def _taken(path: Path, where: str) -> ArtifactInputError:
+    return ArtifactInputError(f"{where}: two files of the artifact land on {path.name!r}",
+                              hint="the artifact is malformed or hostile; do not install it")
 
 
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}$")
@@ -61,74 +72,20 @@ def _check_segment(value: str, what: str, where: str) -> str:
     return value
 
 
-class _Bounded(io.RawIOBase):
-    """The decompressed stream, cut off once it passes ``limit`` bytes.
-
-    Member sizes are checked against the budget as they come, but tar headers (a pax
-    header can claim gigabytes that tarfile reads into memory) are not members: the
-    whole stream is bounded too.
-    """
-
-    def __init__(self, inner: Any, limit: int, what: str) -> None:
-        self._inner = inner
-        self._left = limit
-        self._limit = limit
-        self._what = what
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer)
-        data = self._inner.read(min(len(view), self._left + 1))
-        if len(data) > self._left:
-            raise ArtifactInputError(f"{self._what} unpacks to over {self._limit} bytes",
-                                     hint="refused as a decompression bomb")
-        self._left -= len(data)
-        view[:len(data)] = data
-        return len(data)
-
-
-def extract_package(store: OCILayout, layer: Descriptor, dest: Path) -> None:
-    """Unpack a package layer, refusing links, devices, escapes and bombs."""
+def extract_package(store: OCILayout, layer: Descriptor, dest: Path,
+                    paths: PathSet | None = None) -> None:
+    """Unpack a package layer, refusing links, devices, escapes, bombs and two
+    members (or a member and another layer of ``paths``) on one path."""
     import zstandard
 
-    budget = min(MAX_PACKAGE_BYTES, max(layer.size, 1) * MAX_RATIO)
+    where = f"package {layer.digest}"
     with store.open_blob(layer.digest) as raw:
-        # Headers and padding: 512 bytes or so per member, on top of the files' bytes.
-        reader = io.BufferedReader(_Bounded(
-            zstandard.ZstdDecompressor().stream_reader(raw),
-            budget + 1024 * MAX_PACKAGE_MEMBERS, f"package {layer.digest}"), CHUNK)
         try:
-            with tarfile.open(fileobj=reader, mode="r|") as tf:
-                total = 0
-                for count, member in enumerate(tf, 1):
-                    if count > MAX_PACKAGE_MEMBERS:
-                        raise ArtifactInputError(f"package {layer.digest} has over "
-                                                 f"{MAX_PACKAGE_MEMBERS} files")
-                    if not (member.isfile() or member.isdir()):
-                        raise ArtifactInputError(
-                            f"package {layer.digest}: {member.name!r} is a link or special "
-                            "file", hint="packages may hold only regular files")
-                    rel = _safe_relpath(member.name, f"package {layer.digest}")
-                    total += member.size
-                    if total > budget:
-                        raise ArtifactInputError(
-                            f"package {layer.digest} unpacks to over {budget} bytes",
-                            hint="refused as a decompression bomb")
-                    target = dest / rel
-                    if member.isdir():
-                        target.mkdir(parents=True, exist_ok=True)
-                        continue
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    src = tf.extractfile(member)
-                    assert src is not None
-                    with open(target, "wb") as out:
-                        shutil.copyfileobj(src, out)
-                    os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
+            extract_tar(zstandard.ZstdDecompressor().stream_reader(raw), dest, where,
+                        packed_size=layer.size, max_members=MAX_PACKAGE_MEMBERS,
+                        max_bytes=MAX_PACKAGE_BYTES, paths=paths)
         except (tarfile.TarError, zstandard.ZstdError) as exc:
-            raise ArtifactInputError(f"package {layer.digest} is not a valid tar+zstd ({exc})"
-                                     ) from None
+            raise ArtifactInputError(f"{where} is not a valid tar+zstd ({exc})") from None
 
 
 def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
@@ -141,20 +98,26 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
     if missing:
         raise NotFoundError(f"{ref}: blob {missing[0].digest} is not in the store",
                             hint="pull the artifact again")
+    paths = PathSet(ref)
+    titled = [(layer, safe_relpath(title, ref)) for layer in info.manifest.layers
+              if layer.media_type != oci.PACKAGE_LAYER
+              and (title := layer.annotations.get(oci.ANN_FILEPATH)
+                   or layer.annotations.get(oci.ANN_TITLE))]
+    for _, rel in titled:  # refused before anything is written
+        paths.add_file(rel)
     created_parent = not dest.parent.exists()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{info.version}.", dir=dest.parent))
+    remove_stale_trees(dest.parent)
+    # The owner's pid in the name lets a later install or gc tell a killed build's
+    # leftovers from a running one's.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{info.version}.tmp-{os.getpid()}-",
+                                dir=dest.parent))
     try:
         for layer in info.manifest.layers:
             if layer.media_type == oci.PACKAGE_LAYER:
-                extract_package(store, layer, tmp)
-                continue
-            title = layer.annotations.get(oci.ANN_FILEPATH) or layer.annotations.get(
-                oci.ANN_TITLE)
-            if not title:
-                continue
-            target = tmp / _safe_relpath(title, ref)
-            _link_or_copy(store.blob_path(layer.digest), target)
+                extract_package(store, layer, tmp, paths)
+        for layer, rel in titled:
+            _link_or_copy(store.blob_path(layer.digest), tmp / rel, ref)
         record = {
             "ref": ref,
             "kind": info.kind,
@@ -170,7 +133,8 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
         }
         if signer:
             record["signer"] = signer
-        (tmp / INSTALL_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True))
+        with open(tmp / INSTALL_RECORD, "xb") as out:  # new: never through a link
+            out.write(json.dumps(record, indent=2, sort_keys=True).encode())
         os.chmod(tmp, 0o755)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
@@ -186,6 +150,60 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
                 dest.parent.rmdir()
         raise
     return Installed(info.kind, info.name, info.version, dest, record)
+
+
+# Hidden trees an install leaves when killed: the tree being built and the old tree
+# being replaced; before the owner's pid was in the name, mkdtemp's 8 characters only.
+_BUILDING = re.compile(r"^\.(?P<version>.+)\.tmp-(?P<pid>\d+)-[a-z0-9_]{8}$")
+_REPLACED = re.compile(r"^\.(?P<version>.+)\.old\.(?P<pid>\d+)$")
+_UNOWNED = re.compile(r"^\.(?P<version>.+)\.[a-z0-9_]{8}$")
+STALE_AFTER = 24 * 3600  # seconds; a tree this old is stale whoever owns it (pid reuse)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process: alive
+    return True
+
+
+def remove_stale_trees(parent: Path, now: float | None = None) -> int:
+    """Remove the hidden trees killed installs left in ``<kind>s/<name>/``; how many.
+
+    A tree whose owner (the pid in its name) is gone, or that is older than
+    :data:`STALE_AFTER`, is stale; a running install's tree is left alone.
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+            continue
+        owned = _BUILDING.match(entry.name) or _REPLACED.match(entry.name)
+        if not owned and not _UNOWNED.match(entry.name):
+            continue
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        if age > STALE_AFTER or (owned and not _alive(int(owned.group("pid")))):
+            _rmtree(Path(entry.path))
+            removed += 1
+    return removed
+
+
+def remove_all_stale_trees(root: Path) -> int:
+    """:func:`remove_stale_trees` for every installed name under ``root`` (``gc``)."""
+    return sum(remove_stale_trees(parent) for kind in KINDS
+               for parent in sorted((root / f"{kind}s").glob("*")) if parent.is_dir())
 
 
 def _rmtree(path: Path) -> None:

@@ -23,14 +23,13 @@ the ``[trust]`` table of the project the command already read.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sxpm.artifacts import ollama
-from sxpm.artifacts.describe import ArtifactInfo
+from sxpm.artifacts.describe import ArtifactInfo, parse_config
 from sxpm.core import oci
 from sxpm.core.oci import (
     MAX_MANIFEST_BYTES,
@@ -283,13 +282,7 @@ class Fetcher:
                     repo.fetch_blob(desc, w, SILENT.start("config", desc.size))
                     w.commit()
                     self.fetched[desc.digest] = desc.size
-        try:
-            config = json.loads(store.read_blob(desc))
-        except ValueError:
-            raise ManifestError(str(desc.digest), "config blob is not JSON") from None
-        if not isinstance(config, dict) or not isinstance(config.get("descriptor", {}), dict):
-            raise ManifestError(str(desc.digest), "config blob is not a JSON object of the "
-                                "artifact's kind")
+        config = parse_config(store.read_blob(desc), desc)
         self._configs[desc.digest] = config
         return config
 

@@ -135,7 +135,7 @@ def import_path(home: Home, path: Path, *, name: str | None = None,
 def _import_files(home: Home, files: list[tuple[str, Path]], path: Path, name: str | None,
                   version: str | None) -> Imported:
     """Import ``files`` (title, file) as one model; ``path`` is where they came from."""
-    from sxpm.core.gguf_info import read_gguf  # numpy and gguf: only when importing
+    from sxpm.core.gguf import read_gguf
 
     weights = [(rel, p) for rel, p in files if _classify(rel) == oci.MODEL_WEIGHT]
     if not weights:

@@ -25,7 +25,9 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -43,6 +45,7 @@ from sxpm.core.oci import (
     ImageIndex,
     Manifest,
     canonical_json,
+    digest_of,
     parse_manifest_bytes,
 )
 from sxpm.core.reference import Digest
@@ -80,12 +83,36 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so readers see the old or the new file, never half."""
+def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Replace ``path`` with ``data`` so readers see the old or the new file, never half.
+
+    The new file keeps the mode (and, where allowed, the owner) of the one it replaces,
+    or gets ``0666 & ~umask`` when there was none: ``simplex.toml``, a lock, the
+    ``index.json`` of a layout registry shared between users stay readable by whoever
+    could read them. Secrets pass ``mode=0o600``; the file never has another mode.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        old: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        old = None
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            # The kernel applies the umask to 0o666, as for any new file.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                         0o666 if mode is None else mode)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as fh:
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)
+            elif old is not None:
+                with contextlib.suppress(OSError):  # only root may give a file away
+                    os.fchown(fh.fileno(), old.st_uid, old.st_gid)
+                os.fchmod(fh.fileno(), stat.S_IMODE(old.st_mode))
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -603,7 +630,7 @@ class OCILayout:
             raise ManifestError(str(desc.digest), f"blob of {desc.size} bytes is over the limit")
         with self.open_blob(desc.digest) as fh:
             data = fh.read(limit + 1)
-        actual = Digest(desc.digest.algorithm, hashlib.new(desc.digest.algorithm, data).hexdigest())
+        actual = digest_of(data, desc.digest.algorithm)
         if actual != desc.digest:
             raise CorruptBlobError(str(desc.digest), str(actual), where=str(self.root))
         return data
@@ -641,8 +668,11 @@ class OCILayout:
         os.replace(tmp, target)
         _fsync_dir(target.parent)
 
-    def put_bytes(self, data: bytes, media_type: str, **kw: Any) -> Descriptor:
-        desc = Descriptor.for_bytes(media_type, data, **kw)
+    def put_bytes(self, data: bytes, media_type: str, algorithm: str = "sha256", **kw: Any
+                  ) -> Descriptor:
+        """Store ``data`` under its digest by ``algorithm`` (that of the digest naming
+        it, for bytes read from elsewhere), hashed once, here."""
+        desc = Descriptor.for_bytes(media_type, data, algorithm, **kw)
         self.put_verified(desc, data)
         return desc
 
@@ -715,7 +745,7 @@ class OCILayout:
             obj = json.loads(self.index_path.read_bytes())
         except FileNotFoundError:
             return {"schemaVersion": 2, "manifests": []}
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise StoreError(f"{self.index_path} is not valid JSON ({exc})",
                              hint="restore it or run `sxpm verify`") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("manifests", []), list):

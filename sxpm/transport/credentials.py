@@ -227,5 +227,5 @@ def erase(host: str) -> bool:
 def _write(config: dict[str, Any]) -> None:
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_atomic(path, (json.dumps(config, indent="\t") + "\n").encode())
-    os.chmod(path, 0o600)
+    # Passwords and tokens: owner-only from the first byte.
+    write_atomic(path, (json.dumps(config, indent="\t") + "\n").encode(), mode=0o600)

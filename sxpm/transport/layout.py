@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from sxpm.core.oci import MAX_MANIFEST_BYTES, Descriptor, parse_manifest_bytes, sha256_digest
+from sxpm.core.oci import MAX_MANIFEST_BYTES, Descriptor, digest_of, parse_manifest_bytes
 from sxpm.core.progress import Progress
 from sxpm.core.reference import Digest, Reference
 from sxpm.errors import CorruptBlobError, NotFoundError, SizeMismatchError
@@ -31,7 +31,7 @@ class LayoutRepository(Repository):
     def get_manifest(self, reference: str) -> tuple[Descriptor, bytes]:
         if not self.layout.exists():
             raise self._missing("Repository")
-        if reference.startswith("sha256:") or reference.startswith("sha512:"):
+        if ":" in reference:  # a digest (a tag has no colon)
             digest = Digest.parse(reference)
             if not self.layout.has_blob(digest):
                 raise self._missing(f"Manifest {digest}")
@@ -47,7 +47,7 @@ class LayoutRepository(Repository):
                                    where=self.ref.locator)
         with self.layout.open_blob(digest) as fh:
             data = fh.read(MAX_MANIFEST_BYTES + 1)
-        actual = sha256_digest(data)
+        actual = digest_of(data, digest.algorithm)
         if actual != digest:
             raise CorruptBlobError(str(digest), str(actual), where=self.ref.locator)
         media_type = parse_manifest_bytes(data, f"{self.ref.locator}@{digest}").media_type
@@ -73,7 +73,7 @@ class LayoutRepository(Repository):
 
     def push_manifest(self, desc: Descriptor, data: bytes, tag: str | None) -> None:
         self.layout.ensure()
-        stored = self.layout.put_bytes(data, desc.media_type)
+        stored = self.layout.put_bytes(data, desc.media_type, desc.digest.algorithm)
         if stored.digest != desc.digest:
             raise CorruptBlobError(str(desc.digest), str(stored.digest), where="push")
         if tag:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import collections
 import email.utils
 import functools
-import hashlib
 import json
 import random
 import re
@@ -60,6 +59,7 @@ from sxpm.core.oci import (
     MAX_MANIFEST_BYTES,
     Descriptor,
     ImageIndex,
+    digest_of,
     parse_manifest_bytes,
 )
 from sxpm.core.progress import Progress
@@ -624,7 +624,7 @@ class RemoteRepository(Repository):
                                     hint="run the same command again") from None
             announced = resp.headers.get("Docker-Content-Digest")
         algorithm = expected.algorithm if expected else "sha256"
-        actual = Digest(algorithm, hashlib.new(algorithm, data).hexdigest())
+        actual = digest_of(data, algorithm)
         if expected is not None and actual != expected:
             raise CorruptBlobError(str(expected), str(actual), where=what)
         if expected is None and announced:
@@ -632,8 +632,9 @@ class RemoteRepository(Repository):
                 claimed = Digest.parse(announced.strip())
             except ValueError:
                 claimed = None
-            if claimed and claimed.algorithm == "sha256" and claimed != actual:
-                raise CorruptBlobError(str(claimed), str(actual), where=what)
+            if claimed and claimed != digest_of(data, claimed.algorithm):
+                raise CorruptBlobError(str(claimed), str(digest_of(data, claimed.algorithm)),
+                                       where=what)
         obj = parse_manifest_bytes(data, f"manifest {what}@{actual}")
         if expected is not None:
             self._remember(expected, data)
