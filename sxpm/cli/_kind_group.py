@@ -44,23 +44,28 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
     Example:
       sxpm {kind} list --json
     """)
-    @click.option("--root", type=click.Path(path_type=Path), help="Install root (default: home).")
+    @click.option("--root", type=click.Path(path_type=Path),
+                  help="Install root (default: home, and the project found from here).")
     @json_option
     def list_cmd(root: Path | None, as_json: bool) -> None:
         from sxpm.installed.records import list_installed
+        from sxpm.ops.project import PlacedInstall, installed_here
 
-        items = list_installed(root or home().root, kind)
-        rows = [{"name": i.name, "version": i.version, "variant": i.record.get("variant"),
-                 "digest": i.record.get("digest"), "ref": i.record.get("ref"),
-                 "path": str(i.path)} for i in items]
+        items = ([PlacedInstall(i, None) for i in list_installed(root, kind)] if root
+                 else installed_here(home(), kind))
+        rows = [{"name": p.item.name, "version": p.item.version,
+                 "variant": p.item.record.get("variant"), "digest": p.item.record.get("digest"),
+                 "ref": p.item.record.get("ref"), "path": str(p.item.path),
+                 "project": p.project} for p in items]
         if as_json:
             emit_json(rows)
             return
         if not rows:
             click.echo(f"no {plural} installed (sxpm {kind} install REF)")
             return
-        table([[str(r["name"]), str(r["version"]), str(r["variant"] or "-"), str(r["path"])]
-               for r in rows], ["NAME", "VERSION", "VARIANT", "PATH"])
+        table([[str(r["name"]), str(r["version"]), str(r["variant"] or "-"),
+                str(r["project"] or "-"), str(r["path"])]
+               for r in rows], ["NAME", "VERSION", "VARIANT", "PROJECT", "PATH"])
 
     for_option = click.option(
         "--for", "for_model", metavar="MODEL",
@@ -161,13 +166,15 @@ def _a(kind: str) -> str:
 def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> None:
     from sxpm.artifacts.describe import describe
     from sxpm.core.oci import ANN_BASE_MODEL, ANN_VARIANT, ImageIndex
-    from sxpm.installed.records import find_installed
+    from sxpm.ops.project import installed_here
     from sxpm.store.refs import resolve_local
 
     h = home()
     name, _, version = spec.partition("@")
-    found = find_installed(h.root, kind, name, version or None) if "/" not in spec and \
-        ":" not in spec else []
+    placed = [p for p in installed_here(h, kind) if p.item.name == name
+              and (not version or p.item.version == version)] \
+        if "/" not in spec and ":" not in spec else []
+    found = [p.item for p in placed]
     if found:
         ref = h.parse_ref(found[-1].record["ref"])
         variant = variant or found[-1].record.get("variant")
@@ -188,7 +195,8 @@ def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> No
         "size": info.size,
         "files": [{"path": layer.title, "mediaType": layer.media_type, "size": layer.size,
                    "digest": str(layer.digest)} for layer in info.manifest.layers],
-        "installed": [str(i.path) for i in found]}
+        "installed": [str(i.path) for i in found],
+        "project": placed[-1].project if placed else None}
     if kind == "model":
         cfg = info.config.get("config", {})
         data.update({"architecture": cfg.get("architecture"), "format": cfg.get("format"),
@@ -213,6 +221,8 @@ def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> No
         return
     for key in keys:
         click.echo(f"{key:13} {data[key]}")
+    if data["project"]:
+        click.echo(f"{'project':13} {data['project']} ({found[-1].path})")
     click.echo(f"{'size':13} {human_size(info.size)}")
     if variants:
         click.echo(f"{'variants':13} {', '.join(variants)} (showing {info.variant})")

@@ -18,13 +18,20 @@ from sxpm.cli._common import (
     transport,
 )
 from sxpm.errors import InputError
-from sxpm.ops.project import install_project, lock_project
+from sxpm.ops.project import (
+    Edit,
+    add_requirement,
+    check_lock,
+    install_project,
+    lock_project,
+    remove_requirement,
+)
 from sxpm.ops.project import tree as project_tree
 from sxpm.ops.project import why as explain_why
 from sxpm.project.manifest import Project
 
 if TYPE_CHECKING:
-    from sxpm.ops.lock import LockResult
+    from sxpm.ops.lock import InstallReport, LockResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,49 +69,80 @@ def init(directory: Path, name: str | None, registry: str | None, index: str | N
     click.echo(f"created {path}")
 
 
+def _sync_options(f: F) -> F:
+    f = click.option("--no-sync", is_flag=True, help="Lock, but do not install.")(f)
+    f = click.option("--no-lock", is_flag=True, help="Only edit simplex.toml.")(f)
+    return f
+
+
+def _print_edit(project: Project, edit: Edit) -> None:
+    if edit.locked is not None:
+        for line in edit.locked.updates:
+            click.echo(line)
+    if edit.installed is not None:
+        _print_install(project, edit.installed.report)
+
+
 @click.command()
 @click.argument("spec", metavar="NAME[@REQ]")
-@click.option("--model", "kind", flag_value="model", help="Add a model.")
-@click.option("--expert", "kind", flag_value="expert", help="Add an expert.")
-@click.option("--package", "kind", flag_value="package", default=True,
-              help="Add a code package (the default).")
+@click.option("--model", "kind", flag_value="model",
+              help="NAME is a model (only needed when the index has it as several kinds).")
+@click.option("--expert", "kind", flag_value="expert", help="NAME is an expert.")
+@click.option("--package", "kind", flag_value="package", help="NAME is a code package.")
 @click.option("--variant", help="Model variant to require, e.g. Q4_K_M.")
 @click.option("--base", help="Base model an expert must run on.")
 @_project_option
-def add(spec: str, kind: str, variant: str | None, base: str | None,
-        manifest: Path | None) -> None:
-    """Add a requirement to simplex.toml, keeping its comments and order.
+@_index_option
+@_sync_options
+@click.option("--offline", is_flag=True, help="Use only the cached index and the store.")
+@transfer_options
+def add(spec: str, kind: str | None, variant: str | None, base: str | None,
+        manifest: Path | None, index: str | None, no_sync: bool, no_lock: bool,
+        offline: bool, quiet: bool, insecure: bool, jobs: int) -> None:
+    """Add a requirement to simplex.toml (keeping its comments and order), then lock
+    and install.
+
+    NAME is looked up in the index (else the default registry): its kind comes from
+    there, and without @REQ the requirement is ^ the newest version not yanked.
 
     \b
     Example:
-      sxpm add cognitive-1b@^1.0 --model --variant Q4_K_M
-      sxpm add sql-expert@~2.1 --expert --base cognitive-1b
+      sxpm add cognitive-1b --variant Q4_K_M
+      sxpm add sql-expert@~2.1 --base cognitive-1b
     """
-    from sxpm.project.manifest import add as do_add
-
     name, _, req = spec.partition("@")
-    if base and kind != "expert":
+    if base and kind not in (None, "expert"):
         raise click.UsageError("--base applies to experts only; add --expert")
     project = _load(manifest)
-    text = do_add(project, name, kind, req or None, variant=variant, base=base)
-    click.echo(f"added {kind} {name} {text} to {project.path}")
+    edit = add_requirement(project, name, req or None, kind=kind, variant=variant, base=base,
+                           home=home(), index=index, lock=not no_lock,
+                           sync=not (no_sync or no_lock), offline=offline,
+                           options=transport(insecure, jobs), reporter=reporter(quiet))
+    click.echo(f"added {edit.kind} {name} {edit.text} to {project.path}")
+    _print_edit(project, edit)
 
 
 @click.command()
 @click.argument("name")
 @_project_option
-def remove(name: str, manifest: Path | None) -> None:
-    """Remove a requirement from simplex.toml.
+@_index_option
+@_sync_options
+@click.option("--offline", is_flag=True, help="Use only the cached index and the store.")
+@transfer_options
+def remove(name: str, manifest: Path | None, index: str | None, no_sync: bool,
+           no_lock: bool, offline: bool, quiet: bool, insecure: bool, jobs: int) -> None:
+    """Remove a requirement from simplex.toml, then lock and remove what it installed.
 
     \b
     Example:
       sxpm remove sql-expert
     """
-    from sxpm.project.manifest import remove as do_remove
-
     project = _load(manifest)
-    kind = do_remove(project, name)
-    click.echo(f"removed {kind} {name} from {project.path}")
+    edit = remove_requirement(project, name, home=home(), index=index, lock=not no_lock,
+                              sync=not (no_sync or no_lock), offline=offline,
+                              options=transport(insecure, jobs), reporter=reporter(quiet))
+    click.echo(f"removed {edit.kind} {name} from {project.path}")
+    _print_edit(project, edit)
 
 
 def _do_lock(project: Project, index: str | None, offline: bool, insecure: bool,
@@ -117,17 +155,30 @@ def _do_lock(project: Project, index: str | None, offline: bool, insecure: bool,
 @_project_option
 @_index_option
 @click.option("--offline", is_flag=True, help="Use only the cached index and the store.")
+@click.option("--check", is_flag=True, help="Exit 1 if simplex.lock is out of date; write "
+                                            "nothing.")
 @transfer_options
 @json_option
-def lock_cmd(manifest: Path | None, index: str | None, offline: bool, quiet: bool,
-             insecure: bool, jobs: int, as_json: bool) -> None:
+def lock_cmd(manifest: Path | None, index: str | None, offline: bool, check: bool,
+             quiet: bool, insecure: bool, jobs: int, as_json: bool) -> None:
     """Resolve simplex.toml and write simplex.lock (keeping locked versions).
 
     \b
     Example:
       sxpm lock
+      sxpm lock --check
     """
     project = _load(manifest)
+    if check:
+        current = check_lock(project, home(), index=index, offline=offline,
+                             options=transport(insecure, jobs))
+        if as_json:
+            emit_json({"lock": str(project.lock_path), "fresh": True,
+                       "artifacts": {a.name: a.version for a in current.artifacts}})
+        else:
+            click.echo(f"{project.lock_path} is up to date ({len(current.artifacts)} "
+                       "artifacts)")
+        return
     _print_lock(project, _do_lock(project, index, offline, insecure, jobs, None), as_json)
 
 
@@ -200,6 +251,10 @@ def install(manifest: Path | None, index: str | None, locked: bool, frozen: bool
                    "bytes_fetched": report.bytes_fetched,
                    "root": str(project.install_root)})
         return
+    _print_install(project, report)
+
+
+def _print_install(project: Project, report: InstallReport) -> None:
     for art in report.installed:
         click.echo(f"installed {art.kind} {art.name} {art.version}"
                    + (f" ({art.variant})" if art.variant else ""))

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sxpm.core.progress import SILENT, Reporter
-from sxpm.errors import IndexLocationError, NotFoundError
+from sxpm.errors import IndexLocationError, InputError, LockStaleError, NotFoundError
 from sxpm.home import Home
+from sxpm.installed.records import Installed
 from sxpm.ops.lock import (
     InstallReport,
     LockResult,
@@ -88,8 +90,6 @@ def load_project(path: str | PathLike[str] | Project | None = None) -> Project:
     None for the current directory. A :class:`Project` is returned as it is."""
     if isinstance(path, Project):
         return path
-    from pathlib import Path
-
     return Project.load(None if path is None else Path(path))
 
 
@@ -98,22 +98,61 @@ def lock_project(project: str | PathLike[str] | Project | None = None,
                  update: Sequence[str] | None = None, offline: bool = False,
                  options: TransportOptions | None = None,
                  insecure_skip_verify: bool = False,
-                 fetcher: Fetcher | None = None) -> LockResult:
+                 fetcher: Fetcher | None = None, write: bool = True) -> LockResult:
     """Resolve the project's ``simplex.toml`` and write ``simplex.lock``.
 
     Keeps every version the lock has unless ``update`` names it (``[]``: move
-    everything forward). The lock is written only when it changes. ``fetcher``: the
-    command's, when it has one (see :func:`command_fetcher`).
+    everything forward). The lock is written only when it changes (never when
+    ``write`` is false). ``fetcher``: the command's, when it has one (see
+    :func:`command_fetcher`). ``offline`` with a lock that matches ``simplex.toml``
+    returns that lock unchanged, resolving nothing.
     """
     project = load_project(project)
     home = home or Home.from_env()
+    if offline and update is None:
+        # --offline means "what is on disk": a lock that matches simplex.toml is the
+        # answer, without asking an index or a registry to confirm it.
+        fresh = _fresh_lock(project)
+        if fresh is not None:
+            return LockResult(fresh, False)
     fetcher = fetcher or command_fetcher(project, home, offline=offline, options=options,
                                          insecure_skip_verify=insecure_skip_verify)
     choice = choose_provider(project, home, fetcher, index=index)
     from sxpm.core.detect import memory_budget  # as find_index: not for a no-op install
 
     return resolve_and_pin(project, home, choice.provider, index_source=choice.index_source,
-                           update=update, memory_budget=memory_budget(), fetcher=fetcher)
+                           update=update, memory_budget=memory_budget(), fetcher=fetcher,
+                           write=write)
+
+
+def _fresh_lock(project: Project) -> Lock | None:
+    """The project's lock when it matches ``simplex.toml``; None when there is none or
+    it is stale."""
+    if not project.lock_path.exists():
+        return None
+    current = Lock.read(project.lock_path)
+    return current if current.requirements_hash == project.requirements_hash() else None
+
+
+def check_lock(project: str | PathLike[str] | Project | None = None,
+               home: Home | None = None, *, index: str | None = None,
+               offline: bool = False, options: TransportOptions | None = None) -> Lock:
+    """The project's lock when locking again would leave it as it is; else
+    :class:`~sxpm.errors.LockStaleError` naming what changed. Writes nothing."""
+    project = load_project(project)
+    if not project.lock_path.exists():
+        raise LockStaleError(f"{project.lock_path} does not exist")
+    current = Lock.read(project.lock_path)
+    try:
+        check_fresh(project, current)
+    except InputError as exc:
+        raise LockStaleError(exc.message) from None
+    result = lock_project(project, home, index=index, offline=offline, options=options,
+                          write=False)
+    if result.changed:
+        what = "; ".join(result.updates) or "pinned digests changed"
+        raise LockStaleError(f"{project.lock_path} is out of date: {what}")
+    return current
 
 
 def read_lock(project: Project) -> Lock:
@@ -154,7 +193,7 @@ def install_project(project: str | PathLike[str] | Project | None = None,
     else:
         fetcher = command_fetcher(project, home, offline=offline, options=options,
                                   insecure_skip_verify=insecure_skip_verify)
-        result = lock_project(project, home, index=index, fetcher=fetcher)
+        result = lock_project(project, home, index=index, offline=offline, fetcher=fetcher)
         current = result.lock
     report = install_lock(home, current, project.install_root, offline=offline,
                           options=options, reporter=reporter,
@@ -336,3 +375,164 @@ def why(project: Project, name: str, lock_: Lock | None = None, *,
         return Why(name, labelled, 0)
     total = _count_chains(name, parents, roots, useful)
     return Why(name, labelled, None if total is None else total - len(labelled))
+
+
+# --- add and remove -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What the index (or the registry) says about a name: its kind and newest version
+    not yanked (None: every version is yanked)."""
+
+    name: str
+    kind: str
+    newest: str | None
+
+
+def look_up(project: Project, home: Home, name: str, kind: str | None = None, *,
+            index: str | None = None, fetcher: Fetcher) -> Lookup:
+    """The kind and newest version of ``name`` where the project resolves from.
+
+    ``kind`` only chooses between kinds the name is published as; a kind it is not
+    published as is an :class:`InputError` that names the right flag.
+    """
+    # The resolver's unknown-name error: the same message and suggestions as `sxpm lock`.
+    from difflib import get_close_matches
+
+    from sxpm.resolver.resolve import UnknownNameError
+
+    provider = choose_provider(project, home, fetcher, index=index).provider
+    found = list(provider.candidates(name))
+    if not found:
+        close = get_close_matches(name, list(provider.known_names()), n=3)
+        raise UnknownNameError(name, close, f"sxpm add {name}")
+    kinds = sorted({c.kind for c in found})
+    if kind is None and len(kinds) > 1:
+        raise InputError(f"{name} is published as {' and '.join(kinds)}",
+                         hint="choose one with " + " or ".join(f"--{k}" for k in kinds))
+    if kind is not None and kind not in kinds:
+        raise InputError(f"{name} is {_a(kinds[0])}, not {_a(kind)}",
+                         hint=f"use --{kinds[0]} (or leave the flag out)")
+    chosen = kind or kinds[0]
+    live = [c for c in found if c.kind == chosen and not c.yanked]
+    newest = max(live, key=lambda c: c.version).version if live else None
+    return Lookup(name, chosen, None if newest is None else str(newest))
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
+@dataclass
+class Edit:
+    """What ``add_requirement`` or ``remove_requirement`` did: the requirement text
+    written (empty for a removal), and the lock and install that followed, if any."""
+
+    name: str
+    kind: str
+    text: str = ""
+    locked: LockResult | None = None
+    installed: ProjectInstall | None = None
+
+
+def _sync(project: Project, home: Home, edit: Edit, before: bytes, *, lock: bool,
+          sync: bool, index: str | None, offline: bool, options: TransportOptions | None,
+          reporter: Reporter) -> Edit:
+    """Lock (and install) the edited project; when the lock cannot be made, put
+    ``simplex.toml`` back as it was (``before``), as uv does: an edit that cannot
+    resolve is not left behind for the next command to trip on."""
+    if not lock:
+        return edit
+    edited = Project.load(project.path)
+    try:
+        edit.locked = lock_project(edited, home, index=index, offline=offline,
+                                   options=options)
+    except BaseException:
+        from sxpm.store.layout import write_atomic
+
+        write_atomic(project.path, before)
+        raise
+    if sync:
+        edit.installed = install_project(edited, home, frozen=True, offline=offline,
+                                         options=options, reporter=reporter)
+    return edit
+
+
+def add_requirement(project: str | PathLike[str] | Project | None, name: str,
+                    req: str | None = None, *, kind: str | None = None,
+                    variant: str | None = None, base: str | None = None,
+                    home: Home | None = None, index: str | None = None, lock: bool = True,
+                    sync: bool = True, offline: bool = False,
+                    options: TransportOptions | None = None,
+                    reporter: Reporter = SILENT) -> Edit:
+    """Add (or change) a requirement, then lock and install, as ``uv add`` does.
+
+    The name is looked up where the project resolves from: its kind comes from there
+    (``kind`` only to choose or to check), and with no ``req`` the requirement is a
+    caret range from the newest version not yanked (``^1.2.0``). ``lock=False`` only
+    edits ``simplex.toml`` (and looks nothing up when ``kind`` and ``req`` are both
+    given); ``sync=False`` stops after the lock.
+    """
+    from sxpm.project.manifest import add as edit_add
+
+    project = load_project(project)
+    home = home or Home.from_env()
+    if lock or kind is None or req is None:
+        fetcher = command_fetcher(project, home, offline=offline, options=options)
+        found = look_up(project, home, name, kind, index=index, fetcher=fetcher)
+        kind = found.kind
+        if req is None:
+            if found.newest is None:
+                raise InputError(f"every version of {name} is yanked",
+                                 hint="ask its publisher, or give a requirement to pin "
+                                      f"one anyway: `sxpm add {name}@=VERSION`")
+            req = f"^{found.newest}"
+    if base and kind != "expert":
+        raise InputError(f"--base applies to experts only; {name} is {_a(kind)}")
+    before = project.path.read_bytes()
+    text = edit_add(project, name, kind, req, variant=variant, base=base)
+    return _sync(project, home, Edit(name, kind, text), before, lock=lock, sync=sync,
+                 index=index, offline=offline, options=options, reporter=reporter)
+
+
+def remove_requirement(project: str | PathLike[str] | Project | None, name: str, *,
+                       home: Home | None = None, index: str | None = None,
+                       lock: bool = True, sync: bool = True, offline: bool = False,
+                       options: TransportOptions | None = None,
+                       reporter: Reporter = SILENT) -> Edit:
+    """Remove a requirement, then lock and install (which removes the trees no longer
+    locked); ``lock=False`` only edits, ``sync=False`` stops after the lock."""
+    from sxpm.project.manifest import remove as edit_remove
+
+    project = load_project(project)
+    home = home or Home.from_env()
+    before = project.path.read_bytes()
+    kind = edit_remove(project, name)
+    return _sync(project, home, Edit(name, kind), before, lock=lock, sync=sync, index=index,
+                 offline=offline, options=options, reporter=reporter)
+
+
+# --- installs and the project they belong to ----------------------------------------
+
+
+@dataclass(frozen=True)
+class PlacedInstall:
+    """An installed tree and the project it belongs to (None: the home's)."""
+
+    item: Installed
+    project: str | None
+
+
+def installed_here(home: Home, kind: str, start: Path | None = None
+                   ) -> list[PlacedInstall]:
+    """The home's installs of ``kind``, then those of the project found from ``start``
+    (default: the current directory) upwards."""
+    from sxpm.installed.records import list_installed
+
+    out = [PlacedInstall(i, None) for i in list_installed(home.root, kind)]
+    found = Project.nearest(start)
+    if found is not None:
+        name = str(found.data.get("package", {}).get("name", found.root.name))
+        out += [PlacedInstall(i, name) for i in list_installed(found.install_root, kind)]
+    return out
