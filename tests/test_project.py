@@ -476,3 +476,43 @@ def test_resolver_names_the_real_cause(cli, project: Path) -> None:  # noqa: ANN
     r = cli.fail("lock", "--manifest-path", str(toml), code=2)
     assert "simplex-hello is a package, not an expert" in r.stderr
     assert "[dependencies]" in r.stderr
+
+
+def test_features_choose_the_optional_requirements_installed(cli, project: Path) -> None:  # noqa: ANN001
+    """Cargo's features: the lock holds every optional requirement; install and tree
+    take the chosen set (default features unless told otherwise)."""
+    toml = project / "simplex.toml"
+    toml.write_text(toml.read_text().replace(
+        'sql-expert = "^2"', 'sql-expert = { version = "^2", optional = true }')
+        + '\n[features]\ndefault = []\nsql = ["sql-expert"]\nall-experts = ["sql"]\n')
+    p = run_in(cli, project)
+    expert = project / ".simplex" / "experts" / "sql-expert" / "2.1.0"
+    out = p("install", "--json").json
+    assert out["installed"] == ["tiny-llama"] and out["features"] == []
+    import tomllib
+
+    lock = tomllib.loads((project / "simplex.lock").read_text())
+    assert sorted(a["name"] for a in lock["artifact"]) == ["sql-expert", "tiny-llama"]
+    jsonschema.validate(lock, json.loads(
+        (ROOT / "schemas" / "simplex-lock.schema.json").read_text()))
+    assert not expert.exists()
+    assert "sql-expert" not in p("tree").stdout
+    shown = p("tree", "--features", "sql").stdout
+    assert "(features: sql)" in shown and "sql-expert 2.1.0 (expert)" in shown
+    out = p("install", "--features", "all-experts", "--json").json
+    assert out["installed"] == ["sql-expert"] and out["features"] == ["all-experts", "sql"]
+    assert expert.is_dir()
+    assert p("install", "--json").json["removed"] == ["sql-expert 2.1.0"]
+    assert not expert.exists()
+    p("install", "--all-features", "--frozen")
+    assert expert.is_dir()
+    toml.write_text(toml.read_text().replace("default = []", 'default = ["sql"]'))
+    assert p("install", "--json").json["features"] == ["sql"]
+    assert expert.is_dir()
+    p("install", "--no-default-features")
+    assert not expert.exists()
+    r = cli.fail("install", "--features", "gpu", "--manifest-path", str(toml), code=2)
+    assert "no feature 'gpu'" in r.stderr and "all-experts, sql" in r.stderr
+    toml.write_text(toml.read_text().replace('sql = ["sql-expert"]', 'sql = ["tiny-llama"]'))
+    r = cli.fail("install", "--manifest-path", str(toml), code=2)
+    assert "feature 'sql' enables 'tiny-llama', which is not optional" in r.stderr

@@ -20,6 +20,7 @@ from sxpm.cli._common import (
 from sxpm.errors import InputError
 from sxpm.ops.project import (
     Edit,
+    Features,
     add_requirement,
     check_lock,
     install_project,
@@ -45,6 +46,23 @@ def _project_option(f: F) -> F:
 def _index_option(f: F) -> F:
     return click.option("--index", "index", help="Registry index (URL or path); default: "
                         "SXPM_INDEX, [registries] index, the home's config.")(f)
+
+
+def _features_options(f: F) -> F:
+    f = click.option("--no-default-features", is_flag=True,
+                     help="Leave out the features [features] default lists.")(f)
+    f = click.option("--all-features", is_flag=True, help="Enable every feature.")(f)
+    f = click.option("--features", "features", multiple=True, metavar="A,B",
+                     help="Features to enable, comma-separated (repeatable).")(f)
+    return f
+
+
+def _features(features: tuple[str, ...], all_features: bool,
+              no_default_features: bool) -> Features:
+    names = tuple(n.strip() for text in features for n in text.split(",") if n.strip())
+    if all_features and names:
+        raise click.UsageError("--all-features enables every feature; drop --features")
+    return Features(names, all_features, not no_default_features)
 
 
 def _load(manifest: Path | None) -> Project:
@@ -221,12 +239,14 @@ def update(names: tuple[str, ...], manifest: Path | None, index: str | None, off
 @click.option("--frozen", is_flag=True, help="Install simplex.lock as it is, without "
                                              "resolving.")
 @click.option("--offline", is_flag=True, help="Never touch the network; use the store.")
+@_features_options
 @transfer_options
 @skip_verify_option
 @json_option
 def install(manifest: Path | None, index: str | None, locked: bool, frozen: bool,
-            offline: bool, quiet: bool, insecure: bool, jobs: int, insecure_skip_verify: bool,
-            as_json: bool) -> None:
+            offline: bool, features: tuple[str, ...], all_features: bool,
+            no_default_features: bool, quiet: bool, insecure: bool, jobs: int,
+            insecure_skip_verify: bool, as_json: bool) -> None:
     """Install the project's artifacts, exactly as simplex.lock pins them, into .simplex/.
 
     Writes or updates the lock first unless --frozen (or --locked, which fails instead).
@@ -242,10 +262,12 @@ def install(manifest: Path | None, index: str | None, locked: bool, frozen: bool
     done = install_project(project, home(), frozen=frozen, locked=locked, index=index,
                           offline=offline, options=transport(insecure, jobs),
                           reporter=reporter(quiet or as_json),
-                          insecure_skip_verify=insecure_skip_verify)
+                          insecure_skip_verify=insecure_skip_verify,
+                          features=_features(features, all_features, no_default_features))
     report = done.report
     if as_json:
-        emit_json({"installed": [a.name for a in report.installed],
+        emit_json({"features": done.features or [],
+                   "installed": [a.name for a in report.installed],
                    "unchanged": [a.name for a in report.unchanged],
                    "removed": report.removed, "blobs_fetched": report.blobs_fetched,
                    "bytes_fetched": report.bytes_fetched,
@@ -266,21 +288,27 @@ def _print_install(project: Project, report: InstallReport) -> None:
 
 @click.command()
 @_project_option
+@_features_options
 @json_option
-def tree(manifest: Path | None, as_json: bool) -> None:
-    """Show the locked dependency tree.
+def tree(manifest: Path | None, features: tuple[str, ...], all_features: bool,
+         no_default_features: bool, as_json: bool) -> None:
+    """Show the locked dependency tree: what `sxpm install` with the same feature flags
+    installs.
 
     \b
     Example:
       sxpm tree
+      sxpm tree --features gpu
     """
-    found = project_tree(_load(manifest))
+    found = project_tree(_load(manifest), features=_features(features, all_features,
+                                                             no_default_features))
     if as_json:
-        emit_json({"roots": found.roots, "artifacts": {
+        emit_json({"roots": found.roots, "features": found.features, "artifacts": {
             a.name: {"kind": a.kind, "version": a.version, "variant": a.variant,
                      "dependencies": list(a.dependencies)} for a in found.lock.artifacts}})
         return
-    click.echo(found.package)
+    click.echo(found.package + (f" (features: {', '.join(found.features)})"
+                                if found.features else ""))
     lasts: list[bool] = []  # for each level above the row: was that row a last child
     cut = False
     for row in found.rows:

@@ -7,7 +7,7 @@ returns typed results; the CLI only chooses flags and prints them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -162,22 +162,56 @@ def read_lock(project: Project) -> Lock:
     return Lock.read(project.lock_path)
 
 
+@dataclass(frozen=True)
+class Features:
+    """Which ``[features]`` to install: ``names``, plus ``default`` unless
+    ``default_features`` is false; ``all_features``: every one."""
+
+    names: tuple[str, ...] = ()
+    all_features: bool = False
+    default_features: bool = True
+
+
+DEFAULT_FEATURES = Features()
+
+
+def select(project: Project, lock_: Lock, features: Features = DEFAULT_FEATURES
+           ) -> tuple[Lock, list[str]]:
+    """The part of ``lock_`` that ``features`` install (the requirements that are not
+    optional, the optional ones the features enable, and what they depend on), and the
+    features enabled. The lock itself holds every optional requirement."""
+    enabled, roots = project.enabled_names(features.names,
+                                           all_features=features.all_features,
+                                           default_features=features.default_features)
+    wanted = _reached(lock_, set(roots))
+    if len(wanted) == len(lock_.artifacts):
+        return lock_, enabled
+    chosen = Lock(lock_.requirements_hash,
+                  [r for r in lock_.requirements if r["name"] in roots],
+                  [a for a in lock_.artifacts if a.name in wanted],
+                  lock_.index_source, lock_.index_state, lock_.version)
+    return chosen, enabled
+
+
 @dataclass
 class ProjectInstall:
     """What ``install_project`` did: the lock it installed (``locked`` when it wrote
-    one first) and the install report."""
+    one first), the install report and the features enabled."""
 
     lock: Lock
     report: InstallReport
     locked: LockResult | None = None
+    features: list[str] | None = None
 
 
 def install_project(project: str | PathLike[str] | Project | None = None,
                     home: Home | None = None, *, frozen: bool = False, locked: bool = False,
                     index: str | None = None, offline: bool = False,
                     options: TransportOptions | None = None, reporter: Reporter = SILENT,
-                    insecure_skip_verify: bool = False) -> ProjectInstall:
-    """Install what ``simplex.lock`` pins into the project's ``.simplex/``.
+                    insecure_skip_verify: bool = False,
+                    features: Features = DEFAULT_FEATURES) -> ProjectInstall:
+    """Install what ``simplex.lock`` pins into the project's ``.simplex/``: the part
+    ``features`` choose (trees of the rest are removed).
 
     Locks first unless ``frozen`` (install the lock as it is) or ``locked`` (raise
     :class:`~sxpm.ops.lock.LockMismatchError` if the lock is stale).
@@ -195,11 +229,12 @@ def install_project(project: str | PathLike[str] | Project | None = None,
                                   insecure_skip_verify=insecure_skip_verify)
         result = lock_project(project, home, index=index, offline=offline, fetcher=fetcher)
         current = result.lock
-    report = install_lock(home, current, project.install_root, offline=offline,
+    chosen, enabled = select(project, current, features)
+    report = install_lock(home, chosen, project.install_root, offline=offline,
                           options=options, reporter=reporter,
                           insecure_skip_verify=insecure_skip_verify, project=project,
                           fetcher=fetcher)
-    return ProjectInstall(current, report, result)
+    return ProjectInstall(current, report, result, enabled)
 
 
 # --- tree and why -----------------------------------------------------------------
@@ -234,19 +269,23 @@ class LockTree:
     package: str
     lock: Lock
     rows: list[TreeRow]
+    features: list[str] = field(default_factory=list)
 
     @property
     def roots(self) -> list[str]:
         return [r["name"] for r in self.lock.requirements]
 
 
-def tree(project: Project, lock_: Lock | None = None) -> LockTree:
-    """The locked dependency tree, from the requirements of ``simplex.toml`` down.
+def tree(project: Project, lock_: Lock | None = None,
+         features: Features = DEFAULT_FEATURES) -> LockTree:
+    """The locked dependency tree, from the requirements of ``simplex.toml`` down: the
+    part ``features`` install (by default the default features).
 
     Each artifact's dependencies are listed where it first appears; later appearances
     are marked ``repeated``. Rows are at most one per dependency edge.
     """
-    current = lock_ if lock_ is not None else read_lock(project)
+    current, enabled = select(project, lock_ if lock_ is not None else read_lock(project),
+                              features)
     arts = current.by_name()
     roots = [r["name"] for r in current.requirements]
     rows: list[TreeRow] = []
@@ -265,7 +304,7 @@ def tree(project: Project, lock_: Lock | None = None) -> LockTree:
         shown.add(name)
         todo += [(dep, depth + 1, i == len(deps) - 1) for i, dep in enumerate(deps)][::-1]
     package = project.data.get("package", {}).get("name", project.root.name)
-    return LockTree(str(package), current, rows)
+    return LockTree(str(package), current, rows, enabled)
 
 
 @dataclass
