@@ -131,6 +131,9 @@ class IndexClient:
             body = revalidate(url, self.cache_dir, insecure=self.insecure)
             if body is not None:
                 return self._decode(body, url)
+        body = self._revalidate_plain(url)
+        if body is not None:
+            return self._decode(body, url)
         import requests
 
         try:
@@ -145,7 +148,20 @@ class IndexClient:
         if resp.status_code != 200:
             raise IndexUnavailableError(f"The index answered {resp.status_code} for {url}",
                                         url=url, status=resp.status_code)
+        self._remember_plain(url, bytes(resp.content), resp.headers)
         return self._decode(bytes(resp.content), url)
+
+    # A server that sends no ETag (Last-Modified alone, or nothing): CacheControl keeps
+    # nothing, so sxpm.index.plaincache does (revalidated by date, else content hash).
+    def _revalidate_plain(self, url: str) -> bytes | None:
+        from sxpm.index.plaincache import revalidate
+
+        return revalidate(url, self.cache_dir, insecure=self.insecure)
+
+    def _remember_plain(self, url: str, body: bytes, headers: Any) -> None:
+        from sxpm.index.plaincache import remember
+
+        remember(self.cache_dir, url, body, {str(k).lower(): str(v) for k, v in headers.items()})
 
     @staticmethod
     def _decode(body: bytes, url: str) -> str:
@@ -174,6 +190,11 @@ class IndexClient:
         found, body = read_offline(url, self.cache_dir)
         if found:
             return None if body is None else self._decode(body, url)
+        from sxpm.index.plaincache import read_offline as read_plain
+
+        body = read_plain(self.cache_dir, url)
+        if body is not None:
+            return self._decode(body, url)
         import requests
         from cachecontrol.caches.file_cache import FileCache
         from cachecontrol.controller import CacheController
