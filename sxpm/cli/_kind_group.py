@@ -19,6 +19,7 @@ from sxpm.cli._common import (
     transport,
     warn_skip_verify,
 )
+from sxpm.cli.complete import installed, variant_names
 from sxpm.core.detect import memory_budget
 from sxpm.core.humanize import human_size
 from sxpm.errors import InputError
@@ -81,7 +82,8 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
     """)
     @click.argument("ref_text", metavar="REF")
     @click.option("--variant", help="Variant to install (default for a model: the largest "
-                  "that fits this machine's accelerator, or RAM; else the first).")
+                  "that fits this machine's accelerator, or RAM; else the first).",
+                  shell_complete=variant_names)
     @click.option("--root", type=click.Path(path_type=Path),
                   help="Install root (default: home).")
     @transfer_options
@@ -129,7 +131,7 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
     Example:
       sxpm {kind} remove {example_name}
     """)
-    @click.argument("spec", metavar="NAME[@VERSION]")
+    @click.argument("spec", metavar="NAME[@VERSION]", shell_complete=installed(kind))
     @click.option("--root", type=click.Path(path_type=Path), help="Install root (default: home).")
     def remove_cmd(spec: str, root: Path | None) -> None:
         from sxpm.installed.tree import remove_installed
@@ -144,8 +146,9 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
     Example:
       sxpm {kind} info {example_name.split('@')[0]}
     """)
-    @click.argument("spec", metavar="NAME[@VERSION]|REF")
-    @click.option("--variant", help="Variant to describe (default: the installed or first).")
+    @click.argument("spec", metavar="NAME[@VERSION]|REF", shell_complete=installed(kind))
+    @click.option("--variant", help="Variant to describe (default: the installed or first).",
+                  shell_complete=variant_names)
     @json_option
     def info_cmd(spec: str, variant: str | None, as_json: bool) -> None:
         info_command(kind, spec, variant, as_json)
