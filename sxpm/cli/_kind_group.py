@@ -21,7 +21,7 @@ from sxpm.cli._common import (
 )
 from sxpm.cli.complete import installed, variant_names
 from sxpm.core.detect import memory_budget
-from sxpm.core.humanize import human_size
+from sxpm.core.humanize import human_size, with_article
 from sxpm.errors import InputError
 
 
@@ -112,8 +112,8 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
                 kw["memory_budget"] = memory_budget()
             installed = install(h, h.parse_ref(ref_text), variant=variant, **kw)
         if installed.kind != kind:
-            raise InputError(f"{ref_text} is {installed.kind!r}, not {_a(kind)} (installed "
-                             f"anyway at {installed.path})",
+            raise InputError(f"{ref_text} is {installed.kind!r}, not {with_article(kind)} "
+                             f"(installed anyway at {installed.path})",
                              hint=f"use `sxpm {installed.kind}` commands")
         if as_json:
             emit_json({"name": installed.name, "version": installed.version,
@@ -140,7 +140,7 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
         for item in remove_installed(root or home().root, kind, name, version or None):
             click.echo(f"removed {kind} {item.name} {item.version}")
 
-    @group.command(name="info", help=f"""Describe {_a(kind)}: {_INFO_WHAT[kind]}.
+    @group.command(name="info", help=f"""Describe {with_article(kind)}: {_INFO_WHAT[kind]}.
 
     \b
     Example:
@@ -160,10 +160,6 @@ _INFO_WHAT = {
     "model": "architecture, quantization, parameters, files, variants",
     "expert": "base models, adapter, prompt template, files, variants",
 }
-
-
-def _a(kind: str) -> str:
-    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
 def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> None:
@@ -186,7 +182,7 @@ def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> No
     top = resolve_local(h.store, ref)
     info = describe(h.store, top, variant)
     if info.kind != kind:
-        raise InputError(f"{spec} is {info.kind!r}, not {_a(kind)}")
+        raise InputError(f"{spec} is {info.kind!r}, not {with_article(kind)}")
     variants: list[str] = []
     if top.is_index:
         index = h.store.load_manifest(top)

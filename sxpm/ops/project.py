@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sxpm.core.humanize import with_article
 from sxpm.core.progress import SILENT, Reporter
 from sxpm.errors import IndexLocationError, InputError, LockStaleError, NotFoundError
 from sxpm.home import Home
@@ -451,16 +452,12 @@ def look_up(project: Project, home: Home, name: str, kind: str | None = None, *,
         raise InputError(f"{name} is published as {' and '.join(kinds)}",
                          hint="choose one with " + " or ".join(f"--{k}" for k in kinds))
     if kind is not None and kind not in kinds:
-        raise InputError(f"{name} is {_a(kinds[0])}, not {_a(kind)}",
+        raise InputError(f"{name} is {with_article(kinds[0])}, not {with_article(kind)}",
                          hint=f"use --{kinds[0]} (or leave the flag out)")
     chosen = kind or kinds[0]
     live = [c for c in found if c.kind == chosen and not c.yanked]
     newest = max(live, key=lambda c: c.version).version if live else None
     return Lookup(name, chosen, None if newest is None else str(newest))
-
-
-def _a(kind: str) -> str:
-    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
 @dataclass
@@ -528,7 +525,7 @@ def add_requirement(project: str | PathLike[str] | Project | None, name: str,
                                       f"one anyway: `sxpm add {name}@=VERSION`")
             req = f"^{found.newest}"
     if base and kind != "expert":
-        raise InputError(f"--base applies to experts only; {name} is {_a(kind)}")
+        raise InputError(f"--base applies to experts only; {name} is {with_article(kind)}")
     before = project.path.read_bytes()
     text = edit_add(project, name, kind, req, variant=variant, base=base)
     return _sync(project, home, Edit(name, kind, text), before, lock=lock, sync=sync,

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sxpm.core.artifact import Variant
+from sxpm.core.humanize import with_article
 from sxpm.core.variants import choose_variant
 from sxpm.errors import InputError, NotFoundError
 from sxpm.resolver.model import (
@@ -58,9 +59,6 @@ _TABLES = {"model": "models", "expert": "experts", "package": "dependencies"}
 def _cause(name: str, where: str, message: str, *, hint: str) -> ResolutionImpossible:
     return ResolutionImpossible(name, [where], hint, message=message)
 
-
-def _a(kind: str) -> str:
-    return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
 
 # A constraint's path names the chain of choices that imposed it; past this length
 # the middle is elided, so a deep graph costs constant memory per constraint.
@@ -261,8 +259,8 @@ class _Solver:
             fix = (f"move {name} to the [{_TABLES[kinds[0]]}] table of simplex.toml"
                    if len(con.path) == 1 else f"{con.path[-1]} asks for {name} as the "
                    f"wrong kind; tell its publisher")
-            return _cause(name, where, f"{name} is {_a(kinds[0])}, not {_a(con.kind)} ({where})",
-                              hint=fix)
+            return _cause(name, where, f"{name} is {with_article(kinds[0])}, not "
+                          f"{with_article(con.kind)} ({where})", hint=fix)
         matching = [c for c in cands if con.req.matches(c.version)
                     and (not con.kind or c.kind == con.kind)]
         if matching and con.variant and not any(c.variant(con.variant) for c in matching):
