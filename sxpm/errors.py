@@ -104,6 +104,13 @@ class NotFoundError(SxpmError, LookupError):
 # --- failures of the environment (exit 1) ------------------------------------
 
 
+class LockStaleError(SxpmError):
+    """``sxpm lock --check``: the lock does not match simplex.toml (exit 1, as a failed
+    check in CI; nothing is written)."""
+
+    default_hint = "run `sxpm lock` and commit simplex.lock"
+
+
 class StoreError(SxpmError):
     """The local store cannot do what was asked."""
 

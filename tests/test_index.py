@@ -398,6 +398,49 @@ def test_yank_changes_only_the_yanked_field(cli, sample_dir: Path, checkout: Pat
     cli.fail("yank", "sql-expert", "--index", checkout, code=2)
 
 
+def test_publish_push_to_a_bare_remote_then_yank_unyank_yank(cli, sample_dir: Path,  # noqa: ANN001
+                                                             checkout: Path,
+                                                             tmp_path: Path) -> None:
+    """`--push` sends the branch to the checkout's remote (a bare repository standing in
+    for GitHub through git's own `insteadOf`) and prints GitHub's compare page; yank
+    and un-yank work any number of times."""
+    bare = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
+    github = "https://github.com/acme/simplex-index.git"
+    git(checkout, "remote", "add", "origin", github)
+    git(checkout, "config", f"url.{bare}.insteadOf", github)
+    git(checkout, "push", "-q", "origin", "main")
+
+    out = cli("publish", sample_dir / "sql-expert", "--index", checkout, "--push", "--json",
+              "-q").json
+    assert out["pushed_to"] == "origin"
+    assert out["pr_url"] == ("https://github.com/acme/simplex-index/compare/"
+                             "main...publish/sql-expert-2.1.0?expand=1")
+    assert git(bare, "rev-parse", "publish/sql-expert-2.1.0").strip() == out["commit"]
+    merge(checkout, "publish/sql-expert-2.1.0")
+
+    branches = []
+    for step, args in enumerate([(), ("--undo",), (), ("--undo",), ()]):
+        r = cli("yank", "sql-expert@2.1.0", *args, "--index", checkout, "--push")
+        branch = r.stdout.split(" on branch ")[1].split()[0]
+        assert f"compare/main...{branch}?expand=1" in r.stdout
+        assert git(bare, "rev-parse", branch).strip() == git(checkout, "rev-parse",
+                                                             "HEAD").strip()
+        merge(checkout, branch)
+        yanked = lines_of(checkout, "sql-expert")[0]["yanked"]
+        assert yanked is (step % 2 == 0), (step, r.stdout)
+        branches.append(branch)
+    assert branches == ["yank/sql-expert-2.1.0", "unyank/sql-expert-2.1.0",
+                        "yank/sql-expert-2.1.0-2", "unyank/sql-expert-2.1.0-2",
+                        "yank/sql-expert-2.1.0-3"]
+    assert git(checkout, "rev-parse", "--abbrev-ref", "HEAD").strip() == "main"
+    # A checkout without a remote says how to add one.
+    git(checkout, "remote", "remove", "origin")
+    r = cli.fail("yank", "sql-expert@2.1.0", "--undo", "--index", checkout, "--push",
+                 code=2)
+    assert "no remote" in r.stderr and "git remote add origin" in r.stderr
+
+
 # --- over HTTP, through a real nginx --------------------------------------------------------
 
 
@@ -447,6 +490,35 @@ def test_http_index_is_cached_and_revalidated_with_etags(cli, nginx_index: Nginx
     r = cli.fail("search", "sql", "--index", url, "--offline",
                  env={"SIMPLEX_HOME": str(cli.home.parent / "fresh-home")}, code=1)
     assert "not in the cache" in r.stderr
+
+
+@pytest.mark.parametrize("validators", ["last-modified", "none"])
+def test_index_behind_a_server_without_etag_is_cached_and_revalidated(  # noqa: ANN001
+        cli, tmp_path: Path, validators: str) -> None:
+    """nginx with `etag off` (Last-Modified alone), and with no validator at all: the
+    files are kept, `--offline` reads them, and each read revalidates them (304 by
+    date; by content hash when there is nothing else)."""
+    if NGINX is None:
+        pytest.skip("nginx is not installed (scripts/test installs nginx-light)")
+    with serve_static(tmp_path / "nginx", validators=validators) as server:
+        copy_sample(server.root / "idx")
+        url = server.url("idx")
+        cold = cli("info", "sql-expert", "--index", url, "--json").json
+        count = len(server.requests("idx"))
+        assert cli("info", "sql-expert", "--index", url, "--offline", "--json").json == cold
+        assert len(server.requests("idx")) == count  # no request offline
+        assert cli("info", "sql-expert", "--index", url, "--json").json == cold
+        warm = sorted((path, status) for path, status, _ in server.requests("idx")[count:])
+        again = 304 if validators == "last-modified" else 200
+        assert warm == [("config.json", again), ("packages/sq/l-/sql-expert", again)]
+        # A changed file is seen at once, online and then offline.
+        time.sleep(1.1)  # Last-Modified has a resolution of one second
+        path = server.root / "idx" / index_path("sql-expert")
+        path.write_text(path.read_text().replace('"yanked":false', '"yanked":true'))
+        versions = cli("info", "sql-expert", "--index", url, "--json").json["versions"]
+        assert versions != cold["versions"] and all(v["yanked"] for v in versions)
+        offline = cli("info", "sql-expert", "--index", url, "--offline", "--json").json
+        assert offline["versions"] == versions
 
 
 WARM_SEARCH = """\

@@ -158,7 +158,7 @@ def test_moved_tag_does_not_change_frozen_install(cli, cli2, project: Path,  # n
 def test_locked_names_the_changed_requirement(cli, project: Path) -> None:  # noqa: ANN001
     p = run_in(cli, project)
     p("lock")
-    p("add", "tiny-llama@^1", "--model", "--variant", "F32")
+    p("add", "tiny-llama@^1", "--model", "--variant", "F32", "--no-lock")
     r = cli.fail("install", "--locked", "--manifest-path", str(project / "simplex.toml"),
                  code=2)
     assert "tiny-llama changed from ~1.0 variant=F16 to ^1 variant=F32" in r.stderr
@@ -167,8 +167,8 @@ def test_locked_names_the_changed_requirement(cli, project: Path) -> None:  # no
 
 def test_update_moves_forward_and_lock_keeps_versions(cli, project: Path) -> None:  # noqa: ANN001
     p = run_in(cli, project)
-    p("remove", "sql-expert")
-    p("add", "tiny-llama@^1", "--model")
+    p("remove", "sql-expert", "--no-lock")
+    p("add", "tiny-llama@^1", "--model", "--no-lock")
     out = p("lock", "--json").json
     assert out["artifacts"] == {"tiny-llama": "1.1.0"}
     toml = project / "simplex.toml"
@@ -183,12 +183,12 @@ def test_update_moves_forward_and_lock_keeps_versions(cli, project: Path) -> Non
 
 def test_add_and_remove_keep_comments(cli, project: Path) -> None:  # noqa: ANN001
     p = run_in(cli, project)
-    p("add", "simplex-hello@^0.1")
-    p("add", "other@1.0", "--model")
+    p("add", "simplex-hello@^0.1", "--no-lock")
+    p("add", "other@1.0", "--model", "--no-lock")
     text = (project / "simplex.toml").read_text()
     assert "# my agent project" in text and "# the base model" in text
     assert 'simplex-hello = "^0.1"' in text
-    p("remove", "other")
+    p("remove", "other", "--no-lock")
     assert "other" not in (project / "simplex.toml").read_text().split("[registries]")[0]
     cli.fail("remove", "ghost", "--manifest-path", str(project / "simplex.toml"), code=2)
 
@@ -291,8 +291,8 @@ def test_lock_against_the_index(cli, sample_dir: Path, tmp_path: Path,  # noqa: 
     proj = tmp_path / "proj"
     cli("init", proj, "--index", str(idx))
     p = run_in(cli, proj)
-    p("add", "tiny-llama@^1", "--model")
-    p("add", "sql-expert@^2", "--expert")
+    p("add", "tiny-llama@^1", "--model", "--no-lock")
+    p("add", "sql-expert@^2", "--expert", "--no-lock")
     locked = p("lock", "--json").json
     assert locked["artifacts"] == {"tiny-llama": "1.0.0", "sql-expert": "2.1.0"}  # 1.1.0 yanked
     import tomllib
@@ -401,3 +401,118 @@ def test_run_finds_the_model_and_expert_the_lock_pins(cli, project: Path) -> Non
     (project / ".simplex" / "models").rename(project / "moved")
     r = in_project.fail("run", "tiny-llama", "-p", "hi", code=2)
     assert "locked in this project but not installed" in r.stderr
+
+
+def test_add_looks_up_locks_and_installs_and_remove_undoes_it(cli, project: Path) -> None:  # noqa: ANN001
+    """`sxpm add NAME` as uv's: the kind from where the project resolves, a caret lower
+    bound of the newest version, then lock and install in one command; `remove` the
+    same way back; `lock --check` fails (exit 1) on a stale lock and writes nothing."""
+    from conftest import Cli
+
+    p = run_in(cli, project)
+    toml = project / "simplex.toml"
+    p("install")
+    expert = project / ".simplex" / "experts" / "sql-expert" / "2.1.0"
+    assert expert.is_dir()
+    out = p("remove", "sql-expert").stdout
+    assert "removed expert sql-expert" in out and "removed sql-expert 2.1.0" in out
+    assert not expert.exists()
+    assert "sql-expert" not in (project / "simplex.lock").read_text()
+
+    out = p("add", "sql-expert").stdout
+    assert "added expert sql-expert ^2.1.0" in out
+    assert 'sql-expert = "^2.1.0"' in toml.read_text()
+    assert expert.is_dir() and "installed expert sql-expert 2.1.0" in out
+    assert "is up to date (2 artifacts)" in p("lock", "--check").stdout
+    lock_text = (project / "simplex.lock").read_text()
+    text = toml.read_text()
+    toml.write_text(text.replace('"~1.0"', '"^1"'))
+    r = cli.fail("lock", "--check", "--manifest-path", str(toml), code=1)
+    assert "tiny-llama changed from ~1.0 variant=F16 to ^1 variant=F16" in r.stderr
+    assert (project / "simplex.lock").read_text() == lock_text
+    toml.write_text(text)
+
+    # The kind is the index's (here the registry's); a wrong flag says which is right.
+    r = cli.fail("add", "tiny-llama", "--expert", "--manifest-path", str(toml), code=2)
+    assert "tiny-llama is a model, not an expert" in r.stderr and "--model" in r.stderr
+    r = cli.fail("add", "tiny-lama", "--manifest-path", str(toml), code=2)
+    assert "tiny-lama" in r.stderr
+    # An addition that cannot be locked leaves simplex.toml as it was.
+    r = cli.fail("add", "simplex-hello", "--manifest-path", str(toml), code=2)
+    assert "simplex-http" in r.stderr
+    assert toml.read_text() == text and (project / "simplex.lock").read_text() == lock_text
+    # --no-lock only edits.
+    p("add", "simplex-hello", "--no-lock")
+    assert 'simplex-hello = "^0.1.0"' in toml.read_text()
+    assert (project / "simplex.lock").read_text() == lock_text
+    p("remove", "simplex-hello", "--no-lock")
+
+    # A project's installs show in `model list` and `model info`, from the project.
+    here = Cli(cli.home, project)
+    rows = here("model", "list", "--json").json
+    assert [(r["name"], r["version"], r["project"]) for r in rows] == [
+        ("tiny-llama", "1.0.0", "my-agent")]
+    assert "my-agent" in here("model", "list").stdout
+    info = here("model", "info", "tiny-llama", "--json").json
+    assert info["version"] == "1.0.0" and info["project"] == "my-agent"
+    assert Cli(cli.home, project.parent)("model", "list", "--json").json == []
+
+
+def test_offline_install_with_a_fresh_lock_needs_no_frozen(cli, project: Path,  # noqa: ANN001
+                                                           published: Path) -> None:
+    p = run_in(cli, project)
+    p("install")
+    shutil.rmtree(project / ".simplex")
+    shutil.rmtree(published)  # the registry is gone
+    p("install", "--offline")
+    assert (project / ".simplex" / "models" / "tiny-llama" / "1.0.0" / "model.gguf").exists()
+    assert "unchanged" in p("lock", "--offline").stdout
+    assert "up to date" in p("lock", "--check", "--offline").stdout
+
+
+def test_resolver_names_the_real_cause(cli, project: Path) -> None:  # noqa: ANN001
+    toml = project / "simplex.toml"
+    toml.write_text(toml.read_text().replace('sql-expert = "^2"', 'simplex-hello = "*"'))
+    r = cli.fail("lock", "--manifest-path", str(toml), code=2)
+    assert "simplex-hello is a package, not an expert" in r.stderr
+    assert "[dependencies]" in r.stderr
+
+
+def test_features_choose_the_optional_requirements_installed(cli, project: Path) -> None:  # noqa: ANN001
+    """Cargo's features: the lock holds every optional requirement; install and tree
+    take the chosen set (default features unless told otherwise)."""
+    toml = project / "simplex.toml"
+    toml.write_text(toml.read_text().replace(
+        'sql-expert = "^2"', 'sql-expert = { version = "^2", optional = true }')
+        + '\n[features]\ndefault = []\nsql = ["sql-expert"]\nall-experts = ["sql"]\n')
+    p = run_in(cli, project)
+    expert = project / ".simplex" / "experts" / "sql-expert" / "2.1.0"
+    out = p("install", "--json").json
+    assert out["installed"] == ["tiny-llama"] and out["features"] == []
+    import tomllib
+
+    lock = tomllib.loads((project / "simplex.lock").read_text())
+    assert sorted(a["name"] for a in lock["artifact"]) == ["sql-expert", "tiny-llama"]
+    jsonschema.validate(lock, json.loads(
+        (ROOT / "schemas" / "simplex-lock.schema.json").read_text()))
+    assert not expert.exists()
+    assert "sql-expert" not in p("tree").stdout
+    shown = p("tree", "--features", "sql").stdout
+    assert "(features: sql)" in shown and "sql-expert 2.1.0 (expert)" in shown
+    out = p("install", "--features", "all-experts", "--json").json
+    assert out["installed"] == ["sql-expert"] and out["features"] == ["all-experts", "sql"]
+    assert expert.is_dir()
+    assert p("install", "--json").json["removed"] == ["sql-expert 2.1.0"]
+    assert not expert.exists()
+    p("install", "--all-features", "--frozen")
+    assert expert.is_dir()
+    toml.write_text(toml.read_text().replace("default = []", 'default = ["sql"]'))
+    assert p("install", "--json").json["features"] == ["sql"]
+    assert expert.is_dir()
+    p("install", "--no-default-features")
+    assert not expert.exists()
+    r = cli.fail("install", "--features", "gpu", "--manifest-path", str(toml), code=2)
+    assert "no feature 'gpu'" in r.stderr and "all-experts, sql" in r.stderr
+    toml.write_text(toml.read_text().replace('sql = ["sql-expert"]', 'sql = ["tiny-llama"]'))
+    r = cli.fail("install", "--manifest-path", str(toml), code=2)
+    assert "feature 'sql' enables 'tiny-llama', which is not optional" in r.stderr

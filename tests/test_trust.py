@@ -122,6 +122,28 @@ def test_signed_artifact_installs_and_the_signer_is_recorded(
     assert "all intact" in cli("verify").stdout  # bare verify is still the store check
 
 
+def test_verify_without_a_policy_names_every_valid_signer(
+        cli, other_key: keys.PrivateKey, sample_dir: Path, registry_dir: Path) -> None:  # noqa: ANN001
+    """The README's flow: `keygen --set-default`, `sign`, `verify REF`, with no trust
+    policy: exit 0 naming who signed; exit 1 when no signature verifies."""
+    ref = f"oci:{registry_dir}/sql-expert:2.1.0"
+    cli("pack", "expert", sample_dir / "sql-expert", "--ref", ref)
+    cli("push", ref)
+    r = cli.fail("verify", ref, code=1)
+    assert "no valid signature" in r.stderr and "no signature found" in r.stderr
+    kid = cli("keygen", "--set-default", "--json").json["key_id"]
+    cli("sign", ref)
+    cli("sign", ref, "--key", other_key.path)
+    out = cli("verify", ref, "--json").json
+    assert out["verified"] is True and out["policy"] is False
+    assert sorted(s["key"] for s in out["signers"]) == sorted([kid, other_key.id])
+    text = cli("verify", ref).stdout
+    assert f"by key {kid}" in text and "no trust policy covers sql-expert" in text
+    # With a policy, the policy decides: only the key it trusts is accepted.
+    trust(cli, keys=[other_key.id])
+    assert cli("verify", ref, "--json").json["signer"]["key"] == other_key.id
+
+
 def test_sign_after_push_attaches_to_the_registry_and_push_carries_signatures(
         cli, cli2, key: keys.PrivateKey, sample_dir: Path, registry_dir: Path,  # noqa: ANN001
         tmp_path: Path) -> None:

@@ -19,8 +19,9 @@ from sxpm.cli._common import (
     transport,
     warn_skip_verify,
 )
+from sxpm.cli.complete import installed, variant_names
 from sxpm.core.detect import memory_budget
-from sxpm.core.humanize import human_size
+from sxpm.core.humanize import human_size, with_article
 from sxpm.errors import InputError
 
 
@@ -44,23 +45,28 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
     Example:
       sxpm {kind} list --json
     """)
-    @click.option("--root", type=click.Path(path_type=Path), help="Install root (default: home).")
+    @click.option("--root", type=click.Path(path_type=Path),
+                  help="Install root (default: home, and the project found from here).")
     @json_option
     def list_cmd(root: Path | None, as_json: bool) -> None:
         from sxpm.installed.records import list_installed
+        from sxpm.ops.project import PlacedInstall, installed_here
 
-        items = list_installed(root or home().root, kind)
-        rows = [{"name": i.name, "version": i.version, "variant": i.record.get("variant"),
-                 "digest": i.record.get("digest"), "ref": i.record.get("ref"),
-                 "path": str(i.path)} for i in items]
+        items = ([PlacedInstall(i, None) for i in list_installed(root, kind)] if root
+                 else installed_here(home(), kind))
+        rows = [{"name": p.item.name, "version": p.item.version,
+                 "variant": p.item.record.get("variant"), "digest": p.item.record.get("digest"),
+                 "ref": p.item.record.get("ref"), "path": str(p.item.path),
+                 "project": p.project} for p in items]
         if as_json:
             emit_json(rows)
             return
         if not rows:
             click.echo(f"no {plural} installed (sxpm {kind} install REF)")
             return
-        table([[str(r["name"]), str(r["version"]), str(r["variant"] or "-"), str(r["path"])]
-               for r in rows], ["NAME", "VERSION", "VARIANT", "PATH"])
+        table([[str(r["name"]), str(r["version"]), str(r["variant"] or "-"),
+                str(r["project"] or "-"), str(r["path"])]
+               for r in rows], ["NAME", "VERSION", "VARIANT", "PROJECT", "PATH"])
 
     for_option = click.option(
         "--for", "for_model", metavar="MODEL",
@@ -76,7 +82,8 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
     """)
     @click.argument("ref_text", metavar="REF")
     @click.option("--variant", help="Variant to install (default for a model: the largest "
-                  "that fits this machine's accelerator, or RAM; else the first).")
+                  "that fits this machine's accelerator, or RAM; else the first).",
+                  shell_complete=variant_names)
     @click.option("--root", type=click.Path(path_type=Path),
                   help="Install root (default: home).")
     @transfer_options
@@ -105,8 +112,8 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
                 kw["memory_budget"] = memory_budget()
             installed = install(h, h.parse_ref(ref_text), variant=variant, **kw)
         if installed.kind != kind:
-            raise InputError(f"{ref_text} is {installed.kind!r}, not {_a(kind)} (installed "
-                             f"anyway at {installed.path})",
+            raise InputError(f"{ref_text} is {installed.kind!r}, not {with_article(kind)} "
+                             f"(installed anyway at {installed.path})",
                              hint=f"use `sxpm {installed.kind}` commands")
         if as_json:
             emit_json({"name": installed.name, "version": installed.version,
@@ -124,7 +131,7 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
     Example:
       sxpm {kind} remove {example_name}
     """)
-    @click.argument("spec", metavar="NAME[@VERSION]")
+    @click.argument("spec", metavar="NAME[@VERSION]", shell_complete=installed(kind))
     @click.option("--root", type=click.Path(path_type=Path), help="Install root (default: home).")
     def remove_cmd(spec: str, root: Path | None) -> None:
         from sxpm.installed.tree import remove_installed
@@ -133,14 +140,15 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
         for item in remove_installed(root or home().root, kind, name, version or None):
             click.echo(f"removed {kind} {item.name} {item.version}")
 
-    @group.command(name="info", help=f"""Describe {_a(kind)}: {_INFO_WHAT[kind]}.
+    @group.command(name="info", help=f"""Describe {with_article(kind)}: {_INFO_WHAT[kind]}.
 
     \b
     Example:
       sxpm {kind} info {example_name.split('@')[0]}
     """)
-    @click.argument("spec", metavar="NAME[@VERSION]|REF")
-    @click.option("--variant", help="Variant to describe (default: the installed or first).")
+    @click.argument("spec", metavar="NAME[@VERSION]|REF", shell_complete=installed(kind))
+    @click.option("--variant", help="Variant to describe (default: the installed or first).",
+                  shell_complete=variant_names)
     @json_option
     def info_cmd(spec: str, variant: str | None, as_json: bool) -> None:
         info_command(kind, spec, variant, as_json)
@@ -154,20 +162,18 @@ _INFO_WHAT = {
 }
 
 
-def _a(kind: str) -> str:
-    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
-
-
 def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> None:
     from sxpm.artifacts.describe import describe
     from sxpm.core.oci import ANN_BASE_MODEL, ANN_VARIANT, ImageIndex
-    from sxpm.installed.records import find_installed
+    from sxpm.ops.project import installed_here
     from sxpm.store.refs import resolve_local
 
     h = home()
     name, _, version = spec.partition("@")
-    found = find_installed(h.root, kind, name, version or None) if "/" not in spec and \
-        ":" not in spec else []
+    placed = [p for p in installed_here(h, kind) if p.item.name == name
+              and (not version or p.item.version == version)] \
+        if "/" not in spec and ":" not in spec else []
+    found = [p.item for p in placed]
     if found:
         ref = h.parse_ref(found[-1].record["ref"])
         variant = variant or found[-1].record.get("variant")
@@ -176,7 +182,7 @@ def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> No
     top = resolve_local(h.store, ref)
     info = describe(h.store, top, variant)
     if info.kind != kind:
-        raise InputError(f"{spec} is {info.kind!r}, not {_a(kind)}")
+        raise InputError(f"{spec} is {info.kind!r}, not {with_article(kind)}")
     variants: list[str] = []
     if top.is_index:
         index = h.store.load_manifest(top)
@@ -188,7 +194,8 @@ def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> No
         "size": info.size,
         "files": [{"path": layer.title, "mediaType": layer.media_type, "size": layer.size,
                    "digest": str(layer.digest)} for layer in info.manifest.layers],
-        "installed": [str(i.path) for i in found]}
+        "installed": [str(i.path) for i in found],
+        "project": placed[-1].project if placed else None}
     if kind == "model":
         cfg = info.config.get("config", {})
         data.update({"architecture": cfg.get("architecture"), "format": cfg.get("format"),
@@ -213,6 +220,8 @@ def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> No
         return
     for key in keys:
         click.echo(f"{key:13} {data[key]}")
+    if data["project"]:
+        click.echo(f"{'project':13} {data['project']} ({found[-1].path})")
     click.echo(f"{'size':13} {human_size(info.size)}")
     if variants:
         click.echo(f"{'variants':13} {', '.join(variants)} (showing {info.variant})")

@@ -20,6 +20,7 @@ from sxpm.cli._common import (
     transport,
     warn_skip_verify,
 )
+from sxpm.cli.complete import store_refs, variant_names
 from sxpm.core.detect import memory_budget
 from sxpm.core.humanize import human_size
 from sxpm.errors import NotFoundError, StoreError, SxpmError
@@ -69,9 +70,10 @@ def pack(kind: str, path: Path, ref_text: str, variant: str | None, version: str
 
 
 @click.command()
-@click.argument("ref_text", metavar="REF")
+@click.argument("ref_text", metavar="REF", shell_complete=store_refs)
 @click.option("--to", "target", help="Push to this reference instead of REF's own registry.")
-@click.option("--variant", help="Push only this variant of an image index.")
+@click.option("--variant", help="Push only this variant of an image index.",
+              shell_complete=variant_names)
 @transfer_options
 @json_option
 def push(ref_text: str, target: str | None, variant: str | None, quiet: bool, insecure: bool,
@@ -115,7 +117,7 @@ def _report(result: object, verb: str, as_json: bool, moved: str = "sent") -> No
 @click.command()
 @click.argument("ref_text", metavar="REF")
 @click.option("--variant", help="Fetch the layers of this variant (default: the largest "
-              "that fits this machine's accelerator, or RAM).")
+              "that fits this machine's accelerator, or RAM).", shell_complete=variant_names)
 @click.option("--all-variants", is_flag=True, help="Fetch the layers of every variant.")
 @transfer_options
 @skip_verify_option
@@ -166,7 +168,7 @@ def copy(src: str, dst: str, quiet: bool, insecure: bool, jobs: int, as_json: bo
 
 
 @click.command()
-@click.argument("ref_text", metavar="REF")
+@click.argument("ref_text", metavar="REF", shell_complete=store_refs)
 @click.option("--remote", is_flag=True, help="Read the manifest from the registry, not the "
                                             "store.")
 @click.option("--insecure", is_flag=True, help="Allow plain HTTP to a non-loopback host.")
@@ -247,7 +249,8 @@ def list_(as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("refs", nargs=-1, required=True, metavar="REF...")
+@click.argument("refs", nargs=-1, required=True, metavar="REF...",
+                shell_complete=store_refs)
 def rm(refs: tuple[str, ...]) -> None:
     """Remove refs from the store (blobs go at the next `sxpm gc`).
 

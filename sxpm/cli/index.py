@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from sxpm.core.http import strip_userinfo
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+if TYPE_CHECKING:
+    from sxpm.ops.publish import Pushed
 KIND = click.Choice(["model", "expert", "package"])
 
 
@@ -140,6 +143,42 @@ def info(spec: str, index: str | None, offline: bool, insecure: bool, as_json: b
         click.echo(f"{label}: none")
 
 
+def _push_options(f: F) -> F:
+    f = click.option("--open-pr", is_flag=True,
+                     help="Also open the pull request with GitHub's `gh` (implies --push).")(f)
+    f = click.option("--push", is_flag=True, help="Push the branch to the index checkout's "
+                     "remote and print where to open the pull request.")(f)
+    return f
+
+
+def _push(index: Path, branch: str, base: str, title: str, push: bool,
+          open_pr: bool) -> Pushed | None:
+    if not (push or open_pr):
+        return None
+    from sxpm.ops.publish import push_branch
+
+    return push_branch(index, branch, base, title=title, open_pr=open_pr)
+
+
+def _pushed_json(pushed: Pushed | None) -> dict[str, Any]:
+    if pushed is None:
+        return {}
+    return {"pushed_to": pushed.remote, "pr_url": pushed.pr_url, "pr_opened": pushed.opened}
+
+
+def _print_pushed(branch: str, pushed: Pushed) -> None:
+    click.echo(f"pushed {branch} to {pushed.remote} ({pushed.url})")
+    if pushed.opened:
+        click.echo(f"opened the pull request: {pushed.opened}")
+        return
+    if pushed.gh_missing:
+        click.echo("gh is not installed, so the pull request was not opened", err=True)
+    if pushed.pr_url:
+        click.echo(f"open the pull request: {pushed.pr_url}")
+    else:
+        click.echo(f"open a pull request of {branch} on the index repository's host")
+
+
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path),
                 metavar="PATH...")
@@ -156,11 +195,12 @@ def info(spec: str, index: str | None, offline: bool, insecure: bool, as_json: b
 @click.option("--tag", "tags", multiple=True, help="Search tag for the index line.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--insecure", is_flag=True, help="Allow plain HTTP to the registry.")
+@_push_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def publish(paths: tuple[Path, ...], index: Path, registry: str | None, kind: str | None,
             name: str | None, version: str | None, variants: tuple[str, ...],
             description: str | None, license_: str | None, tags: tuple[str, ...],
-            quiet: bool, insecure: bool, as_json: bool) -> None:
+            quiet: bool, insecure: bool, push: bool, open_pr: bool, as_json: bool) -> None:
     """Pack PATH, push it and commit its index line on a new branch for a pull request.
 
     Re-running after a failure finishes the job without writing the line twice; a
@@ -179,19 +219,25 @@ def publish(paths: tuple[Path, ...], index: Path, registry: str | None, kind: st
                         name=name, version=version, variants=list(variants),
                         description=description, license=license_, tags=tags,
                         options=transport(insecure, 4), reporter=reporter(quiet or as_json))
+    pushed = _push(index, result.branch, result.base,
+                   f"Publish {result.entry.name} {result.entry.vers}", push, open_pr)
     if as_json:
         _echo_json({"entry": result.entry.to_dict(), "file": str(result.file),
                     "branch": result.branch, "commit": result.commit,
                     "pushed_blobs": result.pushed_blobs, "resumed": result.resumed,
-                    "signer": result.signer, "pr_command": result.pr_command})
+                    "signer": result.signer, "pr_command": result.pr_command,
+                    **_pushed_json(pushed)})
         return
     e = result.entry
     click.echo(f"published {e.kind} {e.name} {e.vers} to {e.reference}"
                + (f", signed by {result.signer}" if result.signer else ""))
     click.echo(f"index line committed on branch {result.branch} ({result.commit[:12]})"
                + (" (finished an interrupted publish)" if result.resumed else ""))
-    click.echo("open the pull request with:")
-    click.echo(f"  cd {index} && {result.pr_command}")
+    if pushed is None:
+        click.echo("open the pull request with:")
+        click.echo(f"  cd {index} && {result.pr_command}")
+    else:
+        _print_pushed(result.branch, pushed)
 
 
 @click.command()
@@ -199,8 +245,10 @@ def publish(paths: tuple[Path, ...], index: Path, registry: str | None, kind: st
 @click.option("--undo", is_flag=True, help="Un-yank the version.")
 @click.option("--index", "index", metavar="INDEX_CHECKOUT",
               help="A local git checkout of the index (default: as for search).")
+@_push_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def yank(spec: str, undo: bool, index: str | None, as_json: bool) -> None:
+def yank(spec: str, undo: bool, index: str | None, push: bool, open_pr: bool,
+         as_json: bool) -> None:
     """Mark NAME@VERSION yanked (or not, with --undo), as a commit on a new branch.
 
     A yanked version stays installable from a lockfile but is never chosen anew.
@@ -214,15 +262,22 @@ def yank(spec: str, undo: bool, index: str | None, as_json: bool) -> None:
     name, sep, version = spec.partition("@")
     if not sep or not version:
         raise click.UsageError(f"{spec!r} has no version; write NAME@VERSION")
-    result = do_yank(_local_index(index, None), name, version, undo=undo)
+    checkout = _local_index(index, None)
+    result = do_yank(checkout, name, version, undo=undo)
+    verb = "yanked" if result.entry.yanked else "un-yanked"
+    pushed = _push(checkout, result.branch, result.base,
+                   f"{verb.capitalize()} {result.entry.name} {result.entry.vers}", push,
+                   open_pr)
     if as_json:
         _echo_json({"name": result.entry.name, "version": result.entry.vers,
                     "yanked": result.entry.yanked, "branch": result.branch,
-                    "commit": result.commit})
+                    "commit": result.commit, **_pushed_json(pushed)})
         return
-    verb = "yanked" if result.entry.yanked else "un-yanked"
     click.echo(f"{verb} {result.entry.name} {result.entry.vers} on branch {result.branch} "
-               f"({result.commit[:12]}); push it and open a pull request")
+               f"({result.commit[:12]})"
+               + ("; push it and open a pull request" if pushed is None else ""))
+    if pushed is not None:
+        _print_pushed(result.branch, pushed)
 
 
 @click.group(name="index")

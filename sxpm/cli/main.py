@@ -56,6 +56,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "publish": ("sxpm.cli.index", "publish", "Push an artifact and add it to the index."),
     "yank": ("sxpm.cli.index", "yank", "Mark a published version yanked (or not)."),
     "index": ("sxpm.cli.index", "index_group", "Build and verify a registry index checkout."),
+    "completion": ("sxpm.cli.complete", "completion",
+                   "Print the shell completion script (bash, zsh, fish)."),
 }
 
 

@@ -12,13 +12,16 @@ from typing import Any
 
 import click
 
+from sxpm.cli.complete import installed_experts, installed_models, variant_names
 from sxpm.errors import MissingExtraError, ModelNotInstalledError
 
 _common_options = [
     click.option("--expert", "-e", metavar="NAME[@VERSION]|REF",
+                 shell_complete=installed_experts,
                  help="Expert to apply: its LoRA adapter and prompt template."),
-    click.option("--variant", help="Model variant (default: the installed one, or the "
-                 "largest that fits in memory)."),
+    click.option("--variant", shell_complete=variant_names,
+                 help="Model variant (default: the installed one, or the largest that "
+                      "fits in memory)."),
     click.option("--ctx", "n_ctx", type=click.IntRange(16, None),
                  help="Context size in tokens (default: 2048, capped by the model)."),
     click.option("--threads", "n_threads", type=click.IntRange(1, 1024),
@@ -58,7 +61,7 @@ def _open_session(model: str, expert: str | None, variant: str | None, n_ctx: in
 
 
 @click.command()
-@click.argument("model", metavar="MODEL[@VERSION]|REF")
+@click.argument("model", metavar="MODEL[@VERSION]|REF", shell_complete=installed_models)
 @click.option("-p", "--prompt", help="Prompt to complete; without it, an interactive chat.")
 @click.option("--system", default="", help="System message ({system} in a template).")
 @click.option("--max-tokens", "-n", type=click.IntRange(1, None), default=128,
@@ -245,7 +248,8 @@ def _with_server(f: Any) -> Any:
 
 
 @click.command()
-@click.argument("models", nargs=-1, metavar="[MODEL[@VERSION]|REF]...")
+@click.argument("models", nargs=-1, metavar="[MODEL[@VERSION]|REF]...",
+                shell_complete=installed_models)
 @_with_common
 @_with_server
 @click.option("--api-key", envvar="SXPM_API_KEY", help="Require this bearer token.")

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from sxpm.cli._common import emit_json, home, json_option, transport
+
+if TYPE_CHECKING:
+    from sxpm.core.reference import Reference
+    from sxpm.trust.verify import VerifiedSigner
 
 
 @click.command()
@@ -93,7 +98,7 @@ def sign(ref_text: str, key: Path | None, use_sigstore: bool, identity_token: st
 def verify_ref(ref_text: str, keys: tuple[str, ...], identity: str | None,
                issuer: str | None, insecure: bool, as_json: bool) -> None:
     """`sxpm verify REF`: check REF's signatures against the policy (or the given signers)."""
-    from sxpm.errors import InputError, NotFoundError
+    from sxpm.errors import NotFoundError
     from sxpm.ops.fetch import Fetcher
     from sxpm.trust.keys import load_public
     from sxpm.trust.policy import Requirement, SigstoreIdentity
@@ -120,11 +125,34 @@ def verify_ref(ref_text: str, keys: tuple[str, ...], identity: str | None,
     signer = fetcher.signer(tree, fetcher.identity(tree), requirement=requirement,
                             where=source, keep=False)
     if signer is None:
-        raise InputError(f"No trust policy covers {ref.name}, so there is nothing to verify "
-                         "against", hint="add a [trust] policy, or pass --key / --identity "
-                                         "with --issuer")
+        _report_signers(ref, source, *fetcher.valid_signers(tree, fetcher.identity(tree),
+                                                            where=source), as_json)
+        return
     if as_json:
         emit_json({"ref": str(ref), "source": source, "verified": True,
                    "signer": signer.to_dict()})
         return
     click.echo(f"verified {ref} ({source}): signed by {signer}")
+
+
+def _report_signers(ref: Reference, source: str, signers: list[VerifiedSigner],
+                    problems: list[str], as_json: bool) -> None:
+    """No policy covers ``ref``: say who signed it (exit 0 when at least one signature
+    verifies, 1 when none does); trusting them is the policy's job."""
+    from sxpm.errors import SignatureError
+
+    if not signers:
+        raise SignatureError(str(ref), "any valid signature", problems,
+                             hint="no trust policy covers it either; ask the publisher "
+                                  "to sign it (`sxpm sign REF`)")
+    if as_json:
+        emit_json({"ref": str(ref), "source": source, "verified": True, "policy": False,
+                   "signers": [s.to_dict() for s in signers], "problems": problems})
+        return
+    for signer in signers:
+        click.echo(f"valid signature on {ref} ({source}) by {signer} "
+                   f"({signer.signature.short})")
+    for problem in problems:
+        click.echo(f"invalid: {problem}")
+    click.echo(f"no trust policy covers {ref.name}: these signatures verify, but nothing "
+               "says whom to trust (add the signer to [trust], or `sxpm trust` it)")

@@ -1,4 +1,4 @@
-"""Sizes for people: one formatter for every command that prints one."""
+"""Sizes and words for people: one formatter for every command that prints one."""
 
 from __future__ import annotations
 
@@ -11,3 +11,8 @@ def human_size(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"
+
+
+def with_article(word: str) -> str:
+    """``expert`` -> ``an expert``, ``model`` -> ``a model``: kinds in messages."""
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"

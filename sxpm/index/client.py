@@ -156,6 +156,9 @@ class IndexClient:
             body = revalidate(url, self.cache_dir, insecure=self.insecure)
             if body is not None:
                 return self._decode(body, shown)
+        body = self._revalidate_plain(url)
+        if body is not None:
+            return self._decode(body, shown)
         import requests
 
         limit = FILE_LIMITS.get(rel, DEFAULT_FILE_LIMIT)
@@ -198,7 +201,20 @@ class IndexClient:
             raise IndexUnavailableError(
                 f"Cannot reach the index at {shown}: {exc.__class__.__name__}", url=shown,
                 hint=hint) from None
+        self._remember_plain(url, body, resp.headers)
         return self._decode(body, shown)
+
+    # A server that sends no ETag (Last-Modified alone, or nothing): CacheControl keeps
+    # nothing, so sxpm.index.plaincache does (revalidated by date, else content hash).
+    def _revalidate_plain(self, url: str) -> bytes | None:
+        from sxpm.index.plaincache import revalidate
+
+        return revalidate(url, self.cache_dir, insecure=self.insecure)
+
+    def _remember_plain(self, url: str, body: bytes, headers: Any) -> None:
+        from sxpm.index.plaincache import remember
+
+        remember(self.cache_dir, url, body, {str(k).lower(): str(v) for k, v in headers.items()})
 
     @staticmethod
     def _decode(body: bytes, shown: str) -> str:
@@ -228,6 +244,11 @@ class IndexClient:
         found, body = read_offline(url, self.cache_dir)
         if found:
             return None if body is None else self._decode(body, shown)
+        from sxpm.index.plaincache import read_offline as read_plain
+
+        body = read_plain(self.cache_dir, url)
+        if body is not None:
+            return self._decode(body, shown)
         import requests
         from cachecontrol.caches.file_cache import FileCache
         from cachecontrol.controller import CacheController

@@ -60,7 +60,7 @@ from sxpm.trust.enforce import (
 )
 from sxpm.trust.payload import Payload
 from sxpm.trust.policy import Requirement, TrustPolicy, load_policy
-from sxpm.trust.verify import Candidate, VerifiedSigner, check_signatures
+from sxpm.trust.verify import Candidate, VerifiedSigner, check_signatures, valid_signers
 
 KIND_BY_CONFIG = {oci.MODEL_CONFIG: "model", oci.EXPERT_CONFIG: "expert",
                   oci.PACKAGE_CONFIG: "package"}
@@ -412,6 +412,21 @@ class Fetcher:
                            next(c for c in candidates if c.descriptor.digest == signer.signature))
         self._signers[key] = signer
         return signer
+
+
+    def valid_signers(self, tree: Tree, identity: Identity, *, where: str = "any"
+                      ) -> tuple[list[VerifiedSigner], list[str]]:
+        """Everyone with a valid signature on the artifact, whoever they are (no policy
+        decides here), and what is wrong with each other signature found: the store's
+        signatures, and the registry's unless ``where`` is "store" or offline."""
+        top = tree.descriptor.digest
+        expected = Payload(identity.kind, identity.name, identity.version, top)
+        found = stored_candidates(self.home, tree.ref, top) if where != "registry" else []
+        if where != "store" and not self.offline:
+            seen = {c.descriptor.digest for c in found}
+            found += [c for c in remote_candidates(self.home, self.repo(tree.ref), top)
+                      if c.descriptor.digest not in seen]
+        return valid_signers(expected, found, tag_version=tag_version(tree.ref))
 
 
 def _text(value: Any) -> str | None:

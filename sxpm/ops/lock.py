@@ -157,7 +157,7 @@ def lock(project: Project, home: Home, provider: Provider, *, index_source: str 
          index_state: str = "", update: Sequence[str] | None = None,
          memory_budget: int | None = None, options: TransportOptions | None = None,
          offline: bool = False, insecure_skip_verify: bool = False,
-         fetcher: Fetcher | None = None) -> LockResult:
+         fetcher: Fetcher | None = None, write: bool = True) -> LockResult:
     """Resolve and pin; keeps versions the existing lock has unless ``update`` names them.
 
     ``update=None`` keeps every locked version it can; ``update=[]`` moves everything
@@ -190,7 +190,7 @@ def lock(project: Project, home: Home, provider: Provider, *, index_source: str 
                strip_userinfo(index_source), index_state)
     updates = _diff_versions(old, new)
     changed = old is None or old.dumps() != new.dumps()
-    if changed:
+    if changed and write:
         new.write(project.lock_path)
     return LockResult(new, changed, resolution, updates)
 

@@ -7,12 +7,15 @@ returns typed results; the CLI only chooses flags and prints them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sxpm.core.humanize import with_article
 from sxpm.core.progress import SILENT, Reporter
-from sxpm.errors import IndexLocationError, NotFoundError
+from sxpm.errors import IndexLocationError, InputError, LockStaleError, NotFoundError
 from sxpm.home import Home
+from sxpm.installed.records import Installed
 from sxpm.ops.lock import (
     InstallReport,
     LockResult,
@@ -88,8 +91,6 @@ def load_project(path: str | PathLike[str] | Project | None = None) -> Project:
     None for the current directory. A :class:`Project` is returned as it is."""
     if isinstance(path, Project):
         return path
-    from pathlib import Path
-
     return Project.load(None if path is None else Path(path))
 
 
@@ -98,22 +99,61 @@ def lock_project(project: str | PathLike[str] | Project | None = None,
                  update: Sequence[str] | None = None, offline: bool = False,
                  options: TransportOptions | None = None,
                  insecure_skip_verify: bool = False,
-                 fetcher: Fetcher | None = None) -> LockResult:
+                 fetcher: Fetcher | None = None, write: bool = True) -> LockResult:
     """Resolve the project's ``simplex.toml`` and write ``simplex.lock``.
 
     Keeps every version the lock has unless ``update`` names it (``[]``: move
-    everything forward). The lock is written only when it changes. ``fetcher``: the
-    command's, when it has one (see :func:`command_fetcher`).
+    everything forward). The lock is written only when it changes (never when
+    ``write`` is false). ``fetcher``: the command's, when it has one (see
+    :func:`command_fetcher`). ``offline`` with a lock that matches ``simplex.toml``
+    returns that lock unchanged, resolving nothing.
     """
     project = load_project(project)
     home = home or Home.from_env()
+    if offline and update is None:
+        # --offline means "what is on disk": a lock that matches simplex.toml is the
+        # answer, without asking an index or a registry to confirm it.
+        fresh = _fresh_lock(project)
+        if fresh is not None:
+            return LockResult(fresh, False)
     fetcher = fetcher or command_fetcher(project, home, offline=offline, options=options,
                                          insecure_skip_verify=insecure_skip_verify)
     choice = choose_provider(project, home, fetcher, index=index)
     from sxpm.core.detect import memory_budget  # as find_index: not for a no-op install
 
     return resolve_and_pin(project, home, choice.provider, index_source=choice.index_source,
-                           update=update, memory_budget=memory_budget(), fetcher=fetcher)
+                           update=update, memory_budget=memory_budget(), fetcher=fetcher,
+                           write=write)
+
+
+def _fresh_lock(project: Project) -> Lock | None:
+    """The project's lock when it matches ``simplex.toml``; None when there is none or
+    it is stale."""
+    if not project.lock_path.exists():
+        return None
+    current = Lock.read(project.lock_path)
+    return current if current.requirements_hash == project.requirements_hash() else None
+
+
+def check_lock(project: str | PathLike[str] | Project | None = None,
+               home: Home | None = None, *, index: str | None = None,
+               offline: bool = False, options: TransportOptions | None = None) -> Lock:
+    """The project's lock when locking again would leave it as it is; else
+    :class:`~sxpm.errors.LockStaleError` naming what changed. Writes nothing."""
+    project = load_project(project)
+    if not project.lock_path.exists():
+        raise LockStaleError(f"{project.lock_path} does not exist")
+    current = Lock.read(project.lock_path)
+    try:
+        check_fresh(project, current)
+    except InputError as exc:
+        raise LockStaleError(exc.message) from None
+    result = lock_project(project, home, index=index, offline=offline, options=options,
+                          write=False)
+    if result.changed:
+        what = "; ".join(result.updates) or "pinned digests changed"
+        raise LockStaleError(f"{project.lock_path} is out of date: {what}")
+    return current
 
 
 def read_lock(project: Project) -> Lock:
@@ -123,22 +163,56 @@ def read_lock(project: Project) -> Lock:
     return Lock.read(project.lock_path)
 
 
+@dataclass(frozen=True)
+class Features:
+    """Which ``[features]`` to install: ``names``, plus ``default`` unless
+    ``default_features`` is false; ``all_features``: every one."""
+
+    names: tuple[str, ...] = ()
+    all_features: bool = False
+    default_features: bool = True
+
+
+DEFAULT_FEATURES = Features()
+
+
+def select(project: Project, lock_: Lock, features: Features = DEFAULT_FEATURES
+           ) -> tuple[Lock, list[str]]:
+    """The part of ``lock_`` that ``features`` install (the requirements that are not
+    optional, the optional ones the features enable, and what they depend on), and the
+    features enabled. The lock itself holds every optional requirement."""
+    enabled, roots = project.enabled_names(features.names,
+                                           all_features=features.all_features,
+                                           default_features=features.default_features)
+    wanted = _reached(lock_, set(roots))
+    if len(wanted) == len(lock_.artifacts):
+        return lock_, enabled
+    chosen = Lock(lock_.requirements_hash,
+                  [r for r in lock_.requirements if r["name"] in roots],
+                  [a for a in lock_.artifacts if a.name in wanted],
+                  lock_.index_source, lock_.index_state, lock_.version)
+    return chosen, enabled
+
+
 @dataclass
 class ProjectInstall:
     """What ``install_project`` did: the lock it installed (``locked`` when it wrote
-    one first) and the install report."""
+    one first), the install report and the features enabled."""
 
     lock: Lock
     report: InstallReport
     locked: LockResult | None = None
+    features: list[str] | None = None
 
 
 def install_project(project: str | PathLike[str] | Project | None = None,
                     home: Home | None = None, *, frozen: bool = False, locked: bool = False,
                     index: str | None = None, offline: bool = False,
                     options: TransportOptions | None = None, reporter: Reporter = SILENT,
-                    insecure_skip_verify: bool = False) -> ProjectInstall:
-    """Install what ``simplex.lock`` pins into the project's ``.simplex/``.
+                    insecure_skip_verify: bool = False,
+                    features: Features = DEFAULT_FEATURES) -> ProjectInstall:
+    """Install what ``simplex.lock`` pins into the project's ``.simplex/``: the part
+    ``features`` choose (trees of the rest are removed).
 
     Locks first unless ``frozen`` (install the lock as it is) or ``locked`` (raise
     :class:`~sxpm.ops.lock.LockMismatchError` if the lock is stale).
@@ -154,13 +228,14 @@ def install_project(project: str | PathLike[str] | Project | None = None,
     else:
         fetcher = command_fetcher(project, home, offline=offline, options=options,
                                   insecure_skip_verify=insecure_skip_verify)
-        result = lock_project(project, home, index=index, fetcher=fetcher)
+        result = lock_project(project, home, index=index, offline=offline, fetcher=fetcher)
         current = result.lock
-    report = install_lock(home, current, project.install_root, offline=offline,
+    chosen, enabled = select(project, current, features)
+    report = install_lock(home, chosen, project.install_root, offline=offline,
                           options=options, reporter=reporter,
                           insecure_skip_verify=insecure_skip_verify, project=project,
                           fetcher=fetcher)
-    return ProjectInstall(current, report, result)
+    return ProjectInstall(current, report, result, enabled)
 
 
 # --- tree and why -----------------------------------------------------------------
@@ -195,19 +270,23 @@ class LockTree:
     package: str
     lock: Lock
     rows: list[TreeRow]
+    features: list[str] = field(default_factory=list)
 
     @property
     def roots(self) -> list[str]:
         return [r["name"] for r in self.lock.requirements]
 
 
-def tree(project: Project, lock_: Lock | None = None) -> LockTree:
-    """The locked dependency tree, from the requirements of ``simplex.toml`` down.
+def tree(project: Project, lock_: Lock | None = None,
+         features: Features = DEFAULT_FEATURES) -> LockTree:
+    """The locked dependency tree, from the requirements of ``simplex.toml`` down: the
+    part ``features`` install (by default the default features).
 
     Each artifact's dependencies are listed where it first appears; later appearances
     are marked ``repeated``. Rows are at most one per dependency edge.
     """
-    current = lock_ if lock_ is not None else read_lock(project)
+    current, enabled = select(project, lock_ if lock_ is not None else read_lock(project),
+                              features)
     arts = current.by_name()
     roots = [r["name"] for r in current.requirements]
     rows: list[TreeRow] = []
@@ -226,7 +305,7 @@ def tree(project: Project, lock_: Lock | None = None) -> LockTree:
         shown.add(name)
         todo += [(dep, depth + 1, i == len(deps) - 1) for i, dep in enumerate(deps)][::-1]
     package = project.data.get("package", {}).get("name", project.root.name)
-    return LockTree(str(package), current, rows)
+    return LockTree(str(package), current, rows, enabled)
 
 
 @dataclass
@@ -336,3 +415,160 @@ def why(project: Project, name: str, lock_: Lock | None = None, *,
         return Why(name, labelled, 0)
     total = _count_chains(name, parents, roots, useful)
     return Why(name, labelled, None if total is None else total - len(labelled))
+
+
+# --- add and remove -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What the index (or the registry) says about a name: its kind and newest version
+    not yanked (None: every version is yanked)."""
+
+    name: str
+    kind: str
+    newest: str | None
+
+
+def look_up(project: Project, home: Home, name: str, kind: str | None = None, *,
+            index: str | None = None, fetcher: Fetcher) -> Lookup:
+    """The kind and newest version of ``name`` where the project resolves from.
+
+    ``kind`` only chooses between kinds the name is published as; a kind it is not
+    published as is an :class:`InputError` that names the right flag.
+    """
+    # The resolver's unknown-name error: the same message and suggestions as `sxpm lock`.
+    from difflib import get_close_matches
+
+    from sxpm.resolver.resolve import UnknownNameError
+
+    provider = choose_provider(project, home, fetcher, index=index).provider
+    found = list(provider.candidates(name))
+    if not found:
+        close = get_close_matches(name, list(provider.known_names()), n=3)
+        raise UnknownNameError(name, close, f"sxpm add {name}")
+    kinds = sorted({c.kind for c in found})
+    if kind is None and len(kinds) > 1:
+        raise InputError(f"{name} is published as {' and '.join(kinds)}",
+                         hint="choose one with " + " or ".join(f"--{k}" for k in kinds))
+    if kind is not None and kind not in kinds:
+        raise InputError(f"{name} is {with_article(kinds[0])}, not {with_article(kind)}",
+                         hint=f"use --{kinds[0]} (or leave the flag out)")
+    chosen = kind or kinds[0]
+    live = [c for c in found if c.kind == chosen and not c.yanked]
+    newest = max(live, key=lambda c: c.version).version if live else None
+    return Lookup(name, chosen, None if newest is None else str(newest))
+
+
+@dataclass
+class Edit:
+    """What ``add_requirement`` or ``remove_requirement`` did: the requirement text
+    written (empty for a removal), and the lock and install that followed, if any."""
+
+    name: str
+    kind: str
+    text: str = ""
+    locked: LockResult | None = None
+    installed: ProjectInstall | None = None
+
+
+def _sync(project: Project, home: Home, edit: Edit, before: bytes, *, lock: bool,
+          sync: bool, index: str | None, offline: bool, options: TransportOptions | None,
+          reporter: Reporter) -> Edit:
+    """Lock (and install) the edited project; when the lock cannot be made, put
+    ``simplex.toml`` back as it was (``before``), as uv does: an edit that cannot
+    resolve is not left behind for the next command to trip on."""
+    if not lock:
+        return edit
+    edited = Project.load(project.path)
+    try:
+        edit.locked = lock_project(edited, home, index=index, offline=offline,
+                                   options=options)
+    except BaseException:
+        from sxpm.store.layout import write_atomic
+
+        write_atomic(project.path, before)
+        raise
+    if sync:
+        edit.installed = install_project(edited, home, frozen=True, offline=offline,
+                                         options=options, reporter=reporter)
+    return edit
+
+
+def add_requirement(project: str | PathLike[str] | Project | None, name: str,
+                    req: str | None = None, *, kind: str | None = None,
+                    variant: str | None = None, base: str | None = None,
+                    home: Home | None = None, index: str | None = None, lock: bool = True,
+                    sync: bool = True, offline: bool = False,
+                    options: TransportOptions | None = None,
+                    reporter: Reporter = SILENT) -> Edit:
+    """Add (or change) a requirement, then lock and install, as ``uv add`` does.
+
+    The name is looked up where the project resolves from: its kind comes from there
+    (``kind`` only to choose or to check), and with no ``req`` the requirement is a
+    caret range from the newest version not yanked (``^1.2.0``). ``lock=False`` only
+    edits ``simplex.toml`` (and looks nothing up when ``kind`` and ``req`` are both
+    given); ``sync=False`` stops after the lock.
+    """
+    from sxpm.project.manifest import add as edit_add
+
+    project = load_project(project)
+    home = home or Home.from_env()
+    if lock or kind is None or req is None:
+        fetcher = command_fetcher(project, home, offline=offline, options=options)
+        found = look_up(project, home, name, kind, index=index, fetcher=fetcher)
+        kind = found.kind
+        if req is None:
+            if found.newest is None:
+                raise InputError(f"every version of {name} is yanked",
+                                 hint="ask its publisher, or give a requirement to pin "
+                                      f"one anyway: `sxpm add {name}@=VERSION`")
+            req = f"^{found.newest}"
+    if base and kind != "expert":
+        raise InputError(f"--base applies to experts only; {name} is {with_article(kind)}")
+    before = project.path.read_bytes()
+    text = edit_add(project, name, kind, req, variant=variant, base=base)
+    return _sync(project, home, Edit(name, kind, text), before, lock=lock, sync=sync,
+                 index=index, offline=offline, options=options, reporter=reporter)
+
+
+def remove_requirement(project: str | PathLike[str] | Project | None, name: str, *,
+                       home: Home | None = None, index: str | None = None,
+                       lock: bool = True, sync: bool = True, offline: bool = False,
+                       options: TransportOptions | None = None,
+                       reporter: Reporter = SILENT) -> Edit:
+    """Remove a requirement, then lock and install (which removes the trees no longer
+    locked); ``lock=False`` only edits, ``sync=False`` stops after the lock."""
+    from sxpm.project.manifest import remove as edit_remove
+
+    project = load_project(project)
+    home = home or Home.from_env()
+    before = project.path.read_bytes()
+    kind = edit_remove(project, name)
+    return _sync(project, home, Edit(name, kind), before, lock=lock, sync=sync, index=index,
+                 offline=offline, options=options, reporter=reporter)
+
+
+# --- installs and the project they belong to ----------------------------------------
+
+
+@dataclass(frozen=True)
+class PlacedInstall:
+    """An installed tree and the project it belongs to (None: the home's)."""
+
+    item: Installed
+    project: str | None
+
+
+def installed_here(home: Home, kind: str, start: Path | None = None
+                   ) -> list[PlacedInstall]:
+    """The home's installs of ``kind``, then those of the project found from ``start``
+    (default: the current directory) upwards."""
+    from sxpm.installed.records import list_installed
+
+    out = [PlacedInstall(i, None) for i in list_installed(home.root, kind)]
+    found = Project.nearest(start)
+    if found is not None:
+        name = str(found.data.get("package", {}).get("name", found.root.name))
+        out += [PlacedInstall(i, name) for i in list_installed(found.install_root, kind)]
+    return out

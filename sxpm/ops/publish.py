@@ -13,11 +13,13 @@ twice. A version already committed to the index is refused: versions are immutab
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sxpm.core import oci
 from sxpm.core.artifact import Dependency, Variant
@@ -144,6 +146,30 @@ class Checkout:
         else:
             self.git("checkout", "-q", "-b", branch)
 
+    def fresh_branch(self, stem: str) -> str:
+        """``stem``, or ``stem-2``, ``stem-3``... when a branch of that name exists from
+        an earlier change: yanking again after an un-yank must not land on the old
+        branch, where the line already says what the new commit would."""
+        if not self.has_branch(stem) or self.branch() == stem:
+            return stem
+        n = 2
+        while self.has_branch(f"{stem}-{n}") and self.branch() != f"{stem}-{n}":
+            n += 1
+        return f"{stem}-{n}"
+
+    def remote(self) -> str:
+        """The remote to push to: ``origin``, else the only one."""
+        remotes = self.git("remote").split()
+        if "origin" in remotes:
+            return "origin"
+        if len(remotes) == 1:
+            return remotes[0]
+        raise CheckoutError(f"The index checkout {self.top} has "
+                            + ("no remote" if not remotes else
+                               f"several remotes ({', '.join(remotes)}) and no origin"),
+                            hint="add the index repository as origin: git remote add "
+                                 "origin URL")
+
     def commit(self, rel: str, message: str) -> str:
         path = self.rel_to_top(rel)
         self.git("add", "--", path)
@@ -223,6 +249,62 @@ def entry_from_store(home: Home, top: Descriptor, *, ref: Reference,
         description=description if description is not None else default_desc,
         license=license if license is not None else default_license,
         tags=tuple(tags) if tags else tuple(default_tags))
+
+
+# --- pushing a branch and its pull request ------------------------------------------
+
+_GITHUB = re.compile(r"^(?:https://(?:[^@/]+@)?github\.com/|git@github\.com:|"
+                     r"ssh://git@github\.com/)([^/]+)/([^/]+?)(?:\.git)?/?$")
+
+
+def pull_request_url(remote_url: str, base: str, branch: str) -> str | None:
+    """The page that opens a pull request of ``branch`` into ``base``, for a
+    GitHub-hosted index (None for other hosts: their pages differ)."""
+    m = _GITHUB.match(remote_url.strip())
+    if m is None:
+        return None
+    return (f"https://github.com/{m.group(1)}/{m.group(2)}/compare/"
+            f"{quote(base, safe='/')}...{quote(branch, safe='/')}?expand=1")
+
+
+@dataclass
+class Pushed:
+    """A branch pushed to the index repository: where to, and the pull request."""
+
+    remote: str
+    url: str  # the remote's URL as configured
+    pr_url: str | None  # GitHub's compare page; None for other hosts
+    opened: str | None = None  # the pull request `gh` opened (its URL)
+    gh_missing: bool = False  # --open-pr was asked but `gh` is not installed
+
+
+def push_branch(index_dir: Path, branch: str, base: str, *, title: str,
+                open_pr: bool = False) -> Pushed:
+    """Push ``branch`` of the index checkout to its remote and say where its pull
+    request is; with ``open_pr``, open it through GitHub's ``gh`` when installed."""
+    import shutil
+
+    checkout = Checkout.open(index_dir)
+    remote = checkout.remote()
+    # The URL as configured, not as `insteadOf` rewrites it: the page is the host's.
+    url = checkout.git("config", "--get", f"remote.{remote}.url", check=False).strip()
+    checkout.git("push", "-q", "-u", remote, f"{branch}:{branch}")
+    pushed = Pushed(remote, url, pull_request_url(url, base, branch))
+    if open_pr:
+        gh = shutil.which("gh")
+        if gh is None:
+            pushed.gh_missing = True
+        else:
+            out = subprocess.run([gh, "pr", "create", "--base", base, "--head", branch,
+                                  "--title", title, "--body", "Opened by sxpm."],
+                                 cwd=checkout.top, capture_output=True, text=True,
+                                 timeout=120)
+            if out.returncode != 0:
+                raise GitError(f"gh pr create failed: {out.stderr.strip() or out.stdout}",
+                               hint=f"open it by hand: {pushed.pr_url or url}")
+            pushed.opened = out.stdout.strip().splitlines()[-1] if out.stdout.strip() \
+                else pushed.pr_url
+    return pushed
 
 
 # --- publish -------------------------------------------------------------------------
@@ -410,6 +492,7 @@ class YankResult:
     entry: IndexEntry
     branch: str
     commit: str
+    base: str = "main"  # the branch the yank branch starts from
 
 
 def yank(index_dir: Path, name: str, version: str, *, undo: bool = False) -> YankResult:
@@ -438,10 +521,19 @@ def yank(index_dir: Path, name: str, version: str, *, undo: bool = False) -> Yan
         obj["yanked"] = not undo  # the only field a line may ever change
         lines[number - 1] = dump_line(obj)
         verb = "unyank" if undo else "yank"
-        branch = f"{verb}/{normalize_name(entry.name)}-{entry.vers}"
-        checkout.base_branch(branch)
+        branch = checkout.fresh_branch(f"{verb}/{normalize_name(entry.name)}-{entry.vers}")
+        base = checkout.base_branch(branch)
+        created = not checkout.has_branch(branch)
         checkout.switch(branch)
-        file.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        commit = checkout.commit(rel, f"{verb.capitalize()} {entry.name} {entry.vers}")
-        return YankResult(entry.with_yanked(not undo), branch, commit)
+        try:
+            file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            commit = checkout.commit(rel, f"{verb.capitalize()} {entry.name} {entry.vers}")
+        except BaseException:
+            # Leave the checkout as it was found: on its branch, the file unchanged.
+            checkout.git("checkout", "-q", "--", checkout.rel_to_top(rel), check=False)
+            checkout.git("checkout", "-q", base, check=False)
+            if created:
+                checkout.git("branch", "-q", "-D", branch, check=False)
+            raise
+        return YankResult(entry.with_yanked(not undo), branch, commit, base)
     raise NotFoundError(f"{name} has no version {version} in {file}")

@@ -82,7 +82,7 @@ class Lock:
                        f"state = {q(self.index_state)}\n")
         for req in sorted(self.requirements, key=lambda r: (r["kind"], r["name"])):
             out.append("\n[[requirement]]\n")
-            for key in ("name", "kind", "req", "variant", "base"):
+            for key in ("name", "kind", "req", "variant", "base", "optional"):
                 if req.get(key):
                     out.append(f"{key} = {q(req[key])}\n")
         for art in sorted(self.artifacts, key=lambda a: (a.name, a.kind)):
@@ -179,7 +179,7 @@ class Lock:
         for i, r in enumerate(reqs):
             where = f"$.requirement[{i}]"
             rec = {k: text(r, k, where) for k in ("name", "kind", "req")}
-            for k in ("variant", "base"):
+            for k in ("variant", "base", "optional"):
                 if r.get(k):
                     rec[k] = text(r, k, where)
             requirements.append({k: v for k, v in rec.items() if v is not None})

@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,6 +92,7 @@ class Project:
         validate(data, "simplex-toml", str(path))
         project = cls(path, data)
         project.requirements()  # parse every requirement now: errors name their key
+        project.check_features()
         if key and checked:
             checked.remember(key)
         return project
@@ -136,14 +138,80 @@ class Project:
     def requirement_records(self) -> list[dict[str, str]]:
         """Requirements as plain records: what the lock stores to name changes."""
         records = []
+        optional = self.optional_names()
         for r in self.requirements():
             rec = {"name": r.name, "kind": r.kind, "req": str(r.req)}
             if r.variant:
                 rec["variant"] = r.variant
             if r.base:
                 rec["base"] = r.base
+            if r.name in optional:  # only then: a lock without features stays fresh
+                rec["optional"] = "true"
             records.append(rec)
         return records
+
+    # --- features (Cargo's): read from the tables directly, without the version
+    # library, because a no-op `install --frozen` chooses its set too.
+
+    def required_names(self) -> list[str]:
+        """Every name the requirement tables list, optional ones included."""
+        return [name for table in KIND_BY_TABLE for name in self.data.get(table, {})]
+
+    def optional_names(self) -> set[str]:
+        """Requirements marked ``optional = true``: installed only when a feature
+        enables them (the lock holds them all the same)."""
+        return {name for table in KIND_BY_TABLE
+                for name, spec in self.data.get(table, {}).items()
+                if isinstance(spec, dict) and spec.get("optional") is True}
+
+    @property
+    def features(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in self.data.get("features", {}).items()}
+
+    def check_features(self) -> None:
+        """Each feature lists features or optional requirements, and no feature
+        enables itself through others."""
+        features = self.features
+        optional = self.optional_names()
+        required = set(self.required_names())
+        for feature, items in features.items():
+            for item in items:
+                if item in features or item in optional:
+                    continue
+                why = ("is not optional (add `optional = true` to it)" if item in required
+                       else "is neither a feature nor a requirement")
+                raise ManifestError(str(self.path), f"feature {feature!r} enables {item!r}, "
+                                    f"which {why}", path=f"$.features.{feature}",
+                                    hint="a feature lists other features and optional "
+                                         "requirements")
+
+    def enabled_names(self, features: Sequence[str] = (), *, all_features: bool = False,
+                      default_features: bool = True) -> tuple[list[str], list[str]]:
+        """The features enabled (``features``, plus ``default`` unless
+        ``default_features`` is false, plus every feature they enable) and the
+        requirement names installed with them: every requirement that is not optional,
+        and the optional ones those features enable."""
+        table = self.features
+        unknown = [f for f in features if f not in table]
+        if unknown:
+            known = ", ".join(sorted(f for f in table if f != "default")) or "none"
+            raise InputError(f"{self.path} has no feature {unknown[0]!r}",
+                             hint=f"features: {known}")
+        todo = list(table) if all_features else list(features)
+        if default_features and not all_features:
+            todo += table.get("default", [])
+        on: set[str] = set()
+        names: set[str] = set()
+        optional = self.optional_names()
+        while todo:
+            item = todo.pop()
+            if item in table and item not in on:
+                on.add(item)
+                todo += table[item]
+            elif item in optional:
+                names.add(item)
+        chosen = [n for n in self.required_names() if n not in optional or n in names]
+        return sorted(on - {"default"}), chosen
 
     def requirements_hash(self) -> str:
         payload = {"requirements": self.requirement_records(),
@@ -234,7 +302,9 @@ def _save(project: Project, doc: Any) -> None:
     validate(data, "simplex-toml", str(project.path))
     from sxpm.store.layout import write_atomic
 
-    Project(project.path, data).requirements()
+    edited = Project(project.path, data)
+    edited.requirements()
+    edited.check_features()
     write_atomic(project.path, text.encode())
 
 

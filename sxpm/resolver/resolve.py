@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sxpm.core.artifact import Variant
+from sxpm.core.humanize import with_article
 from sxpm.core.variants import choose_variant
 from sxpm.errors import InputError, NotFoundError
 from sxpm.resolver.model import (
@@ -34,8 +35,9 @@ MAX_STEPS = 100_000
 class ResolutionImpossible(InputError):  # noqa: N818 - resolvelib's name
     """No set of versions satisfies every requirement; ``causes`` says why."""
 
-    def __init__(self, name: str, causes: list[str], hint: str) -> None:
-        super().__init__(f"No version of {name} satisfies every requirement: "
+    def __init__(self, name: str, causes: list[str], hint: str, *,
+                 message: str | None = None) -> None:
+        super().__init__(message or f"No version of {name} satisfies every requirement: "
                          + " ; ".join(causes), hint=hint)
         self.name = name
         self.causes = causes
@@ -51,6 +53,13 @@ class UnknownNameError(NotFoundError):
 
 
 Chosen = dict[str, Resolved]
+_TABLES = {"model": "models", "expert": "experts", "package": "dependencies"}
+
+
+def _cause(name: str, where: str, message: str, *, hint: str) -> ResolutionImpossible:
+    return ResolutionImpossible(name, [where], hint, message=message)
+
+
 # A constraint's path names the chain of choices that imposed it; past this length
 # the middle is elided, so a deep graph costs constant memory per constraint.
 MAX_PATH = 8
@@ -237,9 +246,54 @@ class _Solver:
             return None
         return (top.conflict - {name}) | top.blame
 
+    def _alone(self, name: str, con: Constraint) -> ResolutionImpossible | None:
+        """When ``con`` alone rules out every candidate of ``name``, the real cause (wrong
+        kind, a variant or base no version has, only yanked versions) with its fix; None
+        when the constraint can be met on its own and the conflict is between several."""
+        cands = self.candidates(name)
+        if not cands or any(self._fits(c, [con]) for c in cands):
+            return None
+        where = con.explain(name)
+        kinds = sorted({c.kind for c in cands})
+        if con.kind and con.kind not in kinds:
+            fix = (f"move {name} to the [{_TABLES[kinds[0]]}] table of simplex.toml"
+                   if len(con.path) == 1 else f"{con.path[-1]} asks for {name} as the "
+                   f"wrong kind; tell its publisher")
+            return _cause(name, where, f"{name} is {with_article(kinds[0])}, not "
+                          f"{with_article(con.kind)} ({where})", hint=fix)
+        matching = [c for c in cands if con.req.matches(c.version)
+                    and (not con.kind or c.kind == con.kind)]
+        if matching and con.variant and not any(c.variant(con.variant) for c in matching):
+            have = sorted({v.name for c in matching for v in c.variants})
+            return _cause(name, where, f"No version of {name} matching {con.req} has variant "
+                              f"{con.variant} ({where})",
+                              hint=f"variants published: {', '.join(have) or 'none'}; "
+                                   "change `variant` in simplex.toml")
+        if matching and con.base and not any(
+                c.for_base(con.base) if c.variants else any(d.name == con.base for d in c.deps)
+                for c in matching):
+            bases = sorted({v.base_model for c in matching for v in c.variants if v.base_model}
+                           | {d.name for c in matching for d in c.deps if d.kind == "model"})
+            built_for = ", ".join(bases) or "no base model"
+            return _cause(name, where, f"{name} {con.req} is an expert for {built_for}, not for "
+                              f"{con.base} ({where})",
+                              hint=f"change `base` in simplex.toml to one of: {built_for}"
+                              if bases else "choose another expert")
+        if matching and all(c.yanked for c in matching):
+            versions = ", ".join(str(c.version) for c in matching[:3])
+            return _cause(name, where, f"Every version of {name} matching {con.req} is yanked "
+                              f"({versions}) ({where})",
+                              hint="require a version that is not yanked (`sxpm add "
+                                   f"{name}` picks the newest)")
+        return None
+
     def explain(self) -> ResolutionImpossible:
         assert self.conflict is not None
         _, name, cons = self.conflict
+        for con in cons:
+            cause = self._alone(name, con)
+            if cause is not None:
+                return cause
         causes = [c.explain(name) for c in cons]
         pieces = []
         for con in cons:

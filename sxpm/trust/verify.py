@@ -146,18 +146,28 @@ def verify_sigstore_bundle(data: bytes, bundle_json: bytes,
     return result
 
 
-def _check_bundle(data: bytes, bundle_json: bytes, trusted: list[SigstoreIdentity]
-                  ) -> SigstoreIdentity | str:
+def _check_bundle(data: bytes, bundle_json: bytes, trusted: list[SigstoreIdentity], *,
+                  any_signer: bool = False) -> SigstoreIdentity | str:
+    """The identity that signed ``data`` (one of ``trusted``, or with ``any_signer``
+    whoever the certificate names), or what is wrong."""
     from sigstore.errors import Error as SigstoreBaseError
     from sigstore.errors import VerificationError
     from sigstore.models import Bundle
-    from sigstore.verify.policy import Identity
+    from sigstore.verify.policy import Identity, UnsafeNoOp
 
     try:
         bundle = Bundle.from_json(bundle_json)
     except (SigstoreBaseError, ValueError) as exc:
         return f"malformed Sigstore bundle ({exc})"
     cert = bundle.signing_certificate
+    if any_signer:
+        # No policy to hold the identity to: the chain, log and timestamps still are.
+        names, issuer = certificate_identity(cert)
+        try:
+            _verifier().verify_artifact(data, bundle, UnsafeNoOp())
+        except (SigstoreBaseError, ValueError) as exc:
+            return f"Sigstore signature by {names} does not verify: {' '.join(str(exc).split())}"
+        return SigstoreIdentity(names, issuer)
     matched = None
     for ident in trusted:
         try:
@@ -193,8 +203,10 @@ def _match(payload: Payload, expected: Payload, tag_version: str | None) -> str 
     return None
 
 
-def _evaluate(c: Candidate, expected: Payload, req: Requirement,
+def _evaluate(c: Candidate, expected: Payload, req: Requirement | None,
               tag_version: str | None) -> VerifiedSigner | str:
+    """The signer of ``c`` when it is valid for ``expected`` and ``req`` trusts it
+    (``req`` None: whoever signed), else what is wrong with it."""
     where = f"signature {c.descriptor.digest.short}"
     subject = c.manifest.subject
     if subject is None or subject.digest != expected.digest:
@@ -212,7 +224,7 @@ def _evaluate(c: Candidate, expected: Payload, req: Requirement,
             return f"{where}: unknown payload type {env.payload_type!r}"
         untrusted = []
         for sig in env.signatures:
-            if sig.keyid not in req.keys:
+            if req is not None and sig.keyid not in req.keys:
                 untrusted.append(sig.keyid)
                 continue
             if not parse_key_id(sig.keyid).verify(sig.sig, pae(env.payload_type, env.payload)):
@@ -237,7 +249,9 @@ def _evaluate(c: Candidate, expected: Payload, req: Requirement,
             payload = Payload.from_bytes(payload_bytes, where)
         except (binascii.Error, ValueError) as exc:
             return f"{where}: no readable payload ({exc})"
-        result = _check_bundle(payload_bytes, c.layer, sorted(req.identities))
+        result = _check_bundle(payload_bytes, c.layer,
+                               sorted(req.identities) if req is not None else [],
+                               any_signer=req is None)
         if isinstance(result, str):
             return f"{where} {result}" if result.startswith("signed") else f"{where}: {result}"
         problem = _match(payload, expected, tag_version)
@@ -258,3 +272,19 @@ def check_signatures(expected: Payload, requirement: Requirement,
             return result
         reasons.append(result)
     raise SignatureError(f"{artifact} ({expected})", requirement.describe(), reasons)
+
+
+def valid_signers(expected: Payload, candidates: Iterable[Candidate], *,
+                  tag_version: str | None = None) -> tuple[list[VerifiedSigner], list[str]]:
+    """Every signer whose signature is valid for ``expected``, trusted or not (for
+    ``sxpm verify REF`` with no policy: who signed, not whether to trust them), and
+    what each other candidate was wrong with."""
+    signers: list[VerifiedSigner] = []
+    reasons: list[str] = []
+    for candidate in candidates:
+        result = _evaluate(candidate, expected, None, tag_version)
+        if isinstance(result, VerifiedSigner):
+            signers.append(result)
+        else:
+            reasons.append(result)
+    return signers, reasons
