@@ -52,6 +52,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "publish": ("sxpm.cli.index", "publish", "Push an artifact and add it to the index."),
     "yank": ("sxpm.cli.index", "yank", "Mark a published version yanked (or not)."),
     "index": ("sxpm.cli.index", "index_group", "Build and verify a registry index checkout."),
+    "store": ("sxpm.cli.store", "store_group", "Serve the store read-only as an OCI registry."),
 }
 
 
