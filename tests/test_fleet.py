@@ -74,3 +74,113 @@ def test_store_serve_is_a_read_only_registry(cli, cli2, sample_dir: Path,  # noq
                                    f"docker://{host}/simplex/tiny-llama"], capture_output=True,
                                   text=True, timeout=60)
             assert tags.returncode == 0 and "1.0.0" in tags.stdout, tags.stderr
+
+
+def _project(tmp_path: Path, registry: str, name: str = "proj") -> Path:
+    proj = tmp_path / name
+    proj.mkdir()
+    (proj / "simplex.toml").write_text(f"""\
+[package]
+name = "my-agent"
+version = "0.1.0"
+
+[models]
+tiny-llama = {{ version = "~1.0", variant = "F16" }}
+
+[experts]
+sql-expert = "^2"
+
+[registries]
+default = "{registry}"
+""")
+    return proj
+
+
+def _publish(cli, sample_dir: Path, registry: str) -> None:  # noqa: ANN001
+    ref = f"{registry}/tiny-llama:1.0.0"
+    cli("pack", "model", sample_dir / "tiny-llama", "--ref", ref, "--variant", "F32")
+    cli("pack", "model", sample_dir / "tiny-llama-f16", "--ref", ref, "--variant", "F16")
+    cli("push", ref)
+    cli("pack", "expert", sample_dir / "sql-expert", "--ref", f"{registry}/sql-expert:2.1.0")
+    cli("push", f"{registry}/sql-expert:2.1.0")
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_bundle_round_trip_to_an_offline_home(cli, cli2, sample_dir: Path,  # noqa: ANN001
+                                              tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    reg = f"oci:{registry}"
+    _publish(cli, sample_dir, reg)
+    key = tmp_path / "keys" / "k.pem"
+    kid = cli("keygen", "--out", key, "--json").json["key_id"]
+    for ref in (f"{reg}/tiny-llama:1.0.0", f"{reg}/sql-expert:2.1.0"):
+        cli("sign", ref, "--key", key)
+    proj = _project(tmp_path, reg)
+    cli("install", "--manifest-path", proj / "simplex.toml")
+    bundle = tmp_path / "project.tar"
+    made = cli("bundle", "create", "--lock", proj / "simplex.lock", "-o", bundle, "--json").json
+    assert len(made["refs"]) == 4  # two artifacts and their signature indexes
+    # The registry is gone: the second home has only the bundle, and trusts the key.
+    shutil.rmtree(registry)
+    (cli2.home / "config.json").write_text(json.dumps({"trust": {"keys": [kid]}}))
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    for name in ("simplex.toml", "simplex.lock"):
+        shutil.copy(proj / name, offline / name)
+    # A home that trusts another key refuses the bundle, and keeps nothing of it.
+    from conftest import Cli
+
+    third = Cli(tmp_path / "home3", tmp_path)
+    third.home.mkdir()
+    other = third("keygen", "--out", tmp_path / "keys" / "other.pem", "--json").json["key_id"]
+    (third.home / "config.json").write_text(json.dumps({"trust": {"keys": [other]}}))
+    r = third.fail("bundle", "import", bundle, code=1)
+    assert "signature" in r.stderr.lower()
+    assert not list((third.home / "store" / "blobs" / "sha256").glob("*"))
+    cli2("bundle", "import", bundle)
+    cli2("install", "--frozen", "--offline", "--manifest-path", offline / "simplex.toml")
+    assert _tree(offline / ".simplex" / "models") == _tree(proj / ".simplex" / "models")
+    assert _tree(offline / ".simplex" / "experts") == _tree(proj / ".simplex" / "experts")
+
+
+def test_tampered_bundle_is_refused_and_nothing_enters_the_store(
+        cli, cli2, sample_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    ref = _packed(cli, sample_dir)
+    bundle = tmp_path / "b.tar"
+    cli("bundle", "create", ref, "-o", bundle)
+    if shutil.which("skopeo"):
+        out = subprocess.run(["skopeo", "inspect", "--raw", f"oci-archive:{bundle}:{ref}"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    data = bytearray(bundle.read_bytes())
+    big = data.find(b"GGUF")  # inside the model layer
+    data[big + 4096] ^= 0x01
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(data))
+    r = cli2.fail("bundle", "import", bad, code=1)
+    assert "does not match its digest" in r.stderr
+    blobs = cli2.home / "store" / "blobs" / "sha256"
+    assert not blobs.exists() or not any(blobs.iterdir())
+    assert not (cli2.home / "store" / "index.json").exists() or \
+        json.loads((cli2.home / "store" / "index.json").read_text())["manifests"] == []
+    assert not list(cli2.home.glob(".bundle-*"))
+    # A link member is refused the same way.
+    import tarfile
+
+    linked = tmp_path / "link.tar"
+    with tarfile.open(bundle) as src, tarfile.open(linked, "w") as dst:
+        for member in src.getmembers():
+            dst.addfile(member, src.extractfile(member))
+        evil = tarfile.TarInfo("blobs/sha256/" + "a" * 64)
+        evil.type, evil.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        dst.addfile(evil)
+    r = cli2.fail("bundle", "import", linked, code=1)
+    assert "link" in r.stderr
+    # The untouched bundle imports.
+    cli2("bundle", "import", bundle)
+    assert cli2("inspect", ref, "--json").json["digest"]

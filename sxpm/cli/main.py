@@ -53,6 +53,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "yank": ("sxpm.cli.index", "yank", "Mark a published version yanked (or not)."),
     "index": ("sxpm.cli.index", "index_group", "Build and verify a registry index checkout."),
     "store": ("sxpm.cli.store", "store_group", "Serve the store read-only as an OCI registry."),
+    "bundle": ("sxpm.cli.bundle", "bundle_group",
+               "Carry artifacts to a machine without network, in one tar file."),
 }
 
 
