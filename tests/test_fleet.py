@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 from fleethelp import http, store_server
 
 UPSTREAM = "registry.example.org/simplex"
@@ -184,3 +185,109 @@ def test_tampered_bundle_is_refused_and_nothing_enters_the_store(
     # The untouched bundle imports.
     cli2("bundle", "import", bundle)
     assert cli2("inspect", ref, "--json").json["digest"]
+
+
+# --- mirrors and pull-through caches ------------------------------------------------
+
+
+@pytest.fixture
+def upstream(tmp_path: Path):  # noqa: ANN201
+    """A registry of this test's own, so the test can stop it."""
+    import registry
+
+    if not registry.available():
+        pytest.skip("docker-registry is not installed")
+    server = registry.Registry.start(tmp_path / "upstream")
+    yield server
+    server.stop()
+
+
+def _locked_project(cli, sample_dir: Path, tmp_path: Path, host: str) -> Path:  # noqa: ANN001
+    reg = f"{host}/simplex"
+    _publish(cli, sample_dir, reg)
+    proj = _project(tmp_path, reg)
+    cli("lock", "--manifest-path", proj / "simplex.toml")
+    return proj
+
+
+def _copy_project(proj: Path, where: Path, mirrors: str = "") -> Path:
+    where.mkdir()
+    shutil.copy(proj / "simplex.lock", where / "simplex.lock")
+    (where / "simplex.toml").write_text((proj / "simplex.toml").read_text() + mirrors)
+    return where
+
+
+def test_mirrors_in_order_and_a_lock_installed_while_its_host_is_down(  # noqa: ANN001
+        cli, cli2, sample_dir: Path, tmp_path: Path, upstream) -> None:
+    from registry import free_port
+
+    proj = _locked_project(cli, sample_dir, tmp_path, upstream.host)
+    lock_text = (proj / "simplex.lock").read_text()
+    cli("install", "--frozen", "--manifest-path", proj / "simplex.toml")
+    dead = f"127.0.0.1:{free_port()}"
+    with store_server(cli.home, cli.env) as served:
+        # The first mirror is down, the second is the first home's store; the
+        # upstream is stopped. The lock names the upstream and is used as it is.
+        upstream.stop()
+        mirrors = f'\n[registries.mirrors]\n"{upstream.host}" = ["{dead}", "{served}"]\n'
+        other = _copy_project(proj, tmp_path / "other", mirrors)
+        cli2("install", "--locked", "--manifest-path", other / "simplex.toml")
+        assert (other / "simplex.lock").read_text() == lock_text
+        assert _tree(other / ".simplex" / "models") == _tree(proj / ".simplex" / "models")
+        # Without the mirrors the same install fails: the upstream is down.
+        bare = _copy_project(proj, tmp_path / "bare")
+        from conftest import Cli
+
+        third = Cli(tmp_path / "home3", tmp_path)
+        third.home.mkdir()
+        r = third.fail("install", "--frozen", "--manifest-path", bare / "simplex.toml")
+        assert "Cannot reach" in r.stderr
+        # The home's config.json works the same, and doctor shows who answers.
+        (third.home / "config.json").write_text(json.dumps(
+            {"mirrors": {upstream.host: [dead, served]}}))
+        third("install", "--frozen", "--manifest-path", bare / "simplex.toml")
+        report = {m["mirror"]: m["answers"] for m in third("doctor", "--json").json["mirrors"]}
+        assert report == {dead: False, served: True}
+        assert "does not answer" in third("doctor").stdout
+
+
+def test_pull_through_cache_serves_each_blob_once(cli, sample_dir: Path,  # noqa: ANN001
+                                                   tmp_path: Path, upstream) -> None:
+    import registry
+    from conftest import Cli
+    from faultproxy import FaultProxy
+
+    proj = _locked_project(cli, sample_dir, tmp_path, upstream.host)
+    counter = FaultProxy(upstream.host)  # counts what the upstream serves
+    cache = registry.Registry.start(tmp_path / "cache", proxy=f"http://{counter.host}")
+    try:
+        def fresh_install(i: int) -> Path:
+            h = Cli(tmp_path / f"lab-{i}", tmp_path)
+            h.home.mkdir()
+            (h.home / "config.json").write_text(json.dumps(
+                {"mirrors": {upstream.host: [cache.host]}}))
+            where = _copy_project(proj, tmp_path / f"proj-{i}")
+            h("install", "--frozen", "--manifest-path", where / "simplex.toml")
+            return where / ".simplex"
+
+        first = fresh_install(0)
+        after_first = counter.blob_gets()
+        for i in range(1, 8):
+            assert _tree(fresh_install(i)) == _tree(first)
+        served = counter.blob_gets()
+        lock = (proj / "simplex.lock").read_text()
+        layers = {line.split('digest = "')[1].split('"')[0]
+                  for line in lock.splitlines() if "path = " in line}
+        assert layers and layers <= set(served)
+        # The seven homes after the first cost the upstream nothing. The first miss of
+        # each blob costs it at most two GETs: distribution 2.8's proxy fetches a blob
+        # it lacks once to store it and once to stream it to the client
+        # (proxyblobstore.ServeBlob), whatever the client does.
+        assert served == after_first, (after_first, served)
+        assert all(n <= 2 for n in served.values()), served
+        # The upstream goes away: new homes still install what the cache holds.
+        upstream.stop()
+        fresh_install(8)
+    finally:
+        cache.stop()
+        counter.close()

@@ -52,7 +52,7 @@ def transport(insecure: bool, jobs: int) -> TransportOptions:
 
     from sxpm.transport import TransportOptions
 
-    tuning = {field: int(value) for name, field in _TRANSPORT_ENV.items()
+    tuning: dict[str, Any] = {field: int(value) for name, field in _TRANSPORT_ENV.items()
               if (value := os.environ.get(name, "")).isdigit() and int(value) > 0}
     options = TransportOptions(insecure=insecure, jobs=jobs, **tuning)
     # Seconds without a byte before a read gives up (and is retried, resuming).

@@ -34,12 +34,20 @@ if TYPE_CHECKING:
     from sxpm.transport import TransportOptions
 
 
-def _options(options: TransportOptions | None) -> TransportOptions:
+def _options(options: TransportOptions | None, project: Project | None = None
+             ) -> TransportOptions:
     # The transports load only when a workflow may touch a registry: a no-op
     # `install --frozen` must start without them.
     from sxpm.transport import TransportOptions
 
-    return options or TransportOptions()
+    options = options or TransportOptions()
+    if project is not None and project.mirrors:  # the project's mirrors come first
+        from dataclasses import replace
+
+        from sxpm.transport.mirrors import as_option
+
+        options = replace(options, mirrors=as_option(project.mirrors) + options.mirrors)
+    return options
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,7 @@ def lock_project(project: str | PathLike[str] | Project | None = None,
     """
     project = load_project(project)
     home = home or Home.from_env()
-    options = _options(options)
+    options = _options(options, project)
     choice = choose_provider(project, home, index=index, offline=offline, options=options)
     return resolve_and_pin(project, home, choice.provider, index_source=choice.index_source,
                            update=update, memory_budget=memory_budget(), options=options,
@@ -129,7 +137,7 @@ def install_project(project: str | PathLike[str] | Project | None = None,
     """
     project = load_project(project)
     home = home or Home.from_env()
-    options = _options(options)
+    options = _options(options, project)
     result: LockResult | None = None
     if frozen or locked:
         current = read_lock(project)
