@@ -533,10 +533,11 @@ class RemoteRepository(Repository):
                    streams: int = 1) -> None:
         # Parallel ranges win where one connection is held back (latency, limits per
         # connection); from a loopback registry nothing is, the registry shares our
-        # CPUs, and one stream is faster (docs/benchmarks.md). A range record left by
-        # an earlier ranged attempt is resumed by ranges whatever the streams.
-        # sxpm.transport.ranges plans the streams from what the first piece shows
-        # unless a fixed number is set.
+        # CPUs, and one stream is faster (docs/benchmarks.md). Which one this registry
+        # is shows in its first piece: sxpm.transport.ranges plans the streams from it
+        # (``streams`` no longer decides) unless SXPM_RANGE_STREAMS fixes them. A range
+        # record left by an earlier ranged attempt is resumed by ranges whatever the
+        # streams.
         fixed: int | None = None
         if self.options.range_streams:
             fixed = self.options.range_streams
@@ -626,8 +627,7 @@ class RemoteRepository(Repository):
                 self._fetch_range(desc, writer, sink, lane, counted, a, b, run.stop, lock,
                                   state)
 
-            run = RangedPull(missing, fetch, sink.lane, progress, fixed=fixed,
-                                    piece=piece)
+            run = RangedPull(missing, fetch, sink.lane, progress, fixed=fixed, piece=piece)
             run.run()
         if run.errors:
             first = next((e for e in run.errors if not isinstance(e, _NoRangesError)),
