@@ -45,7 +45,9 @@ class Registry:
     log: Path
 
     @classmethod
-    def start(cls, workdir: Path, *, users: dict[str, str] | None = None) -> Registry:
+    def start(cls, workdir: Path, *, users: dict[str, str] | None = None,
+              proxy: str | None = None) -> Registry:
+        """``proxy``: a pull-through cache of the registry at that ``http://`` URL."""
         workdir.mkdir(parents=True, exist_ok=True)
         root = workdir / "storage"
         root.mkdir(exist_ok=True)
@@ -65,7 +67,8 @@ class Registry:
                 "  delete:\n    enabled: true\n"
                 "  maintenance:\n    uploadpurging:\n      enabled: false\n"
                 f"http:\n  addr: 127.0.0.1:{port}\n"
-                + auth)
+                + auth
+                + (f"proxy:\n  remoteurl: {proxy}\n" if proxy else ""))
             log = workdir / "registry.log"
             with open(log, "wb") as out:
                 proc = subprocess.Popen([BINARY, "serve", str(config)], stdout=out,

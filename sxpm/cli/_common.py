@@ -55,7 +55,7 @@ def transport(insecure: bool, jobs: int) -> TransportOptions:
 
     from sxpm.transport import TransportOptions
 
-    tuning = {field: int(value) for name, field in _TRANSPORT_ENV.items()
+    tuning: dict[str, Any] = {field: int(value) for name, field in _TRANSPORT_ENV.items()
               if (value := os.environ.get(name, "")).isdigit() and int(value) > 0}
     seconds: dict[str, Any] = {}
     for name, field in _TRANSPORT_SECONDS.items():

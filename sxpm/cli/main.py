@@ -58,6 +58,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "index": ("sxpm.cli.index", "index_group", "Build and verify a registry index checkout."),
     "completion": ("sxpm.cli.complete", "completion",
                    "Print the shell completion script (bash, zsh, fish)."),
+    "store": ("sxpm.cli.store", "store_group", "Serve the store read-only as an OCI registry."),
+    "bundle": ("sxpm.cli.bundle", "bundle_group",
+               "Carry artifacts to a machine without network, in one tar file."),
 }
 
 

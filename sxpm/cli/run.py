@@ -396,8 +396,9 @@ def doctor(as_json: bool) -> None:
     from sxpm.core.humanize import human_size
 
     report = detect()
+    mirrors = _mirrors()
     if as_json:
-        emit_json(report.to_dict())
+        emit_json({**report.to_dict(), "mirrors": [m.to_dict() for m in mirrors]})
         return
     click.echo(f"backend       {report.backend}"
                f"{' (offload possible)' if report.can_offload else ''}")
@@ -422,3 +423,24 @@ def doctor(as_json: bool) -> None:
         click.echo(f"{key}={value}")
     for note in report.notes:
         click.echo(f"note: {note}")
+    for m in mirrors:
+        click.echo(f"mirror        {m.mirror} for {m.registry}: "
+                   f"{'answers' if m.answers else 'does not answer'} ({m.detail})")
+
+
+def _mirrors() -> list[Any]:
+    """The configured registry mirrors and whether each answers (home and project)."""
+    from dataclasses import replace
+
+    from sxpm.cli._common import home
+    from sxpm.errors import SxpmError
+    from sxpm.project.manifest import Project
+    from sxpm.transport import TransportOptions
+    from sxpm.transport.mirrors import as_option, check
+
+    options = TransportOptions()
+    try:
+        options = replace(options, mirrors=as_option(Project.load(None).mirrors))
+    except SxpmError:
+        pass  # not in a project: the home's mirrors only
+    return check(home(), options)

@@ -35,12 +35,21 @@ if TYPE_CHECKING:
     from sxpm.transport import TransportOptions
 
 
-def _options(options: TransportOptions | None) -> TransportOptions:
+def _options(options: TransportOptions | None, project: Project | None = None
+             ) -> TransportOptions:
     # The transports load only when a workflow may touch a registry: a no-op
     # `install --frozen` must start without them.
     from sxpm.transport import TransportOptions
 
-    return options or TransportOptions()
+    options = options or TransportOptions()
+    if project is not None and project.mirrors:  # the project's mirrors come first
+        from dataclasses import replace
+
+        from sxpm.transport.mirrors import as_option
+
+        ours = tuple(m for m in as_option(project.mirrors) if m not in options.mirrors)
+        options = replace(options, mirrors=ours + options.mirrors)  # once, however often
+    return options
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,8 @@ def command_fetcher(project: Project, home: Home, *, offline: bool = False,
     # Loaded here, not at the top: a no-op `install --frozen` never needs it.
     from sxpm.ops.fetch import Fetcher
 
-    return Fetcher.for_command(home, project, options=_options(options), offline=offline,
+    return Fetcher.for_command(home, project, options=_options(options, project),
+                               offline=offline,
                                skip_verify=insecure_skip_verify)
 
 
@@ -219,6 +229,7 @@ def install_project(project: str | PathLike[str] | Project | None = None,
     """
     project = load_project(project)
     home = home or Home.from_env()
+    options = _options(options, project)
     result: LockResult | None = None
     fetcher: Fetcher | None = None  # a frozen no-op install needs none
     if frozen or locked:

@@ -214,15 +214,27 @@ class Project:
         return sorted(on - {"default"}), chosen
 
     def requirements_hash(self) -> str:
+        # Mirrors only say where the same bytes may also come from: a lock stays the
+        # same whichever host serves them.
+        registries = {k: v for k, v in self.data.get("registries", {}).items()
+                      if k != "mirrors"}
         payload = {"requirements": self.requirement_records(),
-                   "registries": self.data.get("registries", {}),
+                   "registries": registries,
                    "features": self.data.get("features", {})}
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
     @property
     def registries(self) -> dict[str, str]:
-        return dict(self.data.get("registries", {}))
+        return {k: v for k, v in self.data.get("registries", {}).items()
+                if isinstance(v, str)}
+
+    @property
+    def mirrors(self) -> dict[str, list[str]]:
+        """``[registries.mirrors]``: registry host -> mirror hosts, tried in order."""
+        table = self.data.get("registries", {}).get("mirrors", {})
+        return {str(k): [str(m) for m in v] for k, v in table.items()
+                if isinstance(v, list)} if isinstance(table, dict) else {}
 
     @property
     def trust(self) -> dict[str, Any]:

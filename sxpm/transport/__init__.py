@@ -29,6 +29,7 @@ def open_repository(ref: Reference, options: TransportOptions | None = None) -> 
         from sxpm.transport.layout import LayoutRepository
 
         return LayoutRepository(ref)
+    from sxpm.transport.mirrors import wrap
     from sxpm.transport.remote import RemoteRepository
 
-    return RemoteRepository(ref, options)
+    return wrap(ref, RemoteRepository(ref, options), options)

@@ -41,6 +41,9 @@ class TransportOptions:
     """The size of one ranged request (the streams take pieces in order). Each request
     costs the registry and the client a few milliseconds of CPU: 64 MiB pieces pulled
     a 1 GiB blob about 15% faster than 16 MiB ones (docs/benchmarks.md)."""
+    mirrors: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Mirror hosts per registry host, tried in order before it (a project's
+    ``[registries.mirrors]``; the home's ``config.json`` ``mirrors`` are added after)."""
     range_streams: int = 0
     """Streams per large blob; 0 decides: one from a loopback registry, else the
     ``jobs`` shared among the large blobs, at most the CPUs (at least 2)."""

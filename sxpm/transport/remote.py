@@ -73,7 +73,7 @@ from sxpm.errors import (
     SizeMismatchError,
 )
 from sxpm.store.layout import CHUNK, BlobWriter, OCILayout
-from sxpm.store.sink import BUFFER, LANE_BUFFERS, Lane, Sink, receive
+from sxpm.store.sink import BUFFER, Lane, Sink, receive
 from sxpm.transport import credentials
 from sxpm.transport.base import (
     Repository,
@@ -82,6 +82,7 @@ from sxpm.transport.base import (
     update_referrers_fallback,
 )
 from sxpm.transport.credentials import Credentials
+from sxpm.transport.ranges import RangedPull
 
 if TYPE_CHECKING:
     import requests
@@ -729,16 +730,18 @@ class RemoteRepository(Repository):
                    streams: int = 1) -> None:
         # Parallel ranges win where one connection is held back (latency, limits per
         # connection); from a loopback registry nothing is, the registry shares our
-        # CPUs, and one stream is faster (docs/benchmarks.md). A range record left by
-        # an earlier ranged attempt is resumed by ranges whatever the streams.
+        # CPUs, and one stream is faster (docs/benchmarks.md). Which one this registry
+        # is shows in its first piece: sxpm.transport.ranges plans the streams from it
+        # (``streams`` no longer decides) unless SXPM_RANGE_STREAMS fixes them. A range
+        # record left by an earlier ranged attempt is resumed by ranges whatever the
+        # streams.
+        fixed: int | None = None
         if self.options.range_streams:
-            streams = self.options.range_streams
-        elif self.client.loopback:
-            streams = 1
+            fixed = self.options.range_streams
         if desc.size >= self.options.range_min_bytes and desc.size > 0 and (
-                streams > 1 or writer.ranges_path.exists()):
+                fixed is None or fixed > 1 or writer.ranges_path.exists()):
             try:
-                self._fetch_ranged(desc, writer, progress, max(1, streams))
+                self._fetch_ranged(desc, writer, progress, fixed)
                 return
             except _NoRangesError:
                 counted = writer.written
@@ -798,8 +801,9 @@ class RemoteRepository(Repository):
         time.sleep(self.client.backoff(drops - 1))
 
     def _fetch_ranged(self, desc: Descriptor, writer: BlobWriter, progress: Progress,
-                      streams: int) -> None:
-        """Fetch the missing ranges of a large blob with ``streams`` parallel requests.
+                      fixed: int | None) -> None:
+        """Fetch the missing ranges of a large blob with parallel requests, ``fixed``
+        streams or as many as :mod:`sxpm.transport.ranges` finds the link rewards.
 
         The missing ranges are cut into pieces taken in order, so the completed prefix
         grows about as fast as the bytes arrive and the writer's hashing thread keeps
@@ -808,49 +812,23 @@ class RemoteRepository(Repository):
         """
         missing = writer.open_ranges()
         progress.update(writer.written)
-        piece = max(BUFFER, self.options.range_piece_bytes // BUFFER * BUFFER)
-        if streams == 1:
-            piece = desc.size
-        pieces: collections.deque[tuple[int, int]] = collections.deque(
-            (a, min(b, a + piece)) for a, b in missing for a in range(a, b, piece))
-        if not pieces:
+        if not missing:
             return
+        piece = max(BUFFER, self.options.range_piece_bytes // BUFFER * BUFFER)
+        if fixed == 1:
+            piece = desc.size
         lock = threading.Lock()
-        stop = threading.Event()
-        errors: list[BaseException] = []
         state = {"drops": 0}
         with writer.sink() as sink:
-            def worker() -> None:
-                # More room than one stream needs: a stream ahead of the hash keeps
-                # 16 MiB in memory before its bytes wait on disk to be read back.
-                lane = sink.lane(2 * LANE_BUFFERS)
-                try:
-                    while not stop.is_set():
-                        with lock:
-                            if not pieces:
-                                return
-                            a, b = pieces.popleft()
-                        self._fetch_range(desc, writer, sink, lane, progress, a, b, stop, lock,
-                                          state)
-                except BaseException as exc:
-                    with lock:
-                        errors.append(exc)
-                    stop.set()
+            def fetch(a: int, b: int, lane: Lane, counted: Progress) -> None:
+                self._fetch_range(desc, writer, sink, lane, counted, a, b, run.stop, lock,
+                                  state)
 
-            threads = [threading.Thread(target=worker, name=f"sxpm-range-{i}", daemon=True)
-                       for i in range(min(streams, len(pieces)))]
-            for thread in threads:
-                thread.start()
-            try:
-                for thread in threads:
-                    thread.join()
-            except BaseException:  # Ctrl-C: let the streams stop at their next read
-                stop.set()
-                for thread in threads:
-                    thread.join()
-                raise
-        if errors:
-            first = next((e for e in errors if not isinstance(e, _NoRangesError)), errors[0])
+            run = RangedPull(missing, fetch, sink.lane, progress, fixed=fixed, piece=piece)
+            run.run()
+        if run.errors:
+            first = next((e for e in run.errors if not isinstance(e, _NoRangesError)),
+                         run.errors[0])
             if isinstance(first, SizeMismatchError):
                 writer.abort(keep_partial=False)
             raise first

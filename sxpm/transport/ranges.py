@@ -1,0 +1,275 @@
+"""How a large blob is cut into HTTP ranges, and how many streams fetch them.
+
+A loopback registry is fastest with one stream; a link that caps each connection (CDNs,
+object-store-backed registries) or has a long round trip is fastest with many. Which
+one a registry is shows only once bytes flow, so the plan is made from what the link
+shows, not from constants:
+
+1. The first piece (``PROBE`` bytes) comes on one stream; its time to first byte and
+   its rate are measured.
+2. The piece size follows from them: a request leaves the stream idle for about one
+   round trip, so a piece lasts ``PIECE_RTTS`` round trips at the measured rate
+   (bounded by ``MIN_PIECE`` and ``MAX_PIECE``, and small enough that every stream
+   gets work).
+3. Then ``MAX_STREAMS`` streams run for one measuring window. If the aggregate rate
+   grew by at least half of what they would bring at the probe's per-stream rate,
+   the link rewards streams (a cap per connection, a long round trip) and they all
+   stay; otherwise the streams come down to what the link showed it carries,
+   aggregate rate over per-stream rate (one, for a full link or busy CPUs), each
+   extra stream leaving after its current piece.
+
+Streams are shared by the whole process (``MAX_STREAMS`` in all), so eight large
+layers pulled together take about as many connections as one large blob. Each stream
+keeps at most two lanes of buffers in memory (16 MiB), one lane past the fourth.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sxpm.core.progress import Progress
+from sxpm.store.sink import BUFFER, LANE_BUFFERS, Lane
+
+PROBE = 8 * 1024 * 1024
+"""Bytes of the first piece, measured to plan the rest."""
+MIN_PIECE = 4 * 1024 * 1024
+MAX_PIECE = 64 * 1024 * 1024
+PIECE_RTTS = 40
+"""A piece lasts this many round trips, so request gaps cost about 2.5% of a stream."""
+MAX_STREAMS = 16
+"""Parallel ranged streams in the whole process (aria2c's -x16 default ceiling)."""
+GROWTH = 0.5
+"""A ramp step is kept when the aggregate rate grows by this share of the ideal."""
+FAST_STREAM = 512 * 1024 * 1024
+"""A probe this fast (bytes/s) shows nothing holds one stream back (a loopback or LAN
+registry): the CPUs are the limit, and more streams would only contend for them
+(docs/benchmarks.md: two streams from loopback cost 18% on two cores)."""
+NEAR_RTT = 0.005
+NEAR_STREAM = 64 * 1024 * 1024
+"""A first byte in under 5 ms and a stream over 64 MiB/s: a registry next door
+(loopback, a LAN) on a machine busy enough to slow the probe below ``FAST_STREAM``;
+there is no round trip for streams to hide, so one stream too. Both are needed: the
+first-byte time comes from buffer-sized progress steps and is only an estimate."""
+
+_budget = threading.BoundedSemaphore(MAX_STREAMS)
+
+Fetch = Callable[[int, int, Lane, Progress], None]
+"""Fetch ``[a, b)`` into the sink through ``lane``, counting bytes on the progress."""
+
+
+@dataclass(frozen=True)
+class LinkSample:
+    """What one stream showed: seconds to the first byte, then bytes per second."""
+
+    ttfb_s: float
+    rate: float
+
+
+def piece_size(sample: LinkSample, remaining: int, max_streams: int) -> int:
+    """Bytes per ranged request for the rest of a blob, from what the probe showed."""
+    wanted = sample.rate * max(PIECE_RTTS * sample.ttfb_s, 0.25)
+    piece = int(min(MAX_PIECE, max(MIN_PIECE, wanted)))
+    piece = min(piece, max(MIN_PIECE, remaining // max(1, 2 * max_streams)))
+    return max(BUFFER, piece // BUFFER * BUFFER)
+
+
+def keep_growing(before: float, after: float, streams_before: int, streams_after: int) -> bool:
+    """Whether the step from ``streams_before`` to ``streams_after`` paid off."""
+    if before <= 0:
+        return after > 0
+    ideal = before / streams_before * (streams_after - streams_before)
+    return after - before >= GROWTH * ideal
+
+
+class _Counter:
+    """The caller's progress, with the bytes and first-byte time seen on the way."""
+
+    def __init__(self, inner: Progress) -> None:
+        self.inner = inner
+        self.bytes = 0
+        self.first: float | None = None
+        self.first_bytes = 0
+        self._lock = threading.Lock()
+
+    def update(self, n: int) -> None:
+        with self._lock:
+            if self.first is None and n > 0:
+                self.first = time.monotonic()
+                self.first_bytes = n
+            self.bytes += n
+        self.inner.update(n)
+
+    def close(self) -> None:
+        pass
+
+
+def _merge(pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in pieces:
+        if out and out[-1][1] == a:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
+
+def _cut(missing: list[tuple[int, int]], piece: int) -> collections.deque[tuple[int, int]]:
+    return collections.deque((a, min(b, a + piece)) for lo, b in missing
+                             for a in range(lo, b, piece))
+
+
+class RangedPull:
+    """Runs the streams of one blob; ``fixed`` streams and ``piece`` bytes, or adaptive."""
+
+    def __init__(self, missing: list[tuple[int, int]], fetch: Fetch,
+                 new_lane: Callable[[int], Lane], progress: Progress, *,
+                 fixed: int | None, piece: int, max_streams: int = MAX_STREAMS) -> None:
+        self.missing = missing
+        self.fetch = fetch
+        self.new_lane = new_lane
+        self.counter = _Counter(progress)
+        self.fixed = fixed
+        self.piece = piece
+        self.max_streams = max(1, min(max_streams, MAX_STREAMS))
+        self.pieces: collections.deque[tuple[int, int]] = collections.deque()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.threads: list[threading.Thread] = []
+        self.sample: LinkSample | None = None
+        self.cap = self.max_streams
+        """Streams allowed to take another piece; lowered when more did not pay."""
+        self.plan: list[tuple[int, float]] = []
+        """(streams, aggregate bytes/s) at each ramp step, for benchmarks and tests."""
+
+    # --- streams -----------------------------------------------------------------
+    def _worker(self, index: int, lane_buffers: int, held: bool) -> None:
+        try:
+            lane = self.new_lane(lane_buffers)
+            while not self.stop.is_set():
+                with self.lock:
+                    if not self.pieces or index >= self.cap:
+                        return
+                    a, b = self.pieces.popleft()
+                self.fetch(a, b, lane, self.counter)
+        except BaseException as exc:
+            with self.lock:
+                self.errors.append(exc)
+            self.stop.set()
+        finally:
+            if held:
+                _budget.release()
+
+    def _start(self, count: int) -> int:
+        started = 0
+        for _ in range(count):
+            held = _budget.acquire(blocking=False)
+            if not held and self.threads:
+                break  # the process's streams are all in use; the first always runs
+            n = len(self.threads)
+            buffers = 2 * LANE_BUFFERS if n < 4 else LANE_BUFFERS
+            thread = threading.Thread(target=self._worker, args=(n, buffers, held),
+                                      name=f"sxpm-range-{n}", daemon=True)
+            self.threads.append(thread)
+            thread.start()
+            started += 1
+        return started
+
+    def _alive(self) -> bool:
+        return any(t.is_alive() for t in self.threads)
+
+    def _wait(self, seconds: float | None) -> None:
+        """Join the streams for up to ``seconds``; on Ctrl-C stop them and re-raise."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        try:
+            for thread in list(self.threads):
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                thread.join(left)
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+        except BaseException:
+            self.stop.set()
+            for thread in self.threads:
+                thread.join()
+            raise
+
+    # --- plan ----------------------------------------------------------------------
+    def run(self) -> None:
+        if self.fixed is not None:
+            self.pieces = _cut(self.missing, self.piece)
+            self._start(min(self.fixed, len(self.pieces)))
+            self._wait(None)
+            return
+        self._probe()
+        if self.stop.is_set() or not self.pieces:
+            self._wait(None)
+            return
+        assert self.sample is not None
+        if self.sample.rate >= FAST_STREAM or (self.sample.ttfb_s < NEAR_RTT
+                                               and self.sample.rate >= NEAR_STREAM):
+            with self.lock:  # the rest as one request on one stream
+                rest = sorted(self.pieces)
+                self.pieces = _cut(_merge(rest), max(b for _, b in rest))
+            self._start(1)
+            self._wait(None)
+            return
+        self._ramp()
+        self._wait(None)
+
+    def _probe(self) -> None:
+        a, b = self.missing[0]
+        probe_end = min(b, a + PROBE)
+        self.pieces = collections.deque([(a, probe_end)])
+        rest = [(probe_end, b), *self.missing[1:]] if probe_end < b else self.missing[1:]
+        started = time.monotonic()
+        self._start(1)
+        self._wait(None)
+        if self.stop.is_set():
+            return
+        ended = time.monotonic()
+        first = self.counter.first or ended
+        got = probe_end - a
+        # The first update comes a buffer after the first byte: the rate is what came
+        # after it, and that buffer's time is taken back out of the first-byte time.
+        after = got - self.counter.first_bytes
+        rate = after / (ended - first) if after > 0 and ended > first else \
+            got / max(ended - started, 1e-6)
+        ttfb = max(0.0, first - started - self.counter.first_bytes / rate)
+        self.sample = LinkSample(ttfb, rate)
+        self.plan.append((1, rate))
+        remaining = sum(y - x for x, y in rest)
+        self.piece = piece_size(self.sample, remaining, self.max_streams)
+        with self.lock:
+            self.pieces = _cut(rest, self.piece)
+        self.threads = [t for t in self.threads if t.is_alive()]
+
+    def _ramp(self) -> None:
+        assert self.sample is not None
+        # A window holds several buffers of every stream (progress moves a buffer at a
+        # time), measured once the new streams are past their first request.
+        per_buffer = BUFFER / max(self.sample.rate, 1.0)
+        window = max(0.25, 4 * self.sample.ttfb_s, 4 * per_buffer)
+        settle = 2 * self.sample.ttfb_s + per_buffer
+        with self.lock:
+            wanted = min(self.max_streams, len(self.pieces))
+        self._start(wanted)
+        self._wait(settle)
+        if not self._alive() or self.stop.is_set():
+            return
+        mark, t0 = self.counter.bytes, time.monotonic()
+        self._wait(window)
+        if not self._alive() or self.stop.is_set():
+            return
+        rate = (self.counter.bytes - mark) / max(time.monotonic() - t0, 1e-6)
+        streams = sum(1 for t in self.threads if t.is_alive())
+        self.plan.append((streams, rate))
+        if not keep_growing(self.sample.rate, rate, 1, streams):
+            # What the link carries, in streams of the probe's rate.
+            keep = max(1, min(streams, round(rate / max(self.sample.rate, 1.0))))
+            with self.lock:
+                self.cap = keep
+            self.plan.append((keep, rate))

@@ -1,0 +1,119 @@
+"""The ranged-pull planner (sxpm/transport/ranges.py): piece size and stream count come
+from what the first piece shows, on links simulated by real threads that sleep as a
+capped connection would."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sxpm.transport import ranges
+from sxpm.transport.ranges import LinkSample, RangedPull, keep_growing, piece_size
+
+MiB = 1024 * 1024
+
+
+class Link:
+    """``per_stream`` bytes/s per connection, ``total`` bytes/s shared, ``ttfb`` per request."""
+
+    def __init__(self, per_stream: float, total: float, ttfb: float) -> None:
+        self.per_stream, self.total, self.ttfb = per_stream, total, ttfb
+        self.active = 0
+        self.peak = 0
+        self.lock = threading.Lock()
+        self.got: list[tuple[int, int]] = []
+
+    def fetch(self, a: int, b: int, lane: object, progress: ranges.Progress) -> None:
+        time.sleep(self.ttfb)
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            pos = a
+            while pos < b:
+                n = min(2 * MiB, b - pos)
+                with self.lock:
+                    rate = min(self.per_stream, self.total / self.active)
+                time.sleep(n / rate)
+                progress.update(n)
+                pos += n
+        finally:
+            with self.lock:
+                self.active -= 1
+                self.got.append((a, b))
+
+
+class Count:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def update(self, n: int) -> None:
+        self.n += n
+
+    def close(self) -> None:
+        pass
+
+
+def _pull(link: Link, size: int) -> RangedPull:
+    progress = Count()
+    run = RangedPull([(0, size)], link.fetch, lambda buffers: None, progress,  # type: ignore[arg-type,return-value]
+                     fixed=None, piece=64 * MiB)
+    run.run()
+    assert not run.errors
+    assert progress.n == size
+    covered = sorted(link.got)
+    assert covered[0][0] == 0 and covered[-1][1] == size
+    assert all(x[1] == y[0] for x, y in zip(covered, covered[1:], strict=False))
+    return run
+
+
+def test_a_capped_link_ramps_up_to_many_streams() -> None:
+    # 40 MiB/s per connection, 1 GiB/s in all, 20 ms a request: more streams pay.
+    link = Link(40 * MiB, 1024 * MiB, 0.02)
+    run = _pull(link, 512 * MiB)
+    assert link.peak >= 8, run.plan
+    assert run.sample is not None and 0.005 < run.sample.ttfb_s < 0.1
+    assert run.piece < 64 * MiB  # enough pieces for every stream
+
+
+def test_a_full_link_stops_the_ramp() -> None:
+    # The link carries 40 MiB/s whatever the streams: doubling once shows it.
+    link = Link(40 * MiB, 40 * MiB, 0.02)
+    run = _pull(link, 192 * MiB)
+    assert run.plan[-1][0] == 1, run.plan
+    assert run.cap == 1
+
+
+def test_a_shared_link_keeps_what_it_carries() -> None:
+    # 20 MiB/s per connection, 100 MiB/s in all: about five streams.
+    link = Link(20 * MiB, 100 * MiB, 0.02)
+    run = _pull(link, 256 * MiB)
+    assert 4 <= run.cap <= 6, run.plan
+
+
+def test_a_fast_stream_stays_alone() -> None:
+    link = Link(4096 * MiB, 4096 * MiB, 0.0)
+    _pull(link, 256 * MiB)
+    assert link.peak == 1
+
+
+def test_piece_size_follows_round_trip_and_rate() -> None:
+    far = piece_size(LinkSample(0.08, 20 * MiB), 1024 * MiB, 16)
+    near = piece_size(LinkSample(0.001, 20 * MiB), 1024 * MiB, 16)
+    assert far > near
+    assert ranges.MIN_PIECE <= near <= far <= ranges.MAX_PIECE
+    # Never so large that the streams run out of pieces.
+    assert piece_size(LinkSample(0.2, 100 * MiB), 64 * MiB, 16) == ranges.MIN_PIECE
+
+
+def test_keep_growing() -> None:
+    assert keep_growing(10.0, 19.0, 1, 2)
+    assert not keep_growing(10.0, 12.0, 1, 2)
+    assert keep_growing(20.0, 35.0, 2, 4)
+
+
+def test_a_near_registry_keeps_one_stream_even_when_slow() -> None:
+    # No round trip to hide (a loopback registry on a busy machine): one stream.
+    link = Link(100 * MiB, 100 * MiB, 0.0)
+    _pull(link, 128 * MiB)
+    assert link.peak == 1
