@@ -41,3 +41,8 @@ def normalize_name(name: str) -> str:
 
 def same_name(a: str, b: str) -> bool:
     return normalize_name(a) == normalize_name(b)
+
+
+# The install record's file name, reserved in every artifact (a layer may not be
+# titled so). Here, light, because `sxpm run NAME` reads records without tarfile.
+INSTALL_RECORD = ".sxpm-install.json"

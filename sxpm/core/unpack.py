@@ -19,10 +19,10 @@ import unicodedata
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from sxpm.core.names import INSTALL_RECORD
 from sxpm.errors import ArtifactInputError
 
 # Written by sxpm into every installed tree; no artifact file may take its name.
-INSTALL_RECORD = ".sxpm-install.json"
 
 _HOSTILE = "the artifact is malformed or hostile; do not install it"
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sxpm.core.unpack import INSTALL_RECORD
+from sxpm.core.names import INSTALL_RECORD
 from sxpm.home import KINDS
 
 __all__ = ["INSTALL_RECORD", "Installed", "find_installed", "install_dir", "list_installed"]

@@ -22,8 +22,9 @@ from typing import Any
 
 from sxpm.artifacts.describe import ArtifactInfo
 from sxpm.core import oci
+from sxpm.core.names import INSTALL_RECORD
 from sxpm.core.oci import Descriptor
-from sxpm.core.unpack import INSTALL_RECORD, PathSet, extract_tar, safe_relpath
+from sxpm.core.unpack import PathSet, extract_tar, safe_relpath
 from sxpm.errors import ArtifactInputError, NotFoundError
 from sxpm.home import KINDS
 from sxpm.installed.records import Installed, find_installed, install_dir
