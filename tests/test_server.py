@@ -65,10 +65,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(cli: Any, *args: str) -> Iterator[str]:
+def serving(cli: Any, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "sxpm", "serve", *args, "--port", str(port),
-                             "--threads", "2"], cwd=cli.cwd, env=cli.env,
+                             "--threads", "2"], cwd=cli.cwd, env={**cli.env, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -322,6 +322,86 @@ def test_residency_manager_queue_is_fifo_and_capped() -> None:
     with capped.lease(other):
         assert [m["name"] for m in capped.loaded()] == ["n@1"]
     assert ("evicted", "m@1") in capped.events
+
+
+def unloadable_model(path: Path, name: str) -> Path:
+    """A GGUF whose header reads well but that llama.cpp refuses (unknown architecture)."""
+    import gguf
+    import numpy as np
+
+    path.mkdir(parents=True)
+    w = gguf.GGUFWriter(path / "model.gguf", "nope")
+    w.add_name(name)
+    w.add_block_count(1)
+    w.add_context_length(128)
+    w.add_embedding_length(32)
+    w.add_tensor("token_embd.weight", np.zeros((8, 32), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_fallback_to_an_upstream_server(cli: Any, cli2: Any, ready: Home, registry_dir: Path,
+                                        tmp_path: Path) -> None:
+    """A second `sxpm serve` (the home with the models) answers what the first one (a home
+    without them, or with a model that cannot load) cannot, with the upstream's key."""
+    openai = pytest.importorskip("openai")
+    ollama = pytest.importorskip("ollama")
+    from sxpm.artifacts.pack import pack
+    from sxpm.ops.install import install
+
+    h2 = Home(Path(cli2.env["SIMPLEX_HOME"]))
+    ref = h2.parse_ref(f"oci:{registry_dir}/chat-llama:9.0.0")
+    pack(h2, "model", unloadable_model(tmp_path / "broken", "chat-llama"), ref)
+    install(h2, ref)  # chat-llama here cannot load; tiny-llama is not installed at all
+    log = tmp_path / "fallback.jsonl"
+    msg = [{"role": "user", "content": "hi"}]
+    opts = {"num_predict": 8, "temperature": 0}
+    with serving(cli, "--api-key", "up-key") as up:
+        upstream = f"{up}/v1"
+        direct = openai.OpenAI(base_url=upstream, api_key="up-key")
+        want_chat = direct.chat.completions.create(model="chat-llama", messages=msg,
+                                                   **GREEDY).choices[0].message.content
+        want_text = direct.completions.create(model="tiny-llama", prompt="list users",
+                                              **GREEDY).choices[0].text
+        h2.save_config({"runner": {"fallback": upstream, "fallback_key_env": "UP_KEY"}})
+        with serving(cli2, "--log", str(log), env={"UP_KEY": "up-key"}) as base:
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused")
+            raw = client.chat.completions.with_raw_response.create(
+                model="chat-llama", messages=msg, **GREEDY)
+            assert raw.headers["X-Sxpm-Fallback"] == upstream
+            assert raw.parse().choices[0].message.content == want_chat
+            streamed = client.chat.completions.create(model="chat-llama", messages=msg,
+                                                      stream=True, **GREEDY)
+            assert "".join(c.choices[0].delta.content or "" for c in streamed) == want_chat
+            raw = client.completions.with_raw_response.create(
+                model="tiny-llama", prompt="list users", stream=True, **GREEDY)
+            assert raw.headers["X-Sxpm-Fallback"] == upstream
+            assert "".join(c.choices[0].text for c in raw.parse()) == want_text
+
+            oc = ollama.Client(host=base)
+            gen = oc.generate(model="tiny-llama", prompt="list users", raw=True, stream=False,
+                              options=opts)
+            assert gen.response == want_text and gen.eval_count == 8
+            pieces = [p.message.content for p in oc.chat(model="chat-llama", messages=msg,
+                                                         stream=True, options=opts)]
+            assert "".join(pieces) == want_chat
+
+            r = post(base, "/v1/chat/completions", {"model": "ghost", "messages": msg})
+            assert r.status_code == 404, r.text
+            text = r.json()["error"]["message"]
+            assert "ghost" in text and f"fallback {upstream} answered 404" in text
+            r = post(base, "/api/generate", {"model": "tiny-llama", "prompt": "x",
+                                             "options": {"num_predict": "many"}})
+            assert r.status_code == 400  # bad input is answered here, never forwarded
+    lines = log_lines(log)
+    assert [x["fallback"] for x in lines[:5]] == [upstream] * 5
+    assert [x["status"] for x in lines[:5]] == [200] * 5
+    assert lines[0]["model"] == "chat-llama" and lines[0]["completion_tokens"] == 8
+    assert lines[5]["fallback"] == upstream and lines[5]["status"] == 404
+    assert lines[6]["fallback"] is None and lines[6]["status"] == 400
 
 
 def test_help_example_of_serve_sends_json() -> None:

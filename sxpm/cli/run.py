@@ -273,7 +273,8 @@ def serve(models: tuple[str, ...], expert: str | None, variant: str | None,
     one (NAME, NAME@VERSION, NAME+EXPERT). Models load on first use and stay loaded
     for --keep-alive. Routes: /v1/models, /v1/chat/completions, /v1/completions,
     /v1/embeddings; /api/generate, /api/chat, /api/embed, /api/tags, /api/ps,
-    /api/show, /api/version; /health, /metrics.
+    /api/show, /api/version; /health, /metrics. A model not served here, or that cannot
+    load, is answered by the `[runner] fallback` upstream when one is configured.
 
     \b
     Example:
@@ -284,7 +285,9 @@ def serve(models: tuple[str, ...], expert: str | None, variant: str | None,
     from pathlib import Path
 
     from sxpm.home import Home
+    from sxpm.project.manifest import Project
     from sxpm.runner.catalog import Catalog
+    from sxpm.runner.fallback import fallback_config
     from sxpm.runner.residency import ResidencyManager
     from sxpm.runner.server import Server, check_port, parse_keep_alive
     from sxpm.runner.session import auto_install_from_env, memory_budget
@@ -294,23 +297,27 @@ def serve(models: tuple[str, ...], expert: str | None, variant: str | None,
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--keep-alive") from None
     check_port(host, port)  # before loading anything: a busy port fails in a moment
+    home = Home.from_env()
+    fallback = fallback_config(home, Project.nearest())
     if install or auto_install_from_env():
         for model in models:  # install what is missing first, as `sxpm run --install` does
             _open_session(model, expert, variant, n_ctx, n_threads, n_gpu_layers, True, seed)
     manager = ResidencyManager(keep_alive=300.0 if keep is None else keep,
                                max_loaded=max_loaded, max_queue=max_queue,
                                memory_budget=memory_budget())
-    catalog = Catalog(Home.from_env(), manager, models, expert, n_ctx=n_ctx,
+    catalog = Catalog(home, manager, models, expert, n_ctx=n_ctx,
                       n_threads=n_threads, n_gpu_layers=n_gpu_layers, seed=seed,
                       variant=variant)
     served = ", ".join(e["id"] for e in catalog.entries()) or "no installed model yet"
     click.echo(f"serving {served} on http://{host}:{port} (/v1 and /api)", err=True)
+    if fallback is not None:
+        click.echo(f"models not served here go to {fallback.url}", err=True)
     try:
         from sxpm.runner.api import serve as run_server  # fastapi: only when serving
     except ImportError as exc:
         raise MissingExtraError(exc.name or "fastapi", "run") from exc
     run_server(Server(catalog, manager, log=Path(log_path) if log_path else None,
-                      api_key=api_key), host, port)
+                      api_key=api_key, fallback=fallback), host, port)
 
 
 def _server_call(host: str, port: int, method: str, path: str,

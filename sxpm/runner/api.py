@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from sxpm._version import __version__
 from sxpm.errors import InputError, MissingExtraError
 from sxpm.runner.catalog import capabilities
+from sxpm.runner.fallback import falls_back
 from sxpm.runner.server import (
     DEFAULT_MAX_TOKENS,
     NS,
@@ -126,15 +127,161 @@ def build_app(server: Server) -> Any:
         return "".join(parts)
 
     async def begin(request: Request, endpoint: str, api: str,
-                    make: Callable[[Job, dict[str, Any]], Generation | None]
+                    make: Callable[[Job, dict[str, Any]], Generation | None], *, chat: bool
                     ) -> tuple[Job, dict[str, Any], Any] | Any:
         job = Job(endpoint)
+        body: dict[str, Any] | None = None
         try:
             body = await read_json(request)
             generation = await run_in_threadpool(make, job, body)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an API error
+            if (body is not None and server.fallback is not None
+                    and falls_back(exc, api_error(exc).kind)):
+                return await forward(job, body, api, chat, exc)
             return error_response(exc, api, job)
         return job, body, generation
+
+    # --- the upstream answers what this server cannot ----------------------------
+
+    def upstream_request(body: dict[str, Any], api: str, chat: bool
+                         ) -> tuple[str, dict[str, Any], bool]:
+        """The upstream's path and body for a request, and whether it streams."""
+        if api == "openai":
+            payload = {k: v for k, v in body.items() if k != "keep_alive"}
+            return ("/chat/completions" if chat else "/completions"), payload, bool(
+                body.get("stream"))
+        # Ollama's options in OpenAI's words; top_k has none in OpenAI's API.
+        options = body.get("options") or {}
+        if not isinstance(options, dict):
+            raise InputError("'options' must be an object")
+        sampling = {k: v for k, v in _sampling(options).items() if k != "top_k"}
+        stream = bool(body.get("stream", True))
+        payload = {"model": body.get("model"), "stream": stream,
+                   "max_tokens": _int(options, "num_predict", DEFAULT_MAX_TOKENS), **sampling}
+        if chat:
+            payload["messages"] = _messages(body)
+        elif body.get("raw"):
+            payload["prompt"] = body.get("prompt")
+            return "/completions", payload, stream
+        else:  # Ollama applies the model's template to a prompt: a one-turn chat
+            system = body.get("system")
+            payload["messages"] = ([{"role": "system", "content": system}] if system else []
+                                   ) + [{"role": "user", "content": body.get("prompt")}]
+        return "/chat/completions", payload, stream
+
+    def piece_text(choice: dict[str, Any]) -> str:
+        """A choice's text, whether a chat message, a chat delta or a completion."""
+        part = choice.get("delta") or choice.get("message") or {}
+        text = part.get("content") if isinstance(part, dict) else None
+        return str(text if text is not None else choice.get("text") or "")
+
+    def upstream_detail(resp: Any) -> str:
+        try:
+            data = resp.json()
+            error = data.get("error") if isinstance(data, dict) else None
+            text = error.get("message") if isinstance(error, dict) else error
+            return " ".join(str(text or data).split())[:300]
+        except ValueError:
+            return " ".join(resp.text.split())[:300] or resp.reason
+        finally:
+            resp.close()
+
+    async def forward(job: Job, body: dict[str, Any], api: str, chat: bool,
+                      local: BaseException) -> Any:
+        """The upstream's answer, marked as such (``X-Sxpm-Fallback``, the log's
+        ``fallback``); the local error and the upstream's reason when it has none."""
+        upstream = server.fallback
+        assert upstream is not None
+        reason = api_error(local).message
+        if api == "ollama" and not (body.get("messages") if chat else body.get("prompt")):
+            return error_response(local, api, job)  # a load or an unload: nothing to answer
+        model = body.get("model")
+        # The name the upstream answered for, not a local model that failed to load.
+        job.model = model if isinstance(model, str) else None
+        job.expert = None
+        job.fallback = upstream.url
+        try:
+            path, payload, stream = upstream_request(body, api, chat)
+            resp = await run_in_threadpool(
+                lambda: upstream.post(path, payload, stream=stream))
+        except InputError as exc:
+            return error_response(exc, api, job)
+        except Exception as exc:  # noqa: BLE001 - network failures: one line, no traceback
+            return error_response(ApiError(
+                503, f"{reason}; the fallback {upstream.url} is unreachable "
+                f"({type(exc).__name__})", "fallback_unavailable", {"Retry-After": "5"}),
+                api, job)
+        if resp.status_code != 200:
+            detail = await run_in_threadpool(upstream_detail, resp)
+            # The upstream's key or health is this server's problem, not the client's.
+            status = resp.status_code if resp.status_code in (400, 404, 409, 413) else 503
+            return error_response(ApiError(
+                status, f"{reason}; the fallback {upstream.url} answered "
+                f"{resp.status_code}: {detail}", "fallback_error"), api, job)
+        headers = {"X-Sxpm-Fallback": upstream.url, "X-Request-Id": job.id}
+        name = job.model or ""
+        if not stream:
+            try:
+                data = await run_in_threadpool(resp.json)
+            except ValueError:
+                return error_response(ApiError(503, f"{reason}; the fallback {upstream.url} "
+                                               "answered no JSON", "fallback_error"), api, job)
+            finally:
+                resp.close()
+            usage = data.get("usage") or {}
+            choice = (data.get("choices") or [{}])[0]
+            job.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            job.completion_tokens = int(usage.get("completion_tokens") or 0)
+            job.finish_reason = choice.get("finish_reason")
+            server.finished(job)
+            if api == "openai":
+                return JSONResponse(data, headers=headers)
+            return JSONResponse(ollama_final(job, name, chat, piece_text(choice)),
+                                headers=headers)
+
+        lines = resp.iter_lines()
+
+        async def relay() -> AsyncIterator[str]:
+            t_first = 0.0
+            try:
+                while True:
+                    raw = await run_in_threadpool(next, lines, None)
+                    if raw is None:
+                        break
+                    line = raw.decode("utf-8", "replace")
+                    event: Any = None
+                    if line.startswith("data:") and line[5:].strip() != "[DONE]":
+                        try:
+                            event = json.loads(line[5:])
+                        except ValueError:
+                            event = None
+                    choice = (event.get("choices") or [{}])[0] if isinstance(
+                        event, dict) else {}
+                    text = piece_text(choice)
+                    if choice.get("finish_reason"):
+                        job.finish_reason = choice["finish_reason"]
+                    elif text:
+                        job.completion_tokens += 1
+                        if job.first_token is None:
+                            job.first_token, t_first = job.total, time.monotonic()
+                        else:
+                            job.generating = time.monotonic() - t_first
+                    if api == "openai":
+                        yield line + "\n"
+                    elif text:
+                        yield json.dumps(ollama_piece(name, chat, text)) + "\n"
+                if api == "ollama":
+                    yield json.dumps(ollama_final(job, name, chat, "")) + "\n"
+            except BaseException:
+                job.outcome = "cancelled"
+                raise
+            finally:
+                resp.close()
+                server.finished(job)
+
+        return StreamingResponse(relay(), headers={**headers, "Cache-Control": "no-cache"},
+                                 media_type="text/event-stream" if api == "openai"
+                                 else "application/x-ndjson")
 
     # --- OpenAI --------------------------------------------------------------------
 
@@ -159,7 +306,7 @@ def build_app(server: Server) -> Any:
             return server.start(job, body, chat=False, prompt=prompt, raw=True,
                                 **openai_params(body))
 
-        started = await begin(request, endpoint, "openai", make)
+        started = await begin(request, endpoint, "openai", make, chat=chat)
         if not isinstance(started, tuple):
             return started
         job, body, generation = started
@@ -267,6 +414,25 @@ def build_app(server: Server) -> Any:
     def now_iso() -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
+    def ollama_piece(name: str, chat: bool, text: str) -> dict[str, Any]:
+        obj: dict[str, Any] = {"model": name, "created_at": now_iso(), "done": False}
+        if chat:
+            obj["message"] = {"role": "assistant", "content": text}
+        else:
+            obj["response"] = text
+        return obj
+
+    def ollama_final(job: Job, name: str, chat: bool, text: str) -> dict[str, Any]:
+        obj = ollama_piece(name, chat, text)
+        obj.update({"done": True, "done_reason": job.finish_reason or "stop",
+                    "total_duration": int(job.total * NS),
+                    "load_duration": int(job.load_seconds * NS),
+                    "prompt_eval_count": job.prompt_tokens,
+                    "prompt_eval_duration": int((job.first_token or 0) * NS),
+                    "eval_count": job.completion_tokens,
+                    "eval_duration": int(job.generating * NS)})
+        return obj
+
     async def ollama_generate(request: Request, chat: bool) -> Any:
         endpoint = "/api/chat" if chat else "/api/generate"
         unloaded: list[str] = []
@@ -288,7 +454,7 @@ def build_app(server: Server) -> Any:
             return server.start(job, body, chat=False, prompt=prompt,
                                 raw=bool(body.get("raw")), **params)
 
-        started = await begin(request, endpoint, "ollama", make)
+        started = await begin(request, endpoint, "ollama", make, chat=chat)
         if not isinstance(started, tuple):
             return started
         job, body, generation = started
@@ -301,34 +467,16 @@ def build_app(server: Server) -> Any:
                 if chat else ""
             return done
 
-        def piece_obj(text: str) -> dict[str, Any]:
-            obj: dict[str, Any] = {"model": name, "created_at": now_iso(), "done": False}
-            if chat:
-                obj["message"] = {"role": "assistant", "content": text}
-            else:
-                obj["response"] = text
-            return obj
-
-        def final(text: str) -> dict[str, Any]:
-            obj = piece_obj(text)
-            obj.update({"done": True, "done_reason": job.finish_reason or "stop",
-                        "total_duration": int(job.total * NS),
-                        "load_duration": int(job.load_seconds * NS),
-                        "prompt_eval_count": job.prompt_tokens,
-                        "prompt_eval_duration": int((job.first_token or 0) * NS),
-                        "eval_count": job.completion_tokens,
-                        "eval_duration": int(job.generating * NS)})
-            return obj
-
         if body.get("stream", True):
             async def lines() -> AsyncIterator[str]:
                 async for piece in generation.pieces():
-                    yield json.dumps(piece_obj(piece)) + "\n"
-                yield json.dumps(final("")) + "\n"
+                    yield json.dumps(ollama_piece(name, chat, piece)) + "\n"
+                yield json.dumps(ollama_final(job, name, chat, "")) + "\n"
 
             return GenerationStream(lines(), generation, "application/x-ndjson")
         text = await collect(request, generation)
-        return JSONResponse(final(text), headers={"X-Request-Id": job.id})
+        return JSONResponse(ollama_final(job, name, chat, text),
+                            headers={"X-Request-Id": job.id})
 
     @app.post("/api/generate")
     async def api_generate(request: Request) -> Any:

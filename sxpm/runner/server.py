@@ -43,6 +43,7 @@ from sxpm.errors import (
 )
 from sxpm.runner.catalog import Catalog, Target, is_embedding, model_id
 from sxpm.runner.chat import text_of
+from sxpm.runner.fallback import Upstream
 from sxpm.runner.residency import ResidencyManager
 
 DEFAULT_MAX_TOKENS = 128
@@ -143,6 +144,7 @@ class Job:
     outcome: str = "ok"
     finish_reason: str | None = None
     error: str | None = None
+    fallback: str | None = None  # the upstream that answered instead of this server
 
     @property
     def total(self) -> float:
@@ -163,7 +165,7 @@ class Job:
                 "load_s": round(self.load_seconds, 6), "queue_s": round(self.queued, 6),
                 "ttft_s": None if self.first_token is None else round(self.first_token, 6),
                 "total_s": round(self.total, 6), "tokens_per_s": self.tokens_per_second,
-                "error": self.error}
+                "error": self.error, "fallback": self.fallback}
 
 
 class Generation:
@@ -240,8 +242,10 @@ class Generation:
 
 class Server:
     def __init__(self, catalog: Catalog, manager: ResidencyManager, *,
-                 log: Path | None = None, api_key: str | None = None) -> None:
+                 log: Path | None = None, api_key: str | None = None,
+                 fallback: Upstream | None = None) -> None:
         self.api_key = api_key
+        self.fallback = fallback
         self.catalog = catalog
         self.manager = manager
         self.log_path = log
