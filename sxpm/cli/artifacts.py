@@ -112,34 +112,42 @@ def _report(result: object, verb: str, as_json: bool, moved: str = "sent") -> No
 
 
 @click.command()
-@click.argument("ref_text", metavar="REF")
+@click.argument("ref_text", metavar="NAME[@REQ]|REF")
 @click.option("--variant", help="Fetch the layers of this variant (default: the largest "
               "that fits this machine's accelerator, or RAM).")
 @click.option("--all-variants", is_flag=True, help="Fetch the layers of every variant.")
+@click.option("--index", "index", metavar="INDEX",
+              help="Index to look NAME up in (default: SXPM_INDEX, the project's, the home's "
+                   "config).")
 @transfer_options
 @skip_verify_option
 @json_option
-def pull(ref_text: str, variant: str | None, all_variants: bool, quiet: bool, insecure: bool,
-         jobs: int, insecure_skip_verify: bool, as_json: bool) -> None:
-    """Pull REF into the store, fetching only blobs the store lacks.
+def pull(ref_text: str, variant: str | None, all_variants: bool, index: str | None,
+         quiet: bool, insecure: bool, jobs: int, insecure_skip_verify: bool,
+         as_json: bool) -> None:
+    """Pull NAME[@REQ] (the newest matching version the index lists, not yanked) or REF
+    into the store, fetching only blobs the store lacks.
 
     \b
     Example:
+      sxpm pull tiny-llama@^1.0
       sxpm pull oci:./registry/tiny-llama:1.0.0
       sxpm pull localhost:5000/simplex/tiny-llama:1.0.0 --variant Q4_K_M
     """
+    from sxpm.ops.names import resolve_spec
     from sxpm.ops.transfer import pull as do_pull
 
     if variant and all_variants:
         raise click.UsageError("--variant and --all-variants exclude each other; "
                                "give one of them")
     h = home()
-    ref = h.parse_ref(ref_text)
+    named = resolve_spec(h, ref_text, None, index=index, variant=variant, insecure=insecure)
+    ref = named.ref
     if insecure_skip_verify:
         warn_skip_verify(ref)
     result = do_pull(h, ref, variant=variant, all_variants=all_variants,
                      options=transport(insecure, jobs), reporter=reporter(quiet or as_json),
-                     insecure_skip_verify=insecure_skip_verify,
+                     insecure_skip_verify=insecure_skip_verify, expect=named.expect,
                      memory_budget=None if variant or all_variants else memory_budget())
     _report(result, "pulled", as_json, moved="fetched")
 

@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "login": ("sxpm.cli.registry", "login", "Save credentials for a registry."),
     "logout": ("sxpm.cli.registry", "logout", "Forget the credentials of a registry."),
     "referrers": ("sxpm.cli.registry", "referrers", "List the artifacts that refer to one."),
+    "tags": ("sxpm.cli.registry", "tags", "List a repository's tags in its registry."),
     "expert": ("sxpm.cli.expert", "expert", "Install, list, inspect and remove experts."),
     "run": ("sxpm.cli.run", "run", "Run an installed model (plus expert): a prompt or a chat."),
     "serve": ("sxpm.cli.run", "serve", "Serve models over OpenAI's and Ollama's HTTP APIs."),

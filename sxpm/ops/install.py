@@ -10,7 +10,7 @@ from sxpm.errors import StoreError
 from sxpm.home import Home
 from sxpm.installed.records import Installed
 from sxpm.installed.tree import materialize
-from sxpm.ops.fetch import Fetcher
+from sxpm.ops.fetch import Fetcher, Identity
 from sxpm.ops.transfer import fetch_blobs
 from sxpm.store.refs import store_name
 from sxpm.transport import TransportOptions
@@ -20,20 +20,21 @@ def install(home: Home, ref: Reference, *, variant: str | None = None,
             root: Path | None = None, pull_missing: bool = True,
             insecure_skip_verify: bool = False, options: TransportOptions | None = None,
             reporter: Reporter = SILENT, fetcher: Fetcher | None = None,
-            memory_budget: int | None = None) -> Installed:
+            memory_budget: int | None = None, expect: Identity | None = None) -> Installed:
     """Install ``ref`` (pulling what is missing) as a tree under ``root`` (default: home).
 
     When a trust policy covers the artifact, it must carry a valid signature from a
     trusted signer (the store's, else the registry's) before any layer is fetched
     or anything installed; the signer goes into the install record. ``fetcher`` is
     the command's, when it has one. With no ``variant``, :mod:`sxpm.core.variants`
-    picks one for ``memory_budget`` (usable bytes).
+    picks one for ``memory_budget`` (usable bytes). ``expect``: what the index line
+    says the artifact is (refused when the artifact says otherwise).
     """
     fetcher = fetcher or Fetcher.for_command(home, options=options, offline=not pull_missing,
                                              skip_verify=insecure_skip_verify)
     with home.store.in_use():  # gc waits: what this install links must stay in the store
         tree = fetcher.tree(ref)
-        art = fetcher.artifact(tree, tree.entry(variant, budget=memory_budget))
+        art = fetcher.artifact(tree, tree.entry(variant, budget=memory_budget), expect=expect)
         missing = [(ref, b) for b in art.info.manifest.blobs()
                    if not home.store.has_blob(b.digest)]
         if missing:
