@@ -4,6 +4,8 @@ disk usage, integrity at load, one JSON shape (issue 14)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,92 @@ def test_tags_lists_a_registry_without_an_index(cli, world: tuple[Path, Path]) -
     assert out["tags"] == ["1.0.0", "1.1.0", "2.0.0"]
     assert cli("tags", f"oci:{world[1]}/sql-expert").stdout.split() == ["2.1.0"]
     cli.fail("tags", f"oci:{world[1]}/sql-expert:2.1.0", code=2)
+
+
+# --- 5. lifecycle -----------------------------------------------------------------------
+
+
+def blob_bytes(home: Path, *also: str) -> int:
+    """What the store's blobs (and ``also``) take on disk, as `du` counts it: each inode
+    once, so a blob an installed tree hard-links counts once."""
+    out = subprocess.run(["du", "-scb", str(home / "store" / "blobs"),
+                          *(str(home / a) for a in also)], capture_output=True, text=True,
+                         check=True).stdout
+    return int(out.split()[-2])
+
+
+def test_rm_name_removes_refs_trees_and_the_blobs_in_one_step(user) -> None:  # noqa: ANN001
+    user("model", "install", "tiny-llama@^1.0", "-q")
+    user("model", "install", "tiny-llama@~1.0", "--variant", "F16", "-q")
+    tree = user.home / "models" / "tiny-llama" / "1.1.0"
+    weights = os.stat(tree / "model.gguf")
+    assert weights.st_nlink == 2  # the store's blob and the tree's hard link
+    usage = {r["ref"].rsplit(":", 1)[1]: r for r in user("du", "--json").json["artifacts"]}
+    assert set(usage) == {"1.0.0", "1.1.0"}
+    # 1.0.0's image index lists an F32 variant too: its weights are 1.1.0's, so shared.
+    assert usage["1.1.0"]["shared"] >= weights.st_size
+    assert usage["1.1.0"]["size"] >= usage["1.1.0"]["shared"] + usage["1.1.0"]["reclaimable"]
+    assert usage["1.0.0"]["reclaimable"] > 0
+    before = blob_bytes(user.home)
+    out = user("rm", "tiny-llama@1.1.0", "--json").json[0]
+    assert not tree.exists()
+    assert [r.rsplit(":", 1)[1] for r in out["refs"]] == ["1.1.0"]
+    assert out["bytes_freed"] == before - blob_bytes(user.home) == usage["1.1.0"]["reclaimable"]
+    assert (user.home / "models" / "tiny-llama" / "1.0.0" / "model.gguf").is_file()
+    usage = user("du", "--json").json["artifacts"]
+    before = blob_bytes(user.home)
+    out = user("rm", "tiny-llama", "--json").json[0]
+    assert out["bytes_freed"] == before - blob_bytes(user.home) == usage[0]["reclaimable"]
+    assert usage[0]["reclaimable"] >= weights.st_size  # the F32 weights went too
+    assert user("du", "--json").json == {"artifacts": [], "total": 0}
+    assert user("model", "list", "--json").json == []
+    user.fail("rm", "tiny-llama", code=2)
+
+
+def _drop_ref(home: Path) -> None:
+    """A ref lost behind sxpm's back (an older sxpm, a hand edit): only the tree is left."""
+    path = home / "store" / "index.json"
+    index = json.loads(path.read_text())
+    index["manifests"] = []
+    os.chmod(path, 0o644)
+    path.write_text(json.dumps(index))
+
+
+def test_gc_keeps_what_an_installed_tree_uses_and_counts_only_real_bytes(user) -> None:  # noqa: ANN001
+    user("model", "install", "tiny-llama@^1.0", "-q")
+    _drop_ref(user.home)
+    # The tree's manifest is a root; only the image index above it goes.
+    assert user("gc", "--json").json["blobs"] == 1
+    model = user.home / "models" / "tiny-llama" / "1.1.0" / "model.gguf"
+    assert os.stat(model).st_nlink == 2
+    # A tree with no record of its manifest roots nothing: its blobs go from the store,
+    # but the bytes it hard-links stay on disk and are not counted as freed.
+    record = model.parent / ".sxpm-install.json"
+    data = json.loads(record.read_text())
+    del data["digest"]
+    record.write_text(json.dumps(data))
+    before = blob_bytes(user.home, "models")
+    out = user("gc", "--json").json
+    assert out["blobs"] > 0
+    assert out["bytes"] == before - blob_bytes(user.home, "models") < 4096  # not the weights
+    assert os.stat(model).st_nlink == 1 and model.read_bytes()[:4] == b"GGUF"
+
+
+def test_rm_refuses_what_a_project_lock_pins(user, world: tuple[Path, Path],  # noqa: ANN001
+                                             tmp_path: Path) -> None:
+    proj = tmp_path / "proj"
+    user("init", proj, "--index", str(world[0]))
+    p = [f"--manifest-path={proj / 'simplex.toml'}"]
+    user("add", "tiny-llama@~1.0", "--model", *p)
+    user("install", *p, "-q")
+    user("model", "install", "tiny-llama@~1.0", "--variant", "F32", "-q")
+    refs = store_refs(user.home)
+    r = user.fail("rm", "tiny-llama", code=2)
+    assert str(proj) in r.stderr and "--force" in r.stderr
+    assert store_refs(user.home) == refs
+    assert (user.home / "models" / "tiny-llama" / "1.0.0").is_dir()
+    user("rm", "tiny-llama", "--force")
+    assert not (user.home / "models" / "tiny-llama").exists()
+    locked = proj / ".simplex" / "models" / "tiny-llama" / "1.0.0" / "model.gguf"
+    assert os.stat(locked).st_nlink == 2  # the lock is a gc root: its blobs stay
+    assert user("gc", "--json").json["blobs"] == 0

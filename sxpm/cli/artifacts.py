@@ -252,41 +252,81 @@ def list_(as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("refs", nargs=-1, required=True, metavar="REF...")
-def rm(refs: tuple[str, ...]) -> None:
-    """Remove refs from the store (blobs go at the next `sxpm gc`).
+@click.argument("specs", nargs=-1, required=True, metavar="NAME[@VERSION]|REF...")
+@click.option("--keep-blobs", is_flag=True, help="Keep the blobs (the next `sxpm gc` "
+                                                 "removes them).")
+@click.option("--force", is_flag=True, help="Remove it even if a project's lock pins it.")
+@json_option
+def rm(specs: tuple[str, ...], keep_blobs: bool, force: bool, as_json: bool) -> None:
+    """Remove artifacts: their refs and installed trees, then the blobs nothing else holds.
 
     \b
     Example:
-      sxpm rm oci:./registry/tiny-llama:1.0.0 && sxpm gc
+      sxpm rm tiny-llama@1.0.0
+      sxpm rm oci:./registry/tiny-llama:1.0.0 --keep-blobs
     """
-    from sxpm.store.refs import store_name
+    from sxpm.ops.lifecycle import remove
 
     h = home()
-    for text in refs:
-        ref = h.parse_ref(text)
-        if not h.store.remove_ref(store_name(ref)):
-            raise NotFoundError(f"{ref} is not in the store", hint="`sxpm list` shows the refs")
-        click.echo(f"removed {ref}")
+    results = []
+    for spec in specs:
+        out = remove(h, spec, keep_blobs=keep_blobs, force=force)
+        results.append({"spec": spec, "refs": out.refs,
+                        "installed": [str(i.path) for i in out.installed],
+                        "blobs": out.blobs, "bytes_freed": out.bytes_freed})
+        if not as_json:
+            for ref in out.refs:
+                click.echo(f"removed {ref}")
+            for item in out.installed:
+                click.echo(f"removed {item.kind} {item.name} {item.version} ({item.path})")
+            if not keep_blobs:
+                click.echo(f"freed {out.blobs} blob(s), {human_size(out.bytes_freed)}")
+    if as_json:
+        emit_json(results)
 
 
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @json_option
 def gc(dry_run: bool, as_json: bool) -> None:
-    """Delete blobs that no ref reaches.
+    """Delete blobs nothing uses: not a ref, an installed tree, a project's lock, or the
+    signature of one of those.
 
     \b
     Example:
       sxpm gc --dry-run
     """
-    h = home()
-    count, freed = h.store.gc(dry_run=dry_run) if h.store.exists() else (0, 0)
+    from sxpm.ops.lifecycle import collect
+
+    count, freed = collect(home(), dry_run=dry_run)
     if as_json:
         emit_json({"blobs": count, "bytes": freed, "dry_run": dry_run})
         return
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {count} blob(s), {human_size(freed)}")
+
+
+@click.command()
+@json_option
+def du(as_json: bool) -> None:
+    """Disk usage per artifact: bytes on disk, shared with others, freed by `sxpm rm`.
+
+    \b
+    Example:
+      sxpm du --json
+    """
+    from sxpm.ops.lifecycle import disk_usage
+
+    usage = disk_usage(home())
+    rows = [{"ref": u.ref, "kind": u.kind, "size": u.size, "shared": u.shared,
+             "reclaimable": u.reclaimable} for u in usage.artifacts]
+    if as_json:
+        emit_json({"artifacts": rows, "total": usage.total})
+        return
+    table([[u.ref, u.kind or "-", human_size(u.size), human_size(u.shared),
+            human_size(u.reclaimable)] for u in usage.artifacts],
+          ["REF", "KIND", "SIZE", "SHARED", "RECLAIMABLE"])
+    click.echo(f"store total: {human_size(usage.total)}")
 
 
 @click.command()
