@@ -227,3 +227,28 @@ def test_rm_refuses_what_a_project_lock_pins(user, world: tuple[Path, Path],  # 
     locked = proj / ".simplex" / "models" / "tiny-llama" / "1.0.0" / "model.gguf"
     assert os.stat(locked).st_nlink == 2  # the lock is a gc root: its blobs stay
     assert user("gc", "--json").json["blobs"] == 0
+
+
+# --- 7. integrity at load ---------------------------------------------------------------
+
+
+@pytest.mark.llama
+def test_run_refuses_a_changed_install_and_repair_relinks_it(user) -> None:  # noqa: ANN001
+    user("model", "install", "tiny-llama@^1.0", "-q")
+    model = user.home / "models" / "tiny-llama" / "1.1.0" / "model.gguf"
+    good = model.read_bytes()
+    record = json.loads((model.parent / ".sxpm-install.json").read_text())
+    assert record["stat"]["model.gguf"][0] == len(good)
+    os.utime(model, ns=(1, 1))  # touched, not changed: one re-hash confirms it
+    user("run", "tiny-llama", "-p", "hi", "-n", "1")
+    os.chmod(model, 0o644)
+    with open(model, "r+b") as fh:  # written through the hard link: the store's copy too
+        fh.seek(len(good) - 16)
+        fh.write(b"\0" * 16)
+    r = user.fail("run", "tiny-llama", "-p", "hi", "-n", "1", code=1)
+    assert "changed since it was installed" in r.stderr and "--repair" in r.stderr
+    hint = r.stderr.split("hint: ")[-1] if "hint: " in r.stderr else r.stderr
+    assert "sxpm model install " in hint
+    user("model", "install", "tiny-llama@^1.0", "--repair", "-q")
+    assert model.read_bytes() == good
+    user("run", "tiny-llama", "-p", "hi", "-n", "1")

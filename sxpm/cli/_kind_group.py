@@ -84,12 +84,14 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
     @click.option("--index", "index", metavar="INDEX",
                   help="Index to look NAME up in (default: SXPM_INDEX, the project's, the "
                        "home's config).")
+    @click.option("--repair", is_flag=True, help="Verify the stored blobs, fetch any that "
+                  "changed, and re-link the installed files from them.")
     @transfer_options
     @skip_verify_option
     @json_option
     def install_cmd(spec: str, variant: str | None, root: Path | None, index: str | None,
-                    quiet: bool, insecure: bool, jobs: int, insecure_skip_verify: bool,
-                    as_json: bool, **extra: Any) -> None:
+                    repair: bool, quiet: bool, insecure: bool, jobs: int,
+                    insecure_skip_verify: bool, as_json: bool, **extra: Any) -> None:
         from sxpm.ops.install import install
         from sxpm.ops.names import resolve_spec
 
@@ -103,7 +105,7 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
         kw: dict[str, Any] = {"root": root, "options": transport(insecure, jobs),
                               "reporter": reporter(quiet or as_json),
                               "insecure_skip_verify": insecure_skip_verify,
-                              "expect": named.expect}
+                              "expect": named.expect, "repair": repair}
         if for_model:
             from sxpm.runner.locate import install_expert
 

@@ -24,7 +24,13 @@ from sxpm.artifacts.describe import ArtifactInfo
 from sxpm.core import oci
 from sxpm.core.oci import Descriptor
 from sxpm.errors import ArtifactInputError, NotFoundError
-from sxpm.installed.records import INSTALL_RECORD, Installed, find_installed, install_dir
+from sxpm.installed.records import (
+    INSTALL_RECORD,
+    Installed,
+    file_stamp,
+    find_installed,
+    install_dir,
+)
 from sxpm.store.layout import CHUNK, OCILayout
 
 MAX_PACKAGE_MEMBERS = 100_000
@@ -155,6 +161,9 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
                 continue
             target = tmp / _safe_relpath(title, ref)
             _link_or_copy(store.blob_path(layer.digest), target)
+        files = {(layer.annotations.get(oci.ANN_FILEPATH)
+                  or layer.annotations.get(oci.ANN_TITLE) or ""): str(layer.digest)
+                 for layer in info.manifest.layers}
         record = {
             "ref": ref,
             "kind": info.kind,
@@ -162,15 +171,15 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
             "version": info.version,
             "digest": str(info.descriptor.digest),
             "variant": info.variant,
-            "files": {
-                (layer.annotations.get(oci.ANN_FILEPATH) or layer.annotations.get(oci.ANN_TITLE)
-                 or ""): str(layer.digest)
-                for layer in info.manifest.layers
-            },
+            "files": files,
         }
         if signer:
             record["signer"] = signer
-        (tmp / INSTALL_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True))
+        # What each file was at install, so a load checks it with one stat (records.py).
+        stamps = {title: file_stamp(tmp / title) for title in files
+                  if title and (tmp / title).is_file()}
+        (tmp / INSTALL_RECORD).write_text(json.dumps({**record, "stat": stamps}, indent=2,
+                                                     sort_keys=True))
         os.chmod(tmp, 0o755)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old.{os.getpid()}")

@@ -34,6 +34,7 @@ from sxpm.errors import (
     StoreError,
 )
 from sxpm.home import Home
+from sxpm.installed.records import check_files
 
 if TYPE_CHECKING:
     from sxpm.core.oci import Descriptor, ImageIndex, Manifest
@@ -280,6 +281,7 @@ def find_model(home: Home, spec: str, *, variant: str | None = None,
         item = do_install(home, ref, variant=chosen, expect=expect, **install_kw)
     else:
         item = _newest(found)
+    check_files(item)  # a corrupted install is refused before it loads
     path = _main_gguf_installed(item.path, item.record)
     header = read_header(path)
 
@@ -421,6 +423,7 @@ def find_expert(home: Home, spec: str, model_name: str, *, install: bool = False
         done = install_expert(home, ref, model_name, expect=expect, **install_kw)
         found = find_installed(home.root, "expert", name, done.version)
     item = _newest(found)
+    check_files(item)
     manifest = _manifest_by_digest(home, item.record["digest"])
     config = _config(home, manifest)
 
