@@ -57,7 +57,7 @@ def test_gc_beside_installs_removes_nothing_needed(two_models: list[str], fault_
                                                   cli) -> None:  # noqa: ANN001
     # Garbage for gc to find: an artifact whose ref is removed at once.
     make_model(cli.home, "oci:/nowhere/junk:1", {"junk.bin": os.urandom(4096)}, name="junk")
-    cli("rm", "oci:/nowhere/junk:1")
+    cli("rm", "--keep-blobs", "oci:/nowhere/junk:1")  # its blobs stay for gc to find
     fault_proxy.rate = 4 * MiB
     stop = threading.Event()
     runs: list[int] = []

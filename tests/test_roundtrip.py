@@ -84,7 +84,7 @@ def test_gc_and_rm(cli, sample_dir: Path, registry_dir: Path) -> None:  # noqa: 
     ref = f"oci:{registry_dir}/tiny-llama:1.0.0"
     cli("pack", "model", sample_dir / "tiny-llama", "--ref", ref)
     assert cli("gc", "--json").json["blobs"] == 0
-    cli("rm", ref)
+    cli("rm", "--keep-blobs", ref)  # rm collects by itself; --keep-blobs leaves it to gc
     freed = cli("gc", "--json").json
     assert freed["blobs"] == 4  # weights, README, config, manifest
     assert cli("list", "--json").json == []

@@ -72,47 +72,57 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
         "--for", "for_model", metavar="MODEL",
         help="Install the variant built for this base model (experts with several).")
 
-    @group.command(name="install", help=f"""Install the {kind} REF (pulling what is missing)
-    as hard links into the store.
+    @group.command(name="install", help=f"""Install the {kind} NAME[@REQ] (the newest
+    matching version the index lists, not yanked) or REF, pulling what is missing, as hard
+    links into the store.
 
     \b
     Example:
+      sxpm {kind} install {example_name.split('@')[0]}@^1.0
       sxpm {kind} install {example_ref}{' --for tiny-llama' if kind == 'expert' else
                                         ' --variant F16'}
     """)
-    @click.argument("ref_text", metavar="REF")
+    @click.argument("spec", metavar="NAME[@REQ]|REF")
     @click.option("--variant", help="Variant to install (default for a model: the largest "
                   "that fits this machine's accelerator, or RAM; else the first).",
                   shell_complete=variant_names)
     @click.option("--root", type=click.Path(path_type=Path),
                   help="Install root (default: home).")
+    @click.option("--index", "index", metavar="INDEX",
+                  help="Index to look NAME up in (default: SXPM_INDEX, the project's, the "
+                       "home's config).")
+    @click.option("--repair", is_flag=True, help="Verify the stored blobs, fetch any that "
+                  "changed, and re-link the installed files from them.")
     @transfer_options
     @skip_verify_option
     @json_option
-    def install_cmd(ref_text: str, variant: str | None, root: Path | None, quiet: bool,
-                    insecure: bool, jobs: int, insecure_skip_verify: bool, as_json: bool,
-                    **extra: Any) -> None:
+    def install_cmd(spec: str, variant: str | None, root: Path | None, index: str | None,
+                    repair: bool, quiet: bool, insecure: bool, jobs: int,
+                    insecure_skip_verify: bool, as_json: bool, **extra: Any) -> None:
         from sxpm.ops.install import install
+        from sxpm.ops.names import resolve_spec
 
         h = home()
-        if insecure_skip_verify:
-            warn_skip_verify(h.parse_ref(ref_text))
-        kw: dict[str, Any] = {"root": root, "options": transport(insecure, jobs),
-                              "reporter": reporter(quiet or as_json),
-                              "insecure_skip_verify": insecure_skip_verify}
         for_model = extra.get("for_model")
         if for_model and variant:
             raise click.UsageError("--for and --variant choose the same thing; give one")
+        named = resolve_spec(h, spec, kind, index=index, variant=variant, insecure=insecure)
+        if insecure_skip_verify:
+            warn_skip_verify(named.ref)
+        kw: dict[str, Any] = {"root": root, "options": transport(insecure, jobs),
+                              "reporter": reporter(quiet or as_json),
+                              "insecure_skip_verify": insecure_skip_verify,
+                              "expect": named.expect, "repair": repair}
         if for_model:
             from sxpm.runner.locate import install_expert
 
-            installed = install_expert(h, h.parse_ref(ref_text), for_model, **kw)
+            installed = install_expert(h, named.ref, for_model, **kw)
         else:
             if kind == "model" and variant is None:
                 kw["memory_budget"] = memory_budget()
-            installed = install(h, h.parse_ref(ref_text), variant=variant, **kw)
+            installed = install(h, named.ref, variant=variant, **kw)
         if installed.kind != kind:
-            raise InputError(f"{ref_text} is {installed.kind!r}, not {with_article(kind)} "
+            raise InputError(f"{spec} is {installed.kind!r}, not {with_article(kind)} "
                              f"(installed anyway at {installed.path})",
                              hint=f"use `sxpm {installed.kind}` commands")
         if as_json:

@@ -23,7 +23,7 @@ from sxpm.cli._common import (
 from sxpm.cli.complete import store_refs, variant_names
 from sxpm.core.detect import memory_budget
 from sxpm.core.humanize import human_size
-from sxpm.errors import NotFoundError, StoreError, SxpmError
+from sxpm.errors import StoreError, SxpmError
 from sxpm.installed.tree import remove_all_stale_trees
 
 _REFERRERS_TAG = re.compile(r":sha(256|512)-[0-9a-f]{64,128}$")
@@ -115,34 +115,42 @@ def _report(result: object, verb: str, as_json: bool, moved: str = "sent") -> No
 
 
 @click.command()
-@click.argument("ref_text", metavar="REF")
+@click.argument("ref_text", metavar="NAME[@REQ]|REF")
 @click.option("--variant", help="Fetch the layers of this variant (default: the largest "
               "that fits this machine's accelerator, or RAM).", shell_complete=variant_names)
 @click.option("--all-variants", is_flag=True, help="Fetch the layers of every variant.")
+@click.option("--index", "index", metavar="INDEX",
+              help="Index to look NAME up in (default: SXPM_INDEX, the project's, the home's "
+                   "config).")
 @transfer_options
 @skip_verify_option
 @json_option
-def pull(ref_text: str, variant: str | None, all_variants: bool, quiet: bool, insecure: bool,
-         jobs: int, insecure_skip_verify: bool, as_json: bool) -> None:
-    """Pull REF into the store, fetching only blobs the store lacks.
+def pull(ref_text: str, variant: str | None, all_variants: bool, index: str | None,
+         quiet: bool, insecure: bool, jobs: int, insecure_skip_verify: bool,
+         as_json: bool) -> None:
+    """Pull NAME[@REQ] (the newest matching version the index lists, not yanked) or REF
+    into the store, fetching only blobs the store lacks.
 
     \b
     Example:
+      sxpm pull tiny-llama@^1.0
       sxpm pull oci:./registry/tiny-llama:1.0.0
       sxpm pull localhost:5000/simplex/tiny-llama:1.0.0 --variant Q4_K_M
     """
+    from sxpm.ops.names import resolve_spec
     from sxpm.ops.transfer import pull as do_pull
 
     if variant and all_variants:
         raise click.UsageError("--variant and --all-variants exclude each other; "
                                "give one of them")
     h = home()
-    ref = h.parse_ref(ref_text)
+    named = resolve_spec(h, ref_text, None, index=index, variant=variant, insecure=insecure)
+    ref = named.ref
     if insecure_skip_verify:
         warn_skip_verify(ref)
     result = do_pull(h, ref, variant=variant, all_variants=all_variants,
                      options=transport(insecure, jobs), reporter=reporter(quiet or as_json),
-                     insecure_skip_verify=insecure_skip_verify,
+                     insecure_skip_verify=insecure_skip_verify, expect=named.expect,
                      memory_budget=None if variant or all_variants else memory_budget())
     _report(result, "pulled", as_json, moved="fetched")
 
@@ -249,37 +257,55 @@ def list_(as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("refs", nargs=-1, required=True, metavar="REF...",
+@click.argument("specs", nargs=-1, required=True, metavar="NAME[@VERSION]|REF...",
                 shell_complete=store_refs)
-def rm(refs: tuple[str, ...]) -> None:
-    """Remove refs from the store (blobs go at the next `sxpm gc`).
+@click.option("--keep-blobs", is_flag=True, help="Keep the blobs (the next `sxpm gc` "
+                                                 "removes them).")
+@click.option("--force", is_flag=True, help="Remove it even if a project's lock pins it.")
+@json_option
+def rm(specs: tuple[str, ...], keep_blobs: bool, force: bool, as_json: bool) -> None:
+    """Remove artifacts: their refs and installed trees, then the blobs nothing else holds.
 
     \b
     Example:
-      sxpm rm oci:./registry/tiny-llama:1.0.0 && sxpm gc
+      sxpm rm tiny-llama@1.0.0
+      sxpm rm oci:./registry/tiny-llama:1.0.0 --keep-blobs
     """
-    from sxpm.store.refs import store_name
+    from sxpm.ops.lifecycle import remove
 
     h = home()
-    for text in refs:
-        ref = h.parse_ref(text)
-        if not h.store.remove_ref(store_name(ref)):
-            raise NotFoundError(f"{ref} is not in the store", hint="`sxpm list` shows the refs")
-        click.echo(f"removed {ref}")
+    results = []
+    for spec in specs:
+        out = remove(h, spec, keep_blobs=keep_blobs, force=force)
+        results.append({"spec": spec, "refs": out.refs,
+                        "installed": [str(i.path) for i in out.installed],
+                        "blobs": out.blobs, "bytes_freed": out.bytes_freed})
+        if not as_json:
+            for ref in out.refs:
+                click.echo(f"removed {ref}")
+            for item in out.installed:
+                click.echo(f"removed {item.kind} {item.name} {item.version} ({item.path})")
+            if not keep_blobs:
+                click.echo(f"freed {out.blobs} blob(s), {human_size(out.bytes_freed)}")
+    if as_json:
+        emit_json(results)
 
 
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @json_option
 def gc(dry_run: bool, as_json: bool) -> None:
-    """Delete blobs that no ref reaches, and trees killed installs left behind.
+    """Delete blobs nothing uses (not a ref, an installed tree, a project's lock, or the
+    signature of one of those), and trees killed installs left behind.
 
     \b
     Example:
       sxpm gc --dry-run
     """
+    from sxpm.ops.lifecycle import collect
+
     h = home()
-    count, freed = h.store.gc(dry_run=dry_run) if h.store.exists() else (0, 0)
+    count, freed = collect(h, dry_run=dry_run)
     trees = 0 if dry_run else remove_all_stale_trees(h.root)
     if trees and not as_json:
         click.echo(f"removed {trees} unfinished install tree(s)")
@@ -288,6 +314,29 @@ def gc(dry_run: bool, as_json: bool) -> None:
         return
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {count} blob(s), {human_size(freed)}")
+
+
+@click.command()
+@json_option
+def du(as_json: bool) -> None:
+    """Disk usage per artifact: bytes on disk, shared with others, freed by `sxpm rm`.
+
+    \b
+    Example:
+      sxpm du --json
+    """
+    from sxpm.ops.lifecycle import disk_usage
+
+    usage = disk_usage(home())
+    rows = [{"ref": u.ref, "kind": u.kind, "size": u.size, "shared": u.shared,
+             "reclaimable": u.reclaimable} for u in usage.artifacts]
+    if as_json:
+        emit_json({"artifacts": rows, "total": usage.total})
+        return
+    table([[u.ref, u.kind or "-", human_size(u.size), human_size(u.shared),
+            human_size(u.reclaimable)] for u in usage.artifacts],
+          ["REF", "KIND", "SIZE", "SHARED", "RECLAIMABLE"])
+    click.echo(f"store total: {human_size(usage.total)}")
 
 
 @click.command()

@@ -1,4 +1,4 @@
-"""login, logout, referrers: talking to a registry itself."""
+"""login, logout, referrers, tags: talking to a registry itself."""
 
 from __future__ import annotations
 
@@ -95,3 +95,32 @@ def referrers(ref_text: str, artifact_type: str | None, insecure: bool, as_json:
         return
     table([[str(d.digest), d.artifact_type or "-", str(d.size)] for d in found],
           ["DIGEST", "ARTIFACT TYPE", "SIZE"])
+
+
+@click.command()
+@click.argument("repository", metavar="REPOSITORY")
+@click.option("--insecure", is_flag=True, help="Allow plain HTTP and unverified TLS.")
+@json_option
+def tags(repository: str, insecure: bool, as_json: bool) -> None:
+    """List the tags REPOSITORY has in its registry (no index needed).
+
+    \b
+    Example:
+      sxpm tags oci:./registry/tiny-llama
+      sxpm tags localhost:5000/simplex/tiny-llama --json
+    """
+    from sxpm.transport import TransportOptions, open_repository
+
+    ref = home().parse_ref(repository)
+    if ref.tag or ref.digest:
+        raise InputError(f"{repository} names a tag or digest, not a repository",
+                         hint=f"sxpm tags {ref.repository_ref}")
+    found = sorted(t for t in open_repository(ref, TransportOptions(insecure=insecure)).tags()
+                   if not t.startswith(("sha256-", "sha512-")))  # referrers listings
+    if as_json:
+        emit_json({"repository": str(ref), "tags": found})
+        return
+    if not found:
+        click.echo(f"no tags in {ref}")
+    for tag in found:
+        click.echo(tag)

@@ -8,12 +8,15 @@ loading the store, the OCI modules or the install machinery.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sxpm.core.names import INSTALL_RECORD
+from sxpm.errors import StoreError
 from sxpm.home import KINDS
 
 __all__ = ["INSTALL_RECORD", "Installed", "find_installed", "install_dir", "list_installed"]
@@ -55,3 +58,44 @@ def find_installed(root: Path, kind: str, name: str, version: str | None = None
                    ) -> list[Installed]:
     return [i for i in list_installed(root, kind)
             if i.name == name and (version is None or i.version == version)]
+
+
+def file_stamp(path: Path) -> list[int]:
+    """What an installed file is now: [size, inode, mtime in ns]."""
+    st = os.stat(path)
+    return [st.st_size, st.st_ino, st.st_mtime_ns]
+
+
+def check_files(item: Installed, titles: list[str] | None = None) -> None:
+    """Refuse an installed file that changed since install: one ``stat`` each when it
+    matches its record; else its bytes are hashed against the record's digest, and a
+    file that no longer matches raises :class:`~sxpm.errors.StoreError` with the
+    command that repairs it. A tree installed before stamps were recorded is trusted."""
+    stamps = item.record.get("stat")
+    files = item.record.get("files", {})
+    if not isinstance(stamps, dict) or not isinstance(files, dict):
+        return
+    for title in titles if titles is not None else list(stamps):
+        want = stamps.get(title)
+        path = item.path / title
+        try:
+            if want is None or file_stamp(path) == want:
+                continue
+        except OSError:
+            pass
+        digest = str(files.get(title, ""))
+        algorithm, _, hexdigest = digest.partition(":")
+        try:
+            h = hashlib.new(algorithm or "sha256")
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+            if h.hexdigest() == hexdigest:
+                continue  # touched, not changed
+        except (OSError, ValueError):
+            pass
+        variant = item.record.get("variant")
+        raise StoreError(f"{path} changed since it was installed (size, inode or time "
+                         f"differ and its bytes do not match {digest[:19]})",
+                         hint=f"sxpm {item.kind} install {item.record.get('ref')}"
+                              + (f" --variant {variant}" if variant else "") + " --repair")

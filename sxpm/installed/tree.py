@@ -27,7 +27,7 @@ from sxpm.core.oci import Descriptor
 from sxpm.core.unpack import PathSet, extract_tar, safe_relpath
 from sxpm.errors import ArtifactInputError, NotFoundError
 from sxpm.home import KINDS
-from sxpm.installed.records import Installed, find_installed, install_dir
+from sxpm.installed.records import Installed, file_stamp, find_installed, install_dir
 from sxpm.store.layout import CHUNK, OCILayout
 
 MAX_PACKAGE_MEMBERS = 100_000
@@ -119,6 +119,9 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
                 extract_package(store, layer, tmp, paths)
         for layer, rel in titled:
             _link_or_copy(store.blob_path(layer.digest), tmp / rel, ref)
+        files = {(layer.annotations.get(oci.ANN_FILEPATH)
+                  or layer.annotations.get(oci.ANN_TITLE) or ""): str(layer.digest)
+                 for layer in info.manifest.layers}
         record = {
             "ref": ref,
             "kind": info.kind,
@@ -126,16 +129,16 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
             "version": info.version,
             "digest": str(info.descriptor.digest),
             "variant": info.variant,
-            "files": {
-                (layer.annotations.get(oci.ANN_FILEPATH) or layer.annotations.get(oci.ANN_TITLE)
-                 or ""): str(layer.digest)
-                for layer in info.manifest.layers
-            },
+            "files": files,
         }
         if signer:
             record["signer"] = signer
+        # What each file was at install, so a load checks it with one stat (records.py).
+        stamps = {title: file_stamp(tmp / title) for title in files
+                  if title and (tmp / title).is_file()}
         with open(tmp / INSTALL_RECORD, "xb") as out:  # new: never through a link
-            out.write(json.dumps(record, indent=2, sort_keys=True).encode())
+            out.write(json.dumps({**record, "stat": stamps}, indent=2,
+                                 sort_keys=True).encode())
         os.chmod(tmp, 0o755)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old.{os.getpid()}")

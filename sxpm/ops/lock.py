@@ -266,6 +266,11 @@ def install_lock(home: Home, lock_: Lock, root: Path, *, offline: bool = False,
                                                  skip_verify=insecure_skip_verify)
         with home.store.in_use():  # gc waits until the refs name what was fetched
             _install_todo(home, fetcher, todo, root, report, reporter=reporter)
+        if project is not None:  # gc keeps, and rm asks before removing, what it pins
+            # Here, not at the top: a no-op `install --frozen` must not load the store.
+            from sxpm.ops.lifecycle import record_project
+
+            record_project(home, project.lock_path)
     locked = {(a.kind, a.name, a.version) for a in lock_.artifacts}
     for item in list_installed(root):
         if (item.kind, item.name, item.version) not in locked:

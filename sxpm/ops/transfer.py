@@ -19,7 +19,7 @@ from sxpm.core.progress import SILENT, Progress, Reporter
 from sxpm.core.reference import Digest, Reference
 from sxpm.errors import CorruptBlobError, NotFoundError
 from sxpm.home import Home
-from sxpm.ops.fetch import Fetcher
+from sxpm.ops.fetch import Fetcher, Identity
 from sxpm.store.layout import OCILayout
 from sxpm.store.refs import resolve_local, store_name
 from sxpm.transport import Repository, TransportOptions, open_repository
@@ -44,8 +44,8 @@ class TransferResult:
 def pull(home: Home, ref: Reference, *, variant: str | None = None,
          all_variants: bool = False, options: TransportOptions | None = None,
          reporter: Reporter = SILENT, insecure_skip_verify: bool = False,
-         fetcher: Fetcher | None = None, memory_budget: int | None = None
-         ) -> TransferResult:
+         fetcher: Fetcher | None = None, memory_budget: int | None = None,
+         expect: Identity | None = None) -> TransferResult:
     """Fetch an artifact into the store, fetching only the blobs that are missing.
 
     For an image index every variant's manifest is stored (so the index keeps its
@@ -54,7 +54,8 @@ def pull(home: Home, ref: Reference, *, variant: str | None = None,
     ``memory_budget`` (usable bytes). When a trust policy covers the artifact, its signature is
     checked against the manifest digest before any layer is fetched
     (``insecure_skip_verify`` skips that). ``fetcher`` is the command's, when it
-    has one (its policy and the manifests it already read).
+    has one (its policy and the manifests it already read). ``expect``: what the index
+    line says the artifact is (refused when the artifact says otherwise).
     """
     fetcher = fetcher or Fetcher.for_command(home, options=options,
                                              skip_verify=insecure_skip_verify)
@@ -63,7 +64,8 @@ def pull(home: Home, ref: Reference, *, variant: str | None = None,
     entries = list(tree.index.manifests) if tree.index is not None and all_variants \
         else [tree.entry(variant, budget=memory_budget)]
     # What each variant is and who signed the whole, before any layer is fetched.
-    signers = [fetcher.check(tree, entry) for entry in entries]
+    signers = [fetcher.check(tree, entry) if expect is None
+               else fetcher.artifact(tree, entry, expect=expect).signer for entry in entries]
     blobs: dict[Digest, Descriptor] = {}
     for entry in entries:
         for blob in tree.manifest(entry).blobs():

@@ -34,6 +34,7 @@ from sxpm.errors import (
     StoreError,
 )
 from sxpm.home import Home
+from sxpm.installed.records import check_files
 
 if TYPE_CHECKING:
     from sxpm.core.oci import Descriptor, ImageIndex, Manifest
@@ -141,6 +142,19 @@ def suggest_ref(home: Home, name: str, version: str | None) -> Reference:
         if version is None or ref.tag == version:
             return ref
     return home.parse_ref(f"{name}:{version}" if version else name)
+
+
+def _install_source(home: Home, spec: str, kind: str, suggested: Reference,
+                    variant: str | None) -> tuple[Reference, Any]:
+    """Where ``run NAME --install`` installs from: a ref the store already has under that
+    name, else the newest matching version the configured index lists (pinned by its
+    digest, with what the line says the artifact is), else the default registry."""
+    if home.store.exists() and home.store.resolve(str(suggested)) is not None:
+        return suggested, None
+    from sxpm.ops.names import resolve_spec  # `sxpm run NAME` stays lean: the index loads here
+
+    named = resolve_spec(home, spec, kind, variant=variant)
+    return named.ref, named.expect
 
 
 # --- manifests from the store -------------------------------------------------------
@@ -262,10 +276,12 @@ def find_model(home: Home, spec: str, *, variant: str | None = None,
             raise ModelNotInstalledError("model", spec, str(ref))
         from sxpm.ops.install import install as do_install
 
+        ref, expect = _install_source(home, spec, "model", ref, variant)
         chosen = variant or _choose_variant_in_store(home, ref, memory_budget)
-        item = do_install(home, ref, variant=chosen, **install_kw)
+        item = do_install(home, ref, variant=chosen, expect=expect, **install_kw)
     else:
         item = _newest(found)
+    check_files(item)  # a corrupted install is refused before it loads
     path = _main_gguf_installed(item.path, item.record)
     header = read_header(path)
 
@@ -403,9 +419,11 @@ def find_expert(home: Home, spec: str, model_name: str, *, install: bool = False
         ref = suggest_ref(home, name, version)
         if not install:
             raise ModelNotInstalledError("expert", spec, f"{ref} --for {model_name}")
-        install_expert(home, ref, model_name, **install_kw)
-        found = find_installed(home.root, "expert", name, version)
+        ref, expect = _install_source(home, spec, "expert", ref, None)
+        done = install_expert(home, ref, model_name, expect=expect, **install_kw)
+        found = find_installed(home.root, "expert", name, done.version)
     item = _newest(found)
+    check_files(item)
     manifest = _manifest_by_digest(home, item.record["digest"])
     config = _config(home, manifest)
 

@@ -819,15 +819,24 @@ class OCILayout:
         # Referrers (signatures) live as long as their subject.
         return seen
 
-    def gc(self, extra_roots: list[Descriptor] | None = None, dry_run: bool = False
-           ) -> tuple[int, int]:
+    def gc(self, extra_roots: list[Descriptor] | None = None, dry_run: bool = False,
+           roots: Callable[[dict[str, Descriptor]], tuple[list[Descriptor], list[str]]]
+           | None = None) -> tuple[int, int]:
         """Remove unreachable blobs and stale temporary files; (blobs, bytes) freed.
 
         Waits for every :meth:`in_use` lease to end and holds new ones off meanwhile,
         so a blob a running pull has written but not yet named by a ref survives.
+        ``roots``, given the refs under that lock, says what to keep and which refs to
+        drop (default: every ref). Bytes count only for a blob whose last link goes:
+        one an installed tree still hard-links stays on disk.
         """
         with self._lock("gc"), self._use_lock(exclusive=True):
-            keep = self.reachable(list(self.refs().values()) + list(extra_roots or []))
+            refs = self.refs()
+            kept, drop = roots(refs) if roots else (list(refs.values()), [])
+            keep = self.reachable(kept + list(extra_roots or []))
+            if not dry_run:
+                for name in drop:
+                    self.remove_ref(name)
             count = freed = 0
             for digest in list(self.iter_blobs()):
                 if digest in keep:
@@ -835,13 +844,13 @@ class OCILayout:
                 path = self.blob_path(digest)
                 with self.blob_lock(digest):
                     try:
-                        size = path.stat().st_size
+                        st = path.stat()
                         if not dry_run:
                             path.unlink()
                     except FileNotFoundError:
                         continue
                 count += 1
-                freed += size
+                freed += st.st_size if st.st_nlink <= 1 else 0
             if not dry_run and self.tmp_dir.is_dir():
                 # Files a killed pack or store write left; the folder itself stays, as
                 # every write makes it again.
