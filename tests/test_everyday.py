@@ -237,8 +237,17 @@ def test_run_refuses_a_changed_install_and_repair_relinks_it(user) -> None:  # n
     user("model", "install", "tiny-llama@^1.0", "-q")
     model = user.home / "models" / "tiny-llama" / "1.1.0" / "model.gguf"
     good = model.read_bytes()
-    record = json.loads((model.parent / ".sxpm-install.json").read_text())
-    assert record["stat"]["model.gguf"][0] == len(good)
+    from sxpm.installed.records import read_stamps
+
+    os.environ["SIMPLEX_HOME"], saved = str(user.home), os.environ.get("SIMPLEX_HOME")
+    try:
+        stamps = read_stamps(model.parent)  # kept in the home, outside the tree
+    finally:
+        if saved is None:
+            del os.environ["SIMPLEX_HOME"]
+        else:
+            os.environ["SIMPLEX_HOME"] = saved
+    assert stamps is not None and stamps["model.gguf"][0] == len(good)
     os.utime(model, ns=(1, 1))  # touched, not changed: one re-hash confirms it
     user("run", "tiny-llama", "-p", "hi", "-n", "1")
     os.chmod(model, 0o644)

@@ -17,7 +17,7 @@ from typing import Any
 
 from sxpm.core.names import INSTALL_RECORD
 from sxpm.errors import StoreError
-from sxpm.home import KINDS
+from sxpm.home import KINDS, default_home
 
 __all__ = ["INSTALL_RECORD", "Installed", "find_installed", "install_dir", "list_installed"]
 
@@ -66,12 +66,44 @@ def file_stamp(path: Path) -> list[int]:
     return [st.st_size, st.st_ino, st.st_mtime_ns]
 
 
+def stamps_path(tree: Path) -> Path:
+    """Where this machine keeps the stamps of an installed tree.
+
+    Not in the tree: a file's inode and time belong to this machine, and two homes
+    installing one lock must build byte-identical trees. Kept in the home's cache,
+    named by the tree's path."""
+    key = hashlib.sha256(str(tree.absolute()).encode()).hexdigest()
+    return default_home() / "cache" / "stamps" / key[:2] / f"{key}.json"
+
+
+def save_stamps(tree: Path, titles: list[str]) -> None:
+    """Record what each installed file is now (best effort: without stamps a load
+    trusts the tree, as for trees installed before stamps existed)."""
+    stamps = {t: file_stamp(tree / t) for t in titles if t and (tree / t).is_file()}
+    path = stamps_path(tree)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(stamps, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def read_stamps(tree: Path) -> dict[str, Any] | None:
+    try:
+        stamps = json.loads(stamps_path(tree).read_text())
+    except (OSError, ValueError):
+        return None
+    return stamps if isinstance(stamps, dict) else None
+
+
 def check_files(item: Installed, titles: list[str] | None = None) -> None:
     """Refuse an installed file that changed since install: one ``stat`` each when it
     matches its record; else its bytes are hashed against the record's digest, and a
     file that no longer matches raises :class:`~sxpm.errors.StoreError` with the
     command that repairs it. A tree installed before stamps were recorded is trusted."""
-    stamps = item.record.get("stat")
+    stamps = read_stamps(item.path)
     files = item.record.get("files", {})
     if not isinstance(stamps, dict) or not isinstance(files, dict):
         return

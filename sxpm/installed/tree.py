@@ -27,7 +27,7 @@ from sxpm.core.oci import Descriptor
 from sxpm.core.unpack import PathSet, extract_tar, safe_relpath
 from sxpm.errors import ArtifactInputError, NotFoundError
 from sxpm.home import KINDS
-from sxpm.installed.records import Installed, file_stamp, find_installed, install_dir
+from sxpm.installed.records import Installed, find_installed, install_dir, save_stamps
 from sxpm.store.layout import CHUNK, OCILayout
 
 MAX_PACKAGE_MEMBERS = 100_000
@@ -133,12 +133,8 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
         }
         if signer:
             record["signer"] = signer
-        # What each file was at install, so a load checks it with one stat (records.py).
-        stamps = {title: file_stamp(tmp / title) for title in files
-                  if title and (tmp / title).is_file()}
         with open(tmp / INSTALL_RECORD, "xb") as out:  # new: never through a link
-            out.write(json.dumps({**record, "stat": stamps}, indent=2,
-                                 sort_keys=True).encode())
+            out.write(json.dumps(record, indent=2, sort_keys=True).encode())
         os.chmod(tmp, 0o755)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
@@ -147,6 +143,8 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
             _rmtree(old)
         else:
             os.replace(tmp, dest)
+        # What each file is now, so a load checks it with one stat (records.py).
+        save_stamps(dest, list(files))
     except BaseException:
         _rmtree(tmp)
         if created_parent:  # a refused first install leaves no trace

@@ -194,8 +194,13 @@ def select(project: Project, lock_: Lock, features: Features = DEFAULT_FEATURES
     enabled, roots = project.enabled_names(features.names,
                                            all_features=features.all_features,
                                            default_features=features.default_features)
-    wanted = _reached(lock_, set(roots))
-    if len(wanted) == len(lock_.artifacts):
+    # Left out: only what the optional requirements not chosen reach and nothing chosen
+    # does. Every other record installs, so each still goes through the chain check
+    # (a record the requirements do not name is refused there, not skipped here).
+    off = project.optional_names() - set(roots)
+    dropped = _reached(lock_, off) - _reached(lock_, set(roots))
+    wanted = {a.name for a in lock_.artifacts} - dropped
+    if not dropped:
         return lock_, enabled
     chosen = Lock(lock_.requirements_hash,
                   [r for r in lock_.requirements if r["name"] in roots],
