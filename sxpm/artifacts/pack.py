@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sxpm.artifacts.peft import CONFIG as PEFT_CONFIG
+from sxpm.artifacts.peft import convert_peft, peft_dir
 from sxpm.core import oci
 from sxpm.core.gguf import is_gguf, read_gguf
 from sxpm.core.names import validate_name
@@ -318,8 +320,35 @@ def _base_entries(data: dict[str, Any], major: int) -> list[dict[str, Any]]:
     return [entry]
 
 
-def _check_adapter(root: Path, rel: str, base: dict[str, Any]) -> dict[str, str]:
-    path = root / rel
+def _convert_peft(root: Path, data: dict[str, Any], bases: list[dict[str, Any]],
+                  tmp: Path) -> dict[str, Path]:
+    """Convert the PEFT adapter directories the bases name into GGUF files under ``tmp``;
+    the bases (and ``data``, the config) then name ``DIR.gguf``. {new rel: file}."""
+    converted: dict[str, Path] = {}
+    for i, base in enumerate(bases):
+        rel = base.get("weights")
+        source = peft_dir(root / rel) if rel else None
+        if source is None:
+            if rel and rel.lower().endswith(".safetensors"):
+                raise ArtifactInputError(f"{rel!r} is safetensors without {PEFT_CONFIG} "
+                                         "beside it", hint="give the PEFT adapter directory "
+                                         "(adapter_config.json + adapter_model.safetensors) "
+                                         "or a GGUF LoRA adapter")
+            continue
+        dir_rel = source.relative_to(root).as_posix()
+        new_rel = f"{dir_rel}.gguf" if dir_rel != "." else "adapter.gguf"
+        out = tmp / f"{i}.gguf"
+        convert_peft(source, out, base.get("architecture"))
+        converted[new_rel] = out
+        base["weights"] = new_rel
+        entry = data["base_models"][i] if "base_models" in data else data
+        entry["weights"] = new_rel
+    return converted
+
+
+def _check_adapter(root: Path, rel: str, base: dict[str, Any],
+                   path: Path | None = None) -> dict[str, str]:
+    path = path or root / rel
     if not path.is_file():
         raise ArtifactInputError(f"Weight file {rel!r} of base model {base['name']!r} is "
                                  f"missing from {root}", hint="add the file or fix manifest.json")
@@ -340,13 +369,23 @@ def _check_adapter(root: Path, rel: str, base: dict[str, Any]) -> dict[str, str]
 def _pack_expert(home: Home, root: Path, ref: Reference, variant: str | None,
                  version: str | None) -> PackResult:
     data, major = load_expert_manifest(root)
+    bases = _base_entries(data, major)
+    with tempfile.TemporaryDirectory(prefix="sxpm-peft-") as tmp:
+        converted = _convert_peft(root, data, bases, Path(tmp))
+        return _pack_expert_files(home, root, ref, variant, version, data, major, bases,
+                                  converted)
+
+
+def _pack_expert_files(home: Home, root: Path, ref: Reference, variant: str | None,
+                       version: str | None, data: dict[str, Any], major: int,
+                       bases: list[dict[str, Any]], converted: dict[str, Path]
+                       ) -> PackResult:
     name = data["name"]
     vers = _resolve_version(ref, version, data["version"])
     store = home.store
-    bases = _base_entries(data, major)
     # Check every file before writing anything, so bad input leaves the store as it was.
-    checks = {b["name"]: _check_adapter(root, b["weights"], b) if b.get("weights") else {}
-              for b in bases}
+    checks = {b["name"]: _check_adapter(root, b["weights"], b, converted.get(b["weights"]))
+              if b.get("weights") else {} for b in bases}
     shared: list[tuple[str, str]] = [(p, oci.EXPERT_SOFT_PROMPT) for p in
                                      data.get("soft_prompts", [])]
     shared += [(p, oci.EXPERT_DOC) for p in data.get("files", [])]
@@ -373,7 +412,8 @@ def _pack_expert(home: Home, root: Path, ref: Reference, variant: str | None,
         layers: list[Descriptor] = []
         extra = checks[base["name"]]
         if base.get("weights"):
-            layers.append(_file_layer(store, base["weights"], root / base["weights"],
+            layers.append(_file_layer(store, base["weights"],
+                                      converted.get(base["weights"], root / base["weights"]),
                                       oci.EXPERT_ADAPTER, {oci.ANN_BASE_MODEL: base["name"]}))
         if base.get("prompt_template"):
             layers.append(_file_layer(store, base["prompt_template"],

@@ -24,6 +24,7 @@ from sxpm.cli.complete import store_refs, variant_names
 from sxpm.core.detect import memory_budget
 from sxpm.core.humanize import human_size
 from sxpm.errors import StoreError, SxpmError
+from sxpm.home import Home
 from sxpm.installed.tree import remove_all_stale_trees
 
 _REFERRERS_TAG = re.compile(r":sha(256|512)-[0-9a-f]{64,128}$")
@@ -136,6 +137,7 @@ def pull(ref_text: str, variant: str | None, all_variants: bool, index: str | No
       sxpm pull tiny-llama@^1.0
       sxpm pull oci:./registry/tiny-llama:1.0.0
       sxpm pull localhost:5000/simplex/tiny-llama:1.0.0 --variant Q4_K_M
+      sxpm pull hf://bartowski/Llama-3.2-1B-Instruct-GGUF --variant Q4_K_M
     """
     from sxpm.ops.names import resolve_spec
     from sxpm.ops.transfer import pull as do_pull
@@ -144,6 +146,9 @@ def pull(ref_text: str, variant: str | None, all_variants: bool, index: str | No
         raise click.UsageError("--variant and --all-variants exclude each other; "
                                "give one of them")
     h = home()
+    if ref_text.startswith("hf://"):
+        _pull_hf(h, ref_text, variant, all_variants, as_json)
+        return
     named = resolve_spec(h, ref_text, None, index=index, variant=variant, insecure=insecure)
     ref = named.ref
     if insecure_skip_verify:
@@ -153,6 +158,20 @@ def pull(ref_text: str, variant: str | None, all_variants: bool, index: str | No
                      insecure_skip_verify=insecure_skip_verify, expect=named.expect,
                      memory_budget=None if variant or all_variants else memory_budget())
     _report(result, "pulled", as_json, moved="fetched")
+
+
+def _pull_hf(h: Home, text: str, variant: str | None, all_variants: bool,
+             as_json: bool) -> None:
+    from sxpm.ops.hf import pull_hf
+    from sxpm.ops.importer import describe_imported
+
+    done = pull_hf(h, text, variant=variant, all_files=all_variants)
+    if as_json:
+        emit_json(describe_imported(done))
+        return
+    for item in done:
+        click.echo(f"pulled {item.installed.name}@{item.installed.version} as {item.ref} "
+                   f"from {text} ({item.linked} linked, {item.copied} copied)")
 
 
 @click.command()

@@ -33,7 +33,13 @@ from sxpm.core.names import normalize_name
 from sxpm.core.oci import Descriptor, Manifest, canonical_json, parse_manifest_bytes
 from sxpm.core.reference import Digest, Reference
 from sxpm.core.validation import validate
-from sxpm.errors import ArtifactInputError, InputError, NotFoundError
+from sxpm.errors import (
+    ArtifactInputError,
+    CorruptBlobError,
+    InputError,
+    NotFoundError,
+    SizeMismatchError,
+)
 from sxpm.home import Home
 from sxpm.installed.records import Installed
 from sxpm.installed.tree import materialize
@@ -53,15 +59,25 @@ class Imported:
     copied: int  # files copied (another file system, or links refused)
 
 
-def link_blob(store: OCILayout, path: Path, media_type: str) -> tuple[Descriptor, bool]:
-    """Put ``path`` into the store, by hard link where possible; (descriptor, linked)."""
+def link_blob(store: OCILayout, path: Path, media_type: str,
+              expect: Descriptor | None = None) -> tuple[Descriptor, bool]:
+    """Put ``path`` into the store, by hard link where possible; (descriptor, linked).
+
+    With ``expect`` (the digest and size a source announced), a file that does not
+    match is refused before it enters the store.
+    """
     store.ensure()
     store.tmp_dir.mkdir(parents=True, exist_ok=True)
     tmp = store.tmp_dir / f"link-{uuid.uuid4().hex}"
     try:
         os.link(path, tmp)
     except OSError:  # another file system, or links not allowed: copy, hashing as it goes
-        return store.put_file(path, media_type), False
+        if expect is None:
+            return store.put_file(path, media_type), False
+        with store.writer(expect, where=str(path)) as w, open(path, "rb") as src:
+            for chunk in iter(lambda: src.read(CHUNK), b""):
+                w.write(chunk)
+            return w.commit(media_type), False
     try:
         # Hash what the store now names (the link), not the path, which may change.
         sha = hashlib.sha256()
@@ -70,6 +86,10 @@ def link_blob(store: OCILayout, path: Path, media_type: str) -> tuple[Descriptor
                 sha.update(chunk)
         digest = Digest("sha256", sha.hexdigest())
         size = tmp.stat().st_size
+        if expect is not None and digest != expect.digest:
+            raise CorruptBlobError(str(expect.digest), str(digest), where=str(path))
+        if expect is not None and size != expect.size:
+            raise SizeMismatchError(str(digest), expect.size, size, where=str(path))
         with store.blob_lock(digest):
             target = store.blob_path(digest)
             if not target.exists():
@@ -133,8 +153,11 @@ def import_path(home: Home, path: Path, *, name: str | None = None,
 
 
 def _import_files(home: Home, files: list[tuple[str, Path]], path: Path, name: str | None,
-                  version: str | None) -> Imported:
-    """Import ``files`` (title, file) as one model; ``path`` is where they came from."""
+                  version: str | None, *, origin: str | None = None,
+                  expect: dict[str, Descriptor] | None = None) -> Imported:
+    """Import ``files`` (title, file) as one model; ``path`` is where they came from
+    (``origin`` says so instead, for a download); ``expect`` holds what a source
+    announced for a title, checked before the file enters the store."""
     from sxpm.core.gguf import read_gguf
 
     weights = [(rel, p) for rel, p in files if _classify(rel) == oci.MODEL_WEIGHT]
@@ -153,7 +176,8 @@ def _import_files(home: Home, files: list[tuple[str, Path]], path: Path, name: s
         layers, linked = [], 0
         for rel, file in files:
             media_type = _classify(rel)
-            desc, was_linked = link_blob(home.store, file, media_type)
+            desc, was_linked = link_blob(home.store, file, media_type,
+                                         (expect or {}).get(rel))
             linked += was_linked
             layers.append(Descriptor(media_type, desc.digest, desc.size,
                                      {oci.ANN_TITLE: rel, oci.ANN_FILEPATH: rel}))
@@ -170,7 +194,7 @@ def _import_files(home: Home, files: list[tuple[str, Path]], path: Path, name: s
         config_desc = home.store.put_bytes(canonical_json(config), oci.MODEL_CONFIG)
         annotations = {oci.ANN_NAME: name, oci.ANN_VERSION: version,
                        "org.simplex.gguf.main": main_rel, "org.simplex.imported-from":
-                       str(path.resolve())}
+                       origin or str(path.resolve())}
         manifest = Manifest(config_desc, tuple(layers), oci.MODEL_ARTIFACT, annotations)
         top = home.store.put_manifest(manifest)
         _set_ref(home, ref, top)
