@@ -205,7 +205,7 @@ def test_gc_keeps_what_an_installed_tree_uses_and_counts_only_real_bytes(user) -
     before = blob_bytes(user.home, "models")
     out = user("gc", "--json").json
     assert out["blobs"] > 0
-    assert out["bytes"] == before - blob_bytes(user.home, "models") < 4096  # not the weights
+    assert out["bytes_freed"] == before - blob_bytes(user.home, "models") < 4096  # not the weights
     assert os.stat(model).st_nlink == 1 and model.read_bytes()[:4] == b"GGUF"
 
 

@@ -219,8 +219,8 @@ def test_info_shows_versions_variants_and_dependencies(cli) -> None:  # noqa: AN
     assert data["versions"] == [{"version": "2.0.0", "yanked": True},
                                 {"version": "2.1.0", "yanked": False}]
     sel = data["selected"]
-    assert sel["vers"] == "2.1.0" and sel["license"] == "Apache-2.0"
-    assert sel["deps"] == [{"name": "tiny-llama", "req": "^1.0", "kind": "model"}]
+    assert sel["version"] == "2.1.0" and sel["license"] == "Apache-2.0"
+    assert sel["dependencies"] == [{"name": "tiny-llama", "req": "^1.0", "kind": "model"}]
     assert sel["reference"] == f"{sel['ref']}@{sel['digest']}"
     text = cli("info", "sql-expert@2.0.0", "--index", SAMPLE).stdout
     assert "YANKED" in text and "2.0.0 (yanked)" in text and "base models:" in text
@@ -283,12 +283,15 @@ def test_publish_expert_then_pull_it_by_the_index_line(cli, cli2, sample_dir: Pa
     assert out["branch"] == "publish/sql-expert-2.1.0" and out["resumed"] is False
     assert "gh pr create" in out["pr_command"] and "--base main" in out["pr_command"]
     assert entry["ref"] == f"oci:{registry_dir}/sql-expert"
-    assert entry["deps"] == [{"name": "tiny-llama", "req": "^1.0", "kind": "model"}]
+    assert entry["dependencies"] == [{"name": "tiny-llama", "req": "^1.0", "kind": "model"}]
     assert entry["tags"] == ["sql", "text-to-sql"] and entry["license"] == "Apache-2.0"
     assert git(checkout, "rev-parse", "--abbrev-ref", "HEAD").strip() == out["branch"]
     assert git(checkout, "log", "-1", "--format=%s").strip() == "Publish sql-expert 2.1.0"
     assert git(checkout, "status", "--porcelain") == ""
-    assert lines_of(checkout, "sql-expert") == [entry]
+    # --json names the line's keys in the CLI's one style (docs/store.md, "JSON keys").
+    renamed = {"vers": "version", "deps": "dependencies", "artifactType": "artifact_type"}
+    assert [{renamed.get(k, k): v for k, v in line.items()}
+            for line in lines_of(checkout, "sql-expert")] == [entry]
     # Another machine pulls exactly what the line names.
     pulled = cli2("pull", f"{entry['ref']}@{entry['digest']}", "--json", "-q").json
     assert pulled["digest"] == entry["digest"]
@@ -317,14 +320,14 @@ def test_publish_model_variants_and_package(cli, sample_dir: Path, checkout: Pat
     git(checkout, "checkout", "-q", "main")
     pkg = cli("publish", sample_dir / "simplex-hello", "--index", checkout, "--json",
               "-q").json["entry"]
-    assert {(d["name"], d["kind"]) for d in pkg["deps"]} == {("simplex-http", "package"),
+    assert {(d["name"], d["kind"]) for d in pkg["dependencies"]} == {("simplex-http", "package"),
                                                              ("tiny-llama", "model")}
     git(checkout, "checkout", "-q", "main")
     multi = cli("publish", sample_dir / "multi-expert", "--index", checkout, "--json",
                 "-q").json["entry"]
     assert [(v["name"], v["base_model"]) for v in multi["variants"]] == [
         ("tiny-llama", "tiny-llama"), ("other-llama", "other-llama")]
-    assert {d["name"] for d in multi["deps"]} == {"tiny-llama", "other-llama"}
+    assert {d["name"] for d in multi["dependencies"]} == {"tiny-llama", "other-llama"}
 
 
 def test_publish_interrupted_after_push_finishes_without_duplicates(
@@ -476,7 +479,7 @@ def test_http_index_is_cached_and_revalidated_with_etags(cli, nginx_index: Nginx
     count = len(nginx_index.requests(sub))
     assert cli("search", "sql", "--index", url, "--offline", "--json").json == cold
     data = cli("info", "sql-expert", "--index", url, "--offline", "--json").json
-    assert data["selected"]["vers"] == "2.1.0"
+    assert data["selected"]["version"] == "2.1.0"
     assert len(nginx_index.requests(sub)) == count
     # A changed file is fetched again (new ETag), and its new content is used.
     time.sleep(1.1)  # nginx's ETag includes the modification time in seconds

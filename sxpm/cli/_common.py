@@ -13,7 +13,9 @@ from sxpm.core.progress import Reporter, TqdmReporter
 from sxpm.home import Home
 
 if TYPE_CHECKING:
+    from sxpm.core.oci import Descriptor
     from sxpm.core.reference import Reference
+    from sxpm.index.format import IndexEntry
     from sxpm.transport import TransportOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -73,6 +75,22 @@ def reporter(quiet: bool) -> Reporter:
 
 def emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+# --json prints one key style (snake_case) and one word for one thing across commands
+# (docs/store.md, "JSON keys"); the file formats (OCI documents, index lines) keep theirs.
+_JSON_KEYS = {"mediaType": "media_type", "artifactType": "artifact_type", "vers": "version",
+              "deps": "dependencies"}
+
+
+def descriptor_json(desc: Descriptor) -> dict[str, Any]:
+    """An OCI descriptor as --json prints it; annotations keep their own names."""
+    return {_JSON_KEYS.get(k, k): v for k, v in desc.to_dict().items()}
+
+
+def entry_json(entry: IndexEntry) -> dict[str, Any]:
+    """An index line as --json prints it (the line itself keeps cargo's `vers`/`deps`)."""
+    return {_JSON_KEYS.get(k, k): v for k, v in entry.to_dict().items()}
 
 
 def table(rows: list[list[str]], header: list[str]) -> None:

@@ -172,6 +172,9 @@ _INFO_WHAT = {
 }
 
 
+_LABELS = {"param_size": "paramSize"}
+
+
 def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> None:
     from sxpm.artifacts.describe import describe
     from sxpm.core.oci import ANN_BASE_MODEL, ANN_VARIANT, ImageIndex
@@ -202,7 +205,7 @@ def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> No
         "name": info.name, "version": info.version, "ref": str(ref),
         "digest": str(top.digest), "variant": info.variant, "variants": variants,
         "size": info.size,
-        "files": [{"path": layer.title, "mediaType": layer.media_type, "size": layer.size,
+        "files": [{"path": layer.title, "media_type": layer.media_type, "size": layer.size,
                    "digest": str(layer.digest)} for layer in info.manifest.layers],
         "installed": [str(i.path) for i in found],
         "project": placed[-1].project if placed else None}
@@ -210,8 +213,8 @@ def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> No
         cfg = info.config.get("config", {})
         data.update({"architecture": cfg.get("architecture"), "format": cfg.get("format"),
                      "quantization": cfg.get("quantization"),
-                     "paramSize": cfg.get("paramSize")})
-        keys = ["name", "version", "ref", "digest", "architecture", "quantization", "paramSize"]
+                     "param_size": cfg.get("paramSize")})
+        keys = ["name", "version", "ref", "digest", "architecture", "quantization", "param_size"]
     else:
         from sxpm.runner.locate import base_model_names
 
@@ -229,7 +232,8 @@ def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> No
         emit_json(data)
         return
     for key in keys:
-        click.echo(f"{key:13} {data[key]}")
+        # The text labels predate the JSON keys' one style; the text output stays as it was.
+        click.echo(f"{_LABELS.get(key, key):13} {data[key]}")
     if data["project"]:
         click.echo(f"{'project':13} {data['project']} ({found[-1].path})")
     click.echo(f"{'size':13} {human_size(info.size)}")

@@ -63,7 +63,7 @@ def pack(kind: str, path: Path, ref_text: str, variant: str | None, version: str
         emit_json({"ref": str(result.ref), "kind": result.kind, "name": result.name,
                    "version": result.version, "digest": str(result.descriptor.digest),
                    "manifest": str(result.manifest.digest), "variants": list(result.variants),
-                   "mediaType": result.descriptor.media_type})
+                   "media_type": result.descriptor.media_type})
         return
     click.echo(f"packed {result.kind} {result.name} {result.version} as {result.ref}"
                + (f" (variants: {', '.join(result.variants)})" if result.variants else ""))
@@ -220,7 +220,7 @@ def inspect(ref_text: str, remote: bool, insecure: bool, as_json: bool) -> None:
         data = h.store.read_blob(desc)
     manifest = json.loads(data)
     if as_json:
-        emit_json({"ref": str(ref), "digest": str(desc.digest), "mediaType": desc.media_type,
+        emit_json({"ref": str(ref), "digest": str(desc.digest), "media_type": desc.media_type,
                    "size": len(data), "manifest": manifest})
         return
     click.echo(f"# {ref} {desc.digest}")
@@ -247,7 +247,7 @@ def list_(as_json: bool) -> None:
             if _REFERRERS_TAG.search(name):
                 continue  # a signature listing (referrers tag schema), not an artifact
             entry: dict[str, Any] = {
-                "ref": name, "digest": str(desc.digest), "mediaType": desc.media_type,
+                "ref": name, "digest": str(desc.digest), "media_type": desc.media_type,
                 "kind": None, "name": None, "version": None, "size": None, "variants": []}
             try:
                 info = describe(store, desc)
@@ -329,7 +329,7 @@ def gc(dry_run: bool, as_json: bool) -> None:
     if trees and not as_json:
         click.echo(f"removed {trees} unfinished install tree(s)")
     if as_json:
-        emit_json({"blobs": count, "bytes": freed, "dry_run": dry_run, "trees": trees})
+        emit_json({"blobs": count, "bytes_freed": freed, "dry_run": dry_run, "trees": trees})
         return
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {count} blob(s), {human_size(freed)}")

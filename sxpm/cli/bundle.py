@@ -51,7 +51,7 @@ def create(refs: tuple[str, ...], lock_path: Path | None, output: Path, quiet: b
                        options=TransportOptions(insecure=insecure, jobs=jobs))
     if as_json:
         emit_json({"path": str(result.path), "refs": result.refs, "blobs": result.blobs,
-                   "bytes": result.bytes, "index_lines": result.index_lines})
+                   "size": result.bytes, "index_lines": result.index_lines})
         return
     click.echo(f"Wrote {result.path}: {len(result.refs)} ref(s), {result.blobs} blob(s), "
                f"{result.bytes} bytes, {result.index_lines} index line(s)")
@@ -78,7 +78,7 @@ def import_(path: Path, insecure_skip_verify: bool, as_json: bool) -> None:
                            insecure_skip_verify=insecure_skip_verify)
     if as_json:
         emit_json({"path": str(result.path), "refs": result.refs, "blobs": result.blobs,
-                   "bytes": result.bytes, "index_lines": result.index_lines})
+                   "size": result.bytes, "index_lines": result.index_lines})
         return
     click.echo(f"Imported {result.path}: {len(result.refs)} ref(s), {result.blobs} new "
                f"blob(s), {result.bytes} bytes")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from sxpm.cli._common import entry_json
 from sxpm.core.http import strip_userinfo
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -114,7 +115,7 @@ def info(spec: str, index: str | None, offline: bool, insecure: bool, as_json: b
     if as_json:
         _echo_json({"name": entry.name, "kind": entry.kind,
                     "versions": [{"version": e.vers, "yanked": e.yanked} for e in versions],
-                    "selected": {**entry.to_dict(), "reference": entry.reference}})
+                    "selected": {**entry_json(entry), "reference": entry.reference}})
         return
     click.echo(f"{entry.name} {entry.vers} ({entry.kind})"
                + ("  YANKED" if entry.yanked else ""))
@@ -222,7 +223,7 @@ def publish(paths: tuple[Path, ...], index: Path, registry: str | None, kind: st
     pushed = _push(index, result.branch, result.base,
                    f"Publish {result.entry.name} {result.entry.vers}", push, open_pr)
     if as_json:
-        _echo_json({"entry": result.entry.to_dict(), "file": str(result.file),
+        _echo_json({"entry": entry_json(result.entry), "file": str(result.file),
                     "branch": result.branch, "commit": result.commit,
                     "pushed_blobs": result.pushed_blobs, "resumed": result.resumed,
                     "signer": result.signer, "pr_command": result.pr_command,

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from sxpm.cli._common import emit_json, home, json_option, table
+from sxpm.cli._common import descriptor_json, emit_json, home, json_option, table
 from sxpm.errors import InputError
 
 
@@ -88,7 +88,7 @@ def referrers(ref_text: str, artifact_type: str | None, insecure: bool, as_json:
     ref = home().parse_ref(ref_text)
     found = list_referrers(ref, artifact_type, options=TransportOptions(insecure=insecure))
     if as_json:
-        emit_json([d.to_dict() for d in found])
+        emit_json([descriptor_json(d) for d in found])
         return
     if not found:
         click.echo(f"no referrers of {ref}")
