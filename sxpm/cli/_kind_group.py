@@ -190,7 +190,7 @@ _INFO_WHAT = {
 
 
 def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> None:
-    from sxpm.artifacts.describe import describe
+    from sxpm.artifacts.describe import describe_held
     from sxpm.core.oci import ANN_BASE_MODEL, ANN_VARIANT, ImageIndex
     from sxpm.ops.project import installed_here
     from sxpm.store.refs import resolve_local
@@ -207,7 +207,7 @@ def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> No
     else:
         ref = h.parse_ref(spec)
     top = resolve_local(h.store, ref)
-    info = describe(h.store, top, variant)
+    info = describe_held(h.store, top, variant)  # no variant asked: one the store holds
     if info.kind != kind:
         raise InputError(f"{spec} is {info.kind!r}, not {with_article(kind)}")
     variants: list[str] = []
