@@ -9,7 +9,7 @@ from typing import Any
 from sxpm.artifacts import ollama
 from sxpm.core import oci
 from sxpm.core.oci import Descriptor, ImageIndex, Manifest
-from sxpm.core.reference import Reference
+from sxpm.core.reference import Digest, Reference
 from sxpm.errors import InputError, ManifestError
 from sxpm.home import Home
 from sxpm.store.layout import OCILayout
@@ -123,3 +123,46 @@ def describe_ref(home: Home, ref: Reference | str, variant: str | None = None) -
     if isinstance(ref, str):
         ref = home.parse_ref(ref)
     return describe(home.store, resolve_local(home.store, ref), variant)
+
+
+def held_variants(store: OCILayout, index: ImageIndex, *, layers: bool = False) -> list[str]:
+    """The variants of ``index`` whose manifest and config (and with ``layers``, every
+    layer) the store holds: a pull of one variant fetches only that variant's."""
+    return [d.annotations.get(oci.ANN_VARIANT, str(d.digest)) for d in index.manifests
+            if store.has_blob(d.digest) and _held(store, d, layers)]
+
+
+def _held(store: OCILayout, desc: Descriptor, layers: bool) -> bool:
+    obj = store.load_manifest(desc)
+    return isinstance(obj, Manifest) and all(
+        store.has_blob(b.digest) for b in (obj.blobs() if layers else [obj.config]))
+
+
+def describe_held(store: OCILayout, top: Descriptor, variant: str | None = None
+                  ) -> ArtifactInfo:
+    """:func:`describe`, but with no ``variant`` asked an index is described by its
+    default variant only when the store holds it, else by the first variant it holds."""
+    if variant is None and top.is_index:
+        index = store.load_manifest(top)
+        if isinstance(index, ImageIndex):
+            held = held_variants(store, index)
+            default = index.select(None).annotations.get(oci.ANN_VARIANT)
+            if held and default not in held:
+                variant = held[0]
+    return describe(store, top, variant)
+
+
+def bytes_held(store: OCILayout, top: Descriptor) -> int:
+    """The bytes of ``top``'s blobs the store holds: its manifests, configs and layers
+    (each blob once), whatever subset of variants was pulled."""
+    sizes: dict[Digest, int] = {}
+    todo = [top]
+    while todo:
+        desc = todo.pop()
+        if desc.digest in sizes or not store.has_blob(desc.digest):
+            continue
+        sizes[desc.digest] = desc.size
+        if desc.is_index or desc.media_type in oci.MANIFEST_TYPES:
+            obj = store.load_manifest(desc)
+            todo += obj.manifests if isinstance(obj, ImageIndex) else obj.blobs()
+    return sum(sizes.values())

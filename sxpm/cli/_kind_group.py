@@ -74,7 +74,7 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
 
     @group.command(name="install", help=f"""Install the {kind} NAME[@REQ] (the newest
     matching version the index lists, not yanked) or REF, pulling what is missing, as hard
-    links into the store.
+    links into the store.{_SOURCE_HELP if kind == "expert" else ""}
 
     \b
     Example:
@@ -101,18 +101,31 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
                     insecure_skip_verify: bool, as_json: bool, **extra: Any) -> None:
         from sxpm.ops.install import install
         from sxpm.ops.names import resolve_spec
+        from sxpm.ops.sources import is_source_spec
 
         h = home()
         for_model = extra.get("for_model")
         if for_model and variant:
             raise click.UsageError("--for and --variant choose the same thing; give one")
-        named = resolve_spec(h, spec, kind, index=index, variant=variant, insecure=insecure)
+        if kind == "expert" and is_source_spec(spec):
+            # A git repository or a local path: packed into the store here, then
+            # installed from there like any other reference.
+            from sxpm.ops.fetch import policy_for
+            from sxpm.ops.names import Resolved
+            from sxpm.ops.sources import pack_source
+
+            named = Resolved(pack_source(h, spec, policy=policy_for(h)).ref)
+            extra["pull_missing"] = False
+        else:
+            named = resolve_spec(h, spec, kind, index=index, variant=variant,
+                                 insecure=insecure)
         if insecure_skip_verify:
             warn_skip_verify(named.ref)
         kw: dict[str, Any] = {"root": root, "options": transport(insecure, jobs),
                               "reporter": reporter(quiet or as_json),
                               "insecure_skip_verify": insecure_skip_verify,
-                              "expect": named.expect, "repair": repair}
+                              "expect": named.expect, "repair": repair,
+                              "pull_missing": extra.get("pull_missing", True)}
         if for_model:
             from sxpm.runner.locate import install_expert
 
@@ -166,6 +179,10 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
     return group
 
 
+_SOURCE_HELP = """ An expert can also come from its source, packed on the fly with
+    every check of `sxpm pack`: git+https://HOST/REPO#TAG, git+file:///PATH#TAG,
+    git+git://HOST/REPO#TAG, or file:///PATH (a directory or a legacy .expert)."""
+
 _INFO_WHAT = {
     "model": "architecture, quantization, parameters, files, variants",
     "expert": "base models, adapter, prompt template, files, variants",
@@ -176,7 +193,7 @@ _LABELS = {"param_size": "paramSize"}
 
 
 def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> None:
-    from sxpm.artifacts.describe import describe
+    from sxpm.artifacts.describe import describe_held
     from sxpm.core.oci import ANN_BASE_MODEL, ANN_VARIANT, ImageIndex
     from sxpm.ops.project import installed_here
     from sxpm.store.refs import resolve_local
@@ -193,7 +210,7 @@ def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> No
     else:
         ref = h.parse_ref(spec)
     top = resolve_local(h.store, ref)
-    info = describe(h.store, top, variant)
+    info = describe_held(h.store, top, variant)  # no variant asked: one the store holds
     if info.kind != kind:
         raise InputError(f"{spec} is {info.kind!r}, not {with_article(kind)}")
     variants: list[str] = []

@@ -236,7 +236,7 @@ def list_(as_json: bool) -> None:
     Example:
       sxpm list --json
     """
-    from sxpm.artifacts.describe import describe
+    from sxpm.artifacts.describe import bytes_held, describe_held
     from sxpm.core.oci import ANN_VARIANT, ImageIndex
 
     h = home()
@@ -250,9 +250,11 @@ def list_(as_json: bool) -> None:
                 "ref": name, "digest": str(desc.digest), "media_type": desc.media_type,
                 "kind": None, "name": None, "version": None, "size": None, "variants": []}
             try:
-                info = describe(store, desc)
+                # Whatever variants were pulled: the row describes one the store holds
+                # and counts the bytes it holds.
+                info = describe_held(store, desc)
                 entry.update(kind=info.kind, name=info.name, version=info.version,
-                             size=info.size)
+                             size=bytes_held(store, desc))
                 if desc.is_index:
                     index = store.load_manifest(desc)
                     assert isinstance(index, ImageIndex)

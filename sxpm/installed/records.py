@@ -1,9 +1,10 @@
 """Install records: what is installed where, read without the store.
 
-Every installed tree ``<root>/<kind>s/<name>/<version>/`` holds ``.sxpm-install.json``
-(written by :func:`sxpm.installed.tree.materialize`). Reading those records needs only the
-file system and ``json``, so ``sxpm run NAME`` finds an installed model without
-loading the store, the OCI modules or the install machinery.
+Every installed tree ``<root>/<kind>s/<name>/<version>/`` (another variant of the same
+version: ``<version>~<variant>/``, see :func:`sxpm.installed.tree.tree_dir`) holds
+``.sxpm-install.json`` (written by :func:`sxpm.installed.tree.materialize`). Reading
+those records needs only the file system and ``json``, so ``sxpm run NAME`` finds an
+installed model without loading the store, the OCI modules or the install machinery.
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
     """Build the installed tree of ``info`` under ``root``; replaces an older one."""
     _check_segment(info.name, "name", ref)
     _check_segment(info.version, "version", ref)
-    dest = install_dir(root, info.kind, info.name, info.version)
+    dest = tree_dir(root, info, ref)
     missing = [layer for layer in info.manifest.layers if not store.has_blob(layer.digest)]
     if missing:
         raise NotFoundError(f"{ref}: blob {missing[0].digest} is not in the store",
@@ -111,7 +111,7 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
     remove_stale_trees(dest.parent)
     # The owner's pid in the name lets a later install or gc tell a killed build's
     # leftovers from a running one's.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{info.version}.tmp-{os.getpid()}-",
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-",
                                 dir=dest.parent))
     try:
         for layer in info.manifest.layers:
@@ -152,6 +152,28 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
                 dest.parent.rmdir()
         raise
     return Installed(info.kind, info.name, info.version, dest, record)
+
+
+def tree_dir(root: Path, info: ArtifactInfo, ref: str) -> Path:
+    """Where the tree of ``info`` goes, so that variants of one version sit side by side.
+
+    ``<version>/`` when it is free or holds this variant (or an artifact without
+    variants), so a single-variant install and every tree installed before variants
+    could coexist keep their path; another variant goes to ``<version>~<variant>/``
+    (``~`` is in no tag, version or variant, so the name is unambiguous). Which tree
+    holds what is read from the install records, never from the directory names.
+    """
+    base = install_dir(root, info.kind, info.name, info.version)
+    if info.variant is None:
+        return base
+    side = base.with_name(f"{info.version}~{_check_segment(info.variant, 'variant', ref)}")
+    if side.exists():
+        return side
+    try:
+        held = json.loads((base / INSTALL_RECORD).read_text()).get("variant")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return base  # free, or nothing sxpm can read: replaced as before
+    return base if held in (None, info.variant) else side
 
 
 # Hidden trees an install leaves when killed: the tree being built and the old tree
@@ -224,10 +246,15 @@ def remove_installed(root: Path, kind: str, name: str, version: str | None = Non
         what = f"{name}@{version}" if version else name
         raise NotFoundError(f"No installed {kind} {what}",
                             hint=f"`sxpm {kind} list` shows what is installed")
-    for item in found:
+    return remove_trees(found)
+
+
+def remove_trees(items: list[Installed]) -> list[Installed]:
+    """Remove these installed trees (one variant each), and a name's folder left empty."""
+    for item in items:
         _rmtree(item.path)
         with contextlib.suppress(OSError):
             item.path.parent.rmdir()
-    return found
+    return items
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from sxpm.core.http import strip_userinfo
 from sxpm.core.progress import SILENT, Reporter
 from sxpm.errors import CorruptBlobError, InputError, ManifestError, NotFoundError, StoreError
-from sxpm.installed.records import INSTALL_RECORD, install_dir, list_installed
+from sxpm.installed.records import find_installed, list_installed
 from sxpm.project.lock import Lock, LockedArtifact, LockedLayer, changed_requirements
 
 if TYPE_CHECKING:
@@ -232,11 +232,10 @@ class InstallReport:
 
 
 def _is_installed(root: Path, art: LockedArtifact) -> bool:
-    record = install_dir(root, art.kind, art.name, art.version) / INSTALL_RECORD
-    try:
-        return bool(json.loads(record.read_text()).get("digest") == str(art.manifest))
-    except (OSError, ValueError):
-        return False
+    # Variants of one version sit side by side (installed.tree.tree_dir): the locked
+    # one is any tree of that version whose record names its manifest.
+    return any(i.record.get("digest") == str(art.manifest)
+               for i in find_installed(root, art.kind, art.name, art.version))
 
 
 def install_lock(home: Home, lock_: Lock, root: Path, *, offline: bool = False,
@@ -271,12 +270,12 @@ def install_lock(home: Home, lock_: Lock, root: Path, *, offline: bool = False,
             from sxpm.ops.lifecycle import record_project
 
             record_project(home, project.lock_path)
-    locked = {(a.kind, a.name, a.version) for a in lock_.artifacts}
+    locked = {(a.kind, a.name, a.version, str(a.manifest)) for a in lock_.artifacts}
     for item in list_installed(root):
-        if (item.kind, item.name, item.version) not in locked:
-            from sxpm.installed.tree import remove_installed
+        if (item.kind, item.name, item.version, item.record.get("digest")) not in locked:
+            from sxpm.installed.tree import remove_trees
 
-            remove_installed(root, item.kind, item.name, item.version)
+            remove_trees([item])
             report.removed.append(f"{item.name} {item.version}")
     return report
 

@@ -317,13 +317,23 @@ def _choose_variant_in_store(home: Home, ref: Reference, budget: Budget | None
     return _choose_variant(home, tree.index, budget)
 
 
-def _choose_variant(home: Home, index: ImageIndex | None, budget: Budget | None) -> str | None:
+def _choose_variant(home: Home, index: ImageIndex | None, budget: Budget | None,
+                    held_only: bool = False) -> str | None:
+    """The variant the policy picks for ``budget``; with ``held_only``, among those the
+    store holds (running from the store never fetches), when it holds any."""
+    from sxpm.artifacts.describe import held_variants
     from sxpm.core.variants import usable_memory
     from sxpm.runner.plan import choose_variant
 
     if index is None:
         return None
     options = index.variant_values()
+    if held_only:
+        held = set(held_variants(home.store, index, layers=True))
+        pulled = [o for o in options if o.name in held]
+        if len(pulled) == 1:
+            return pulled[0].name
+        options = pulled or options
     if len(options) < 2:
         return None
     return choose_variant(options, usable_memory(budget()) if budget else None).name
@@ -342,7 +352,7 @@ def _model_from_store(home: Home, ref: Reference, variant: str | None, budget: B
         item = do_install(home, ref, variant=variant, **install_kw)
         return find_model(home, f"{item.name}@{item.version}", install=False)
     if variant is None and tree.index is not None:
-        variant = _choose_variant(home, tree.index, budget)
+        variant = _choose_variant(home, tree.index, budget, held_only=True)
     info = fetcher.artifact(tree, tree.entry(variant), trust=False).info
     if info.kind != "model":
         raise InputError(f"{ref} is {info.kind!r}, not a model",
