@@ -63,6 +63,10 @@ def test_skopeo_reads_the_store_and_a_layout_registry_by_name(
     # The store, by the name its index.json gives.
     raw = skopeo("inspect", "--raw", f"oci:{home / 'store'}:{name}").stdout
     assert raw.encode() == blob.read_bytes()
+    if shutil.which("umoci"):  # another reader of the same layout
+        listed = subprocess.run(["umoci", "ls", "--layout", str(home / "store")],
+                                capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0 and name in listed.stdout.split(), listed.stderr
     # The layout registry sxpm pushed to, by tag.
     layout = registry_dir / "tiny-llama"
     assert json.loads((layout / "index.json").read_text())["mediaType"] == OCI_INDEX
@@ -283,6 +287,18 @@ def test_modelpack_weights_in_tar_forms_install_unpacked_and_run(
     gguf.write_bytes(gguf_bytes[:-1] + b"\x01")
     err = cli.fail("run", "tiny@v1", "-p", "hi", "-n", "1", code=1).stderr
     assert "changed since it was installed" in err
+
+
+@pytest.mark.registry
+@pytest.mark.llama
+def test_modelpack_tar_zstd_model_runs(cli, oci_registry, gguf_bytes: bytes) -> None:  # noqa: ANN001
+    pytest.importorskip("llama_cpp")
+    layer = ("application/vnd.cncf.model.weight.v1.tar+zstd", "tiny.gguf",
+             _tar({"tiny.gguf": gguf_bytes}, "tar+zstd"))
+    push_modelpack(oci_registry.host, "mp-run/tiny", "v1", [layer])
+    ref = f"{oci_registry.host}/mp-run/tiny:v1"
+    out = cli("run", ref, "--install", "-p", "hello", "-n", "4", "--json").json
+    assert out["text"] and out["model"]["name"] == "tiny"
 
 
 @pytest.mark.registry
