@@ -60,6 +60,18 @@ def parse_config(raw: bytes, desc: Descriptor) -> dict[str, Any]:
     return config
 
 
+def not_an_artifact(manifest: Manifest, where: str) -> ManifestError:
+    """The error for a manifest sxpm does not install, saying what it is."""
+    if manifest.artifact_type is None and manifest.config.media_type in oci.IMAGE_CONFIGS:
+        return ManifestError(where, f"a container image ({len(manifest.layers)} layer(s)), "
+                             "not a model, expert or package",
+                             hint="run it with a container engine (podman, docker)")
+    return ManifestError(where, "not a model, expert or package: an OCI artifact of type "
+                         f"{manifest.artifact_type or manifest.config.media_type!r}",
+                         hint="sxpm installs ModelPack and Ollama models, experts and "
+                              "packages; `sxpm pull` or `sxpm copy` moves any artifact")
+
+
 def describe(store: OCILayout, top: Descriptor, variant: str | None = None) -> ArtifactInfo:
     """Read an artifact's manifest (picking ``variant`` of an index) and config."""
     obj = store.load_manifest(top)
@@ -77,8 +89,7 @@ def describe(store: OCILayout, top: Descriptor, variant: str | None = None) -> A
         obj = ollama.view(obj, str(desc.digest))
         kind = "model"
     if kind is None:
-        raise ManifestError(str(desc.digest), f"not an sxpm artifact (artifactType "
-                            f"{obj.artifact_type or obj.config.media_type!r})")
+        raise not_an_artifact(obj, str(desc.digest))
     # read_blob has its own error for a blob over the size limit
     config = parse_config(store.read_blob(obj.config), obj.config)
     if kind == "model":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,12 @@ MODEL_CONFIG = "application/vnd.cncf.model.config.v1+json"
 MODEL_WEIGHT = "application/vnd.cncf.model.weight.v1.raw"
 MODEL_WEIGHT_CONFIG = "application/vnd.cncf.model.weight.config.v1.raw"
 MODEL_DOC = "application/vnd.cncf.model.doc.v1.raw"
+# ModelPack's other layer forms (modctl's default is plain tar): an archive of the
+# file(s) under their paths, for weights, configs, docs, code and datasets alike.
+MODEL_LAYER_PREFIX = "application/vnd.cncf.model."
+MODEL_ARCHIVE_SUFFIXES = (".tar", ".tar+gzip", ".tar+zstd")
+IMAGE_CONFIGS = frozenset({"application/vnd.oci.image.config.v1+json",
+                           "application/vnd.docker.container.image.v1+json"})
 
 EXPERT_ARTIFACT = "application/vnd.simplex.expert.manifest.v1+json"
 EXPERT_CONFIG = "application/vnd.simplex.expert.config.v1+json"
@@ -56,6 +63,7 @@ ANN_KIND = "org.simplex.kind"
 ANN_DEPENDENCIES = "org.simplex.dependencies"
 ANN_MEMORY = "org.simplex.memory"
 ANN_SIZE = "org.simplex.size"
+ANN_SIMPLEX_REF = "org.simplex.ref"
 
 KIND_BY_ARTIFACT = {MODEL_ARTIFACT: "model", EXPERT_ARTIFACT: "expert", PACKAGE_ARTIFACT: "package"}
 ARTIFACT_BY_KIND = {v: k for k, v in KIND_BY_ARTIFACT.items()}
@@ -63,6 +71,62 @@ ARTIFACT_BY_KIND = {v: k for k, v in KIND_BY_ARTIFACT.items()}
 # Registries commonly refuse manifests over 4 MiB; sxpm refuses to read larger ones
 # so a hostile source cannot make it buffer arbitrary amounts of JSON.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+
+# The grammar image-spec gives ``org.opencontainers.image.ref.name``; skopeo's
+# ``oci:DIR:NAME`` refuses any other name.
+_REF_COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
+_REF_NAME = re.compile(rf"{_REF_COMPONENT}(?:/{_REF_COMPONENT})*")
+
+
+def valid_ref_name(name: str) -> bool:
+    return _REF_NAME.fullmatch(name) is not None
+
+
+def ref_entry_name(ref: str) -> str:
+    """What other tools call the ``index.json`` entry for ``ref``: ``ref`` itself where
+    the OCI grammar allows it, else (``oci:/abs/path:tag``) a name it allows:
+    ``oci/abs/path:tag``, or where other characters had to go, that with a short hash
+    of ``ref`` so two refs never share one. The full ref is kept in
+    :data:`ANN_SIMPLEX_REF`."""
+    if valid_ref_name(ref):
+        return ref
+    parts = [re.sub(r"[^A-Za-z0-9]+", _one_separator, p).strip("-._:@+")
+             for p in ref.split("/")]
+    body = "/".join(p for p in parts if p) or "ref"
+    if body == ref.replace(":/", "/", 1) and valid_ref_name(body):
+        return body  # only the scheme's ``:/`` went: ``oci/abs/path/repo:tag``
+    return f"{body}-{hashlib.sha256(ref.encode()).hexdigest()[:8]}"
+
+
+def _one_separator(run: re.Match[str]) -> str:
+    first = run.group(0)[0]
+    return first if first in "-._:@+" else "-"
+
+
+def ref_entry(name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """An ``index.json`` entry (a descriptor's dict) naming it ``name``."""
+    ann = {k: v for k, v in (entry.get("annotations") or {}).items()
+           if k not in (ANN_REF_NAME, ANN_SIMPLEX_REF)}
+    ann[ANN_REF_NAME] = ref_entry_name(name)
+    ann[ANN_SIMPLEX_REF] = name
+    return {**entry, "annotations": ann}
+
+
+def entry_ref(annotations: Mapping[str, str]) -> str | None:
+    """The ref an ``index.json`` entry names: sxpm's own annotation, else (stores
+    written before it, other tools' layouts) ``org.opencontainers.image.ref.name``."""
+    return annotations.get(ANN_SIMPLEX_REF) or annotations.get(ANN_REF_NAME) or None
+
+
+def model_archive(media_type: str) -> str | None:
+    """The archive form (``tar``, ``tar+gzip``, ``tar+zstd``) of a ModelPack layer that
+    carries its file(s) as an archive; None for a raw layer or any other."""
+    if media_type.startswith(MODEL_LAYER_PREFIX):
+        for suffix in MODEL_ARCHIVE_SUFFIXES:
+            if media_type.endswith(".v1" + suffix):
+                return suffix[1:]
+    return None
 
 
 def canonical_json(value: Any) -> bytes:

@@ -11,6 +11,7 @@ cannot unpack to gigabytes, nor a header claim them.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -145,15 +146,17 @@ class Bounded(io.RawIOBase):
 
 
 def extract_tar(stream: Any, dest: Path, where: str, *, packed_size: int, max_members: int,
-                max_bytes: int, paths: PathSet | None = None) -> None:
+                max_bytes: int, paths: PathSet | None = None,
+                digests: dict[str, str] | None = None) -> None:
     """Unpack a tar ``stream`` (already decompressed, read once) under ``dest``.
 
     Only regular files and directories, under safe relative names that no other file
     of the tree (``paths``) takes; every file is created new. Bounded in members,
     total bytes (``max_bytes`` and :data:`MAX_RATIO` times ``packed_size``) and
     header bytes, so memory and disk stay bounded whatever the archive claims.
-    Raises :class:`ArtifactInputError`; ``tarfile.TarError`` and the decompressor's
-    own errors are the caller's to word.
+    ``digests``, when given, gets each file's ``sha256:<hex>``, hashed as it is
+    written. Raises :class:`ArtifactInputError`; ``tarfile.TarError`` and the
+    decompressor's own errors are the caller's to word.
     """
     budget = min(max_bytes, max(packed_size, 1) * MAX_RATIO)
     paths = paths or PathSet(where)
@@ -188,7 +191,14 @@ def extract_tar(stream: Any, dest: Path, where: str, *, packed_size: int, max_me
                 assert src is not None
                 # "x": a new file, never through a link into the store.
                 with open(target, "xb") as out:
-                    shutil.copyfileobj(src, out, _READ)
+                    if digests is None:
+                        shutil.copyfileobj(src, out, _READ)
+                    else:
+                        h = hashlib.sha256()
+                        while chunk := src.read(_READ):
+                            h.update(chunk)
+                            out.write(chunk)
+                        digests[rel] = f"sha256:{h.hexdigest()}"
                     os.fchmod(out.fileno(), 0o755 if member.mode & 0o111 else 0o644)
     except (FileExistsError, NotADirectoryError):
         raise ArtifactInputError(f"{where}: two files land on one path",

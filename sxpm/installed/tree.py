@@ -10,6 +10,7 @@ its final place and renamed in, so a crash never leaves half an install.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,10 @@ from sxpm.store.layout import CHUNK, OCILayout
 
 MAX_PACKAGE_MEMBERS = 100_000
 MAX_PACKAGE_BYTES = 16 * 1024**3
+# A ModelPack archive layer holds one file or a model directory; its bytes are bounded
+# by the ratio to its packed size (core.unpack.MAX_RATIO), this only caps the absurd.
+MAX_MODEL_ARCHIVE_MEMBERS = 10_000
+MAX_MODEL_ARCHIVE_BYTES = 4 * 1024**4
 
 
 def _link_or_copy(src: Path, dst: Path, where: str) -> None:
@@ -89,6 +95,29 @@ def extract_package(store: OCILayout, layer: Descriptor, dest: Path,
             raise ArtifactInputError(f"{where} is not a valid tar+zstd ({exc})") from None
 
 
+def extract_model_archive(store: OCILayout, layer: Descriptor, dest: Path, paths: PathSet,
+                          digests: dict[str, str]) -> None:
+    """Unpack a ModelPack tar, tar+gzip or tar+zstd layer under the same guards as a
+    package layer; ``digests`` gets each file's digest (the record's, for run checks)."""
+    # Imported here: zstandard is a heavy module only this form needs.
+    import zstandard
+
+    form = oci.model_archive(layer.media_type)
+    where = f"model layer {layer.digest} ({form})"
+    with store.open_blob(layer.digest) as raw:
+        stream: Any = raw
+        if form == "tar+gzip":
+            stream = gzip.GzipFile(fileobj=raw, mode="rb")
+        elif form == "tar+zstd":
+            stream = zstandard.ZstdDecompressor().stream_reader(raw)
+        try:
+            extract_tar(stream, dest, where, packed_size=layer.size,
+                        max_members=MAX_MODEL_ARCHIVE_MEMBERS,
+                        max_bytes=MAX_MODEL_ARCHIVE_BYTES, paths=paths, digests=digests)
+        except (tarfile.TarError, zstandard.ZstdError, OSError, EOFError, zlib.error) as exc:
+            raise ArtifactInputError(f"{where} is not a valid {form} ({exc})") from None
+
+
 def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
                 signer: dict[str, str] | None = None) -> Installed:
     """Build the installed tree of ``info`` under ``root``; replaces an older one."""
@@ -101,7 +130,7 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
                             hint="pull the artifact again")
     paths = PathSet(ref)
     titled = [(layer, safe_relpath(title, ref)) for layer in info.manifest.layers
-              if layer.media_type != oci.PACKAGE_LAYER
+              if layer.media_type != oci.PACKAGE_LAYER and not oci.model_archive(layer.media_type)
               and (title := layer.annotations.get(oci.ANN_FILEPATH)
                    or layer.annotations.get(oci.ANN_TITLE))]
     for _, rel in titled:  # refused before anything is written
@@ -113,15 +142,20 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
     # leftovers from a running one's.
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-",
                                 dir=dest.parent))
+    unpacked: dict[str, str] = {}  # files of archive layers: their own digests
     try:
         for layer in info.manifest.layers:
             if layer.media_type == oci.PACKAGE_LAYER:
                 extract_package(store, layer, tmp, paths)
+            elif oci.model_archive(layer.media_type):
+                extract_model_archive(store, layer, tmp, paths, unpacked)
         for layer, rel in titled:
             _link_or_copy(store.blob_path(layer.digest), tmp / rel, ref)
         files = {(layer.annotations.get(oci.ANN_FILEPATH)
                   or layer.annotations.get(oci.ANN_TITLE) or ""): str(layer.digest)
-                 for layer in info.manifest.layers}
+                 for layer in info.manifest.layers
+                 if not oci.model_archive(layer.media_type)}
+        files.update(unpacked)
         record = {
             "ref": ref,
             "kind": info.kind,

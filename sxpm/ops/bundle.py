@@ -29,13 +29,17 @@ from pathlib import Path
 
 from sxpm.core.oci import (
     ANN_REF_NAME,
+    ANN_SIMPLEX_REF,
     INDEX_TYPES,
     MANIFEST_TYPES,
     MAX_MANIFEST_BYTES,
+    OCI_INDEX,
     Descriptor,
     ImageIndex,
     canonical_json,
+    entry_ref,
     parse_manifest_bytes,
+    ref_entry,
 )
 from sxpm.core.reference import Digest, Reference
 from sxpm.errors import CorruptBlobError, InputError, NotFoundError, StoreError, SxpmError
@@ -201,10 +205,8 @@ def _write_tar(store: OCILayout, out: Path, named: dict[str, Descriptor],
                blobs: dict[Digest, Descriptor], lines: dict[str, list[str]]) -> None:
     entries = []
     for name, desc in sorted(named.items()):
-        entry = desc.to_dict()
-        entry["annotations"] = {**dict(desc.annotations), ANN_REF_NAME: name}
-        entries.append(entry)
-    index = canonical_json({"schemaVersion": 2, "manifests": entries})
+        entries.append(ref_entry(name, desc.to_dict()))
+    index = canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     now = time.time()
@@ -370,14 +372,15 @@ def _refs(path: Path, data: bytes) -> dict[str, Descriptor]:
             desc = Descriptor.from_dict(item, source="index.json", path=f"$.manifests[{i}]")
         except SxpmError as exc:
             raise BundleError(path, exc.one_line()) from None
-        name = desc.annotations.get(ANN_REF_NAME, "")
+        name = entry_ref(desc.annotations) or ""
         try:
             Reference.parse(name)
         except SxpmError:
             raise BundleError(path, f"index.json names {name!r}, not a reference") from None
         if desc.media_type not in _MANIFESTISH:
             raise BundleError(path, f"{name} is not a manifest")
-        ann = {k: v for k, v in desc.annotations.items() if k != ANN_REF_NAME}
+        ann = {k: v for k, v in desc.annotations.items()
+               if k not in (ANN_REF_NAME, ANN_SIMPLEX_REF)}
         named[name] = Descriptor(desc.media_type, desc.digest, desc.size, ann,
                                  desc.artifact_type)
     return named

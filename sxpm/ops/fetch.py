@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sxpm.artifacts import ollama
-from sxpm.artifacts.describe import ArtifactInfo, parse_config
+from sxpm.artifacts.describe import ArtifactInfo, not_an_artifact, parse_config
 from sxpm.core import oci
 from sxpm.core.oci import (
     MAX_MANIFEST_BYTES,
@@ -343,11 +343,12 @@ class Fetcher:
         manifest = tree.manifest(entry)
         if manifest.kind is None and ollama.is_ollama(manifest):  # docs/format.md
             manifest = ollama.view(manifest, str(entry.digest))  # titled parts, same digests
+        if manifest.kind is None:  # refused before its config or any layer is fetched
+            raise not_an_artifact(manifest, f"{tree.ref} ({entry.digest})")
         config = self.config(tree.ref.with_digest(tree.descriptor.digest), manifest)
         identity = self.identity(tree, manifest, config, expect)
         if identity.kind == "unknown":
-            raise ManifestError(str(entry.digest), f"not an sxpm artifact (artifactType "
-                                f"{manifest.artifact_type or manifest.config.media_type!r})")
+            raise not_an_artifact(manifest, str(entry.digest))
         signer = self.signer(tree, identity) if trust else None
         variant = entry.annotations.get(oci.ANN_VARIANT) if tree.index is not None else None
         desc = Descriptor(manifest.media_type, entry.digest, entry.size,

@@ -23,7 +23,7 @@ from sxpm.ops.fetch import Fetcher, Identity
 from sxpm.store.layout import OCILayout
 from sxpm.store.refs import resolve_local, store_name
 from sxpm.transport import Repository, TransportOptions, open_repository
-from sxpm.transport.referrers import push_referrers
+from sxpm.transport.referrers import fetch_referrers, push_referrers
 
 if TYPE_CHECKING:
     from sxpm.trust.verify import VerifiedSigner
@@ -233,7 +233,8 @@ def push(home: Home, ref: Reference, *, target: Reference | None = None,
     for desc, data in manifests:
         tag = dest.tag if desc.digest == top.digest else None
         repo.push_manifest(desc, data, tag)
-    push_referrers(home, ref, repo, top.digest)  # signatures travel with the artifact
+    for desc, _ in manifests:  # signatures (and SBOMs...) travel with the artifact
+        push_referrers(home, ref, repo, desc.digest)
     return result
 
 
@@ -299,8 +300,13 @@ def list_referrers(subject: Reference, artifact_type: str | None = None, *,
 def copy(home: Home, src: Reference, dst: Reference, *,
          options: TransportOptions | None = None, reporter: Reporter = SILENT
          ) -> TransferResult:
-    """Copy every variant of ``src`` to ``dst`` through the store (blobs deduplicated)."""
+    """Copy every variant of ``src`` to ``dst`` through the store (blobs deduplicated),
+    with what the source lists as attached to the artifact and to each variant."""
     pulled = pull(home, src, all_variants=True, options=options, reporter=reporter)
+    repo = open_repository(src, options or TransportOptions())
+    manifests, _, _ = _collect_push(home.store, pulled.descriptor, None)
+    for desc, _ in manifests:
+        fetch_referrers(home, src, repo, desc.digest)
     return push(home, src.with_digest(pulled.descriptor.digest) if not src.tag else src,
                 target=dst if dst.tag or dst.digest else dst.with_tag(src.tag),
                 options=options, reporter=reporter)

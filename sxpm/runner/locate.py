@@ -361,6 +361,14 @@ def _model_from_store(home: Home, ref: Reference, variant: str | None, budget: B
     main = info.manifest.annotations.get(ANN_GGUF_MAIN)
     layer = next((w for w in weights if _title(w) == main), None) or max(
         weights, key=lambda w: w.size, default=None)
+    if layer is None and any(oci.model_archive(d.media_type) for d in info.manifest.layers):
+        # Weights in a tar layer (modctl's default) are files only once unpacked: the
+        # installed tree is what runs; the store keeps the archive as it was served.
+        if not _installed(home, "model", info.name, info.version):
+            if not install:
+                raise ModelNotInstalledError("model", str(ref), str(ref))
+            do_install(home, ref, variant=info.variant, **install_kw)
+        return find_model(home, f"{info.name}@{info.version}", variant=info.variant)
     if layer is None:
         raise NotFoundError(f"{ref} holds no GGUF weights")
     if not home.store.has_blob(layer.digest):

@@ -38,15 +38,19 @@ from typing import IO, TYPE_CHECKING, Any
 
 from sxpm.core.oci import (
     ANN_REF_NAME,
+    ANN_SIMPLEX_REF,
     INDEX_TYPES,
     MANIFEST_TYPES,
     MAX_MANIFEST_BYTES,
+    OCI_INDEX,
     Descriptor,
     ImageIndex,
     Manifest,
     canonical_json,
     digest_of,
+    entry_ref,
     parse_manifest_bytes,
+    ref_entry,
 )
 from sxpm.core.reference import Digest
 from sxpm.errors import CorruptBlobError, ManifestError, SizeMismatchError, StoreError
@@ -542,8 +546,8 @@ class OCILayout:
                 if not (self.root / "oci-layout").is_file():
                     write_atomic(self.root / "oci-layout", canonical_json(_LAYOUT_MARKER))
                 if not self.index_path.is_file():
-                    write_atomic(self.index_path,
-                                 canonical_json({"schemaVersion": 2, "manifests": []}))
+                    write_atomic(self.index_path, canonical_json(
+                        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}))
                 (self.blobs_dir / "sha256").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"Cannot create the OCI layout at {self.root}: {exc.strerror}",
@@ -758,9 +762,10 @@ class OCILayout:
         for i, item in enumerate(self._read_index().get("manifests", [])):
             desc = Descriptor.from_dict(item, source=str(self.index_path),
                                         path=f"$.manifests[{i}]")
-            name = desc.annotations.get(ANN_REF_NAME)
+            name = entry_ref(desc.annotations)
             if name:
-                ann = {k: v for k, v in desc.annotations.items() if k != ANN_REF_NAME}
+                ann = {k: v for k, v in desc.annotations.items()
+                       if k not in (ANN_REF_NAME, ANN_SIMPLEX_REF)}
                 out[name] = Descriptor(desc.media_type, desc.digest, desc.size, ann,
                                        desc.artifact_type)
         return out
@@ -773,15 +778,11 @@ class OCILayout:
         with self._lock("index"):
             index = self._read_index()
             items = [m for m in index.get("manifests", [])
-                     if (m.get("annotations") or {}).get(ANN_REF_NAME) != name]
-            entry = desc.to_dict()
-            entry["annotations"] = {**dict(desc.annotations), ANN_REF_NAME: name}
-            items.append(entry)
-            items.sort(key=lambda m: m["annotations"][ANN_REF_NAME]
-                       if ANN_REF_NAME in m.get("annotations", {}) else "")
+                     if entry_ref(m.get("annotations") or {}) != name]
+            items.append(ref_entry(name, desc.to_dict()))
+            items.sort(key=lambda m: entry_ref(m.get("annotations") or {}) or "")
             index["manifests"] = items
-            index.setdefault("schemaVersion", 2)
-            write_atomic(self.index_path, canonical_json(index))
+            self._write_index(index)
 
     def remove_ref(self, name: str) -> bool:
         if not self.index_path.exists():
@@ -790,12 +791,18 @@ class OCILayout:
             index = self._read_index()
             before = index.get("manifests", [])
             after = [m for m in before
-                     if (m.get("annotations") or {}).get(ANN_REF_NAME) != name]
+                     if entry_ref(m.get("annotations") or {}) != name]
             if len(after) == len(before):
                 return False
             index["manifests"] = after
-            write_atomic(self.index_path, canonical_json(index))
+            self._write_index(index)
             return True
+
+    def _write_index(self, index: dict[str, Any]) -> None:
+        # Older stores lack ``mediaType``; image-spec asks for it and tools check it.
+        index.setdefault("schemaVersion", 2)
+        index.setdefault("mediaType", OCI_INDEX)
+        write_atomic(self.index_path, canonical_json(index))
 
     # --- integrity ------------------------------------------------------------
     def reachable(self, roots: list[Descriptor]) -> set[Digest]:

@@ -9,6 +9,8 @@ replace it without touching callers:
   referrers tag-schema index.
 * :func:`stored_referrers` - the referrers of a subject that the store holds.
 * :func:`push_referrers` - send the store's referrers of a subject to a repository.
+* :func:`fetch_referrers` - bring a repository's referrers of a subject (signatures,
+  SBOMs, anything attached) into the store, as they were served.
 
 The tag schema (OCI distribution spec 1.1, "referrers tag schema"): the referrers
 of ``sha256:<hex>`` are listed by an image index tagged ``sha256-<hex>`` in the
@@ -21,9 +23,10 @@ read-modify-write: two signers racing on one subject can lose one entry (rerun
 
 from __future__ import annotations
 
-from sxpm.core.oci import Descriptor, ImageIndex, Manifest
+from sxpm.core.oci import Descriptor, ImageIndex, Manifest, parse_manifest_bytes
+from sxpm.core.progress import SILENT
 from sxpm.core.reference import Digest, Reference
-from sxpm.errors import NotFoundError
+from sxpm.errors import ManifestError, NotFoundError
 from sxpm.home import Home
 from sxpm.transport.base import Repository, referrers_tag
 
@@ -83,8 +86,6 @@ def attach_referrer(home: Home, ref: Reference, manifest: Manifest,
 def _push_one(home: Home, repo: Repository, desc: Descriptor, manifest: Manifest,
               data: bytes) -> None:
     """Push a referrer; every transport adds it to its subject's fallback index."""
-    from sxpm.core.progress import SILENT
-
     bar = SILENT.start("referrer", 0)
     for blob in manifest.blobs():
         repo.push_blob(blob, home.store, bar)
@@ -103,15 +104,24 @@ def stored_referrers(home: Home, ref: Reference, subject: Digest,
         return []
     out = []
     for d in index.manifests[:MAX_REFERRERS]:
-        if artifact_type is not None and d.artifact_type != artifact_type:
+        if d.artifact_type not in (None, artifact_type) and artifact_type is not None:
             continue
         try:
             obj = store.load_manifest(d)
         except NotFoundError:
             continue
-        if isinstance(obj, Manifest):
+        # A listing written by another tool may leave artifactType out: the manifest
+        # itself says what it is.
+        if isinstance(obj, Manifest) and (artifact_type is None
+                                          or referrer_type(obj) == artifact_type):
             out.append((d, obj))
     return out
+
+
+def referrer_type(manifest: Manifest) -> str:
+    """What a referrer is: its ``artifactType``, else its config's media type (the
+    rule of the referrers API)."""
+    return manifest.artifact_type or manifest.config.media_type
 
 
 def push_referrers(home: Home, ref: Reference, repo: Repository, subject: Digest) -> int:
@@ -121,4 +131,28 @@ def push_referrers(home: Home, ref: Reference, repo: Repository, subject: Digest
         if all(home.store.has_blob(b.digest) for b in manifest.blobs()):
             _push_one(home, repo, desc, manifest, home.store.read_blob(desc))
             count += 1
+    return count
+
+
+def fetch_referrers(home: Home, ref: Reference, repo: Repository, subject: Digest) -> int:
+    """Bring every referrer ``repo`` lists for ``subject`` (bounded) into the store under
+    ``ref``'s repository, byte for byte, each blob verified as it lands; how many."""
+    count = 0
+    for listed in repo.referrers(subject)[:MAX_REFERRERS]:
+        desc, data = repo.get_manifest(str(listed.digest))
+        obj = parse_manifest_bytes(data, f"{repo.ref.locator}@{listed.digest}")
+        if not isinstance(obj, Manifest) or obj.subject is None \
+                or obj.subject.digest != subject:
+            raise ManifestError(str(listed.digest), f"listed as a referrer of {subject} "
+                                "but is not one")
+        for blob in obj.blobs():
+            if home.store.has_blob(blob.digest):
+                continue
+            with home.store.writer(blob, where=str(repo.ref.locator)) as w:
+                if w.offset:
+                    w.restart()
+                repo.fetch_blob(blob, w, SILENT.start("referrer", blob.size))
+                w.commit()
+        attach_referrer(home, ref, obj, data=data, desc=desc)
+        count += 1
     return count

@@ -15,7 +15,12 @@ from sxpm.core.reference import Digest, Reference
 from sxpm.errors import InvalidVersionError, ManifestError, SxpmError
 from sxpm.home import Home
 from sxpm.transport import Repository
-from sxpm.transport.referrers import MAX_REFERRERS, attach_referrer, stored_referrers
+from sxpm.transport.referrers import (
+    MAX_REFERRERS,
+    attach_referrer,
+    referrer_type,
+    stored_referrers,
+)
 from sxpm.trust.envelope import MAX_SIGNATURE_BYTES, SIGNATURE_ARTIFACT
 from sxpm.trust.verify import Candidate
 
@@ -32,13 +37,16 @@ def tag_version(ref: Reference) -> str | None:
         return None
 
 
-def _fetch_candidate(home: Home, repo: Repository, desc: Descriptor) -> Candidate:
-    """Read a signature manifest from ``repo``; its blobs go into the store (verified)."""
+def _fetch_candidate(home: Home, repo: Repository, desc: Descriptor) -> Candidate | None:
+    """Read a signature manifest from ``repo``; its blobs go into the store (verified).
+    None when a referrer the listing did not type turns out not to be a signature."""
     try:
         mdesc, data = repo.get_manifest(str(desc.digest))
         obj = parse_manifest_bytes(data, f"{repo}@{desc.digest}")
         if not isinstance(obj, Manifest):
             raise ManifestError(str(desc.digest), "a signature must be an image manifest")
+        if desc.artifact_type is None and referrer_type(obj) != SIGNATURE_ARTIFACT:
+            return None
         for blob in obj.blobs():
             if blob.size > MAX_SIGNATURE_BYTES:
                 raise ManifestError(str(desc.digest), f"signature blob of {blob.size} bytes")
@@ -56,9 +64,13 @@ def _fetch_candidate(home: Home, repo: Repository, desc: Descriptor) -> Candidat
 
 
 def remote_candidates(home: Home, repo: Repository, subject: Digest) -> list[Candidate]:
-    """The signatures ``repo`` lists for ``subject`` (its referrers, bounded)."""
-    found = repo.referrers(subject, SIGNATURE_ARTIFACT)[:MAX_REFERRERS]
-    return [_fetch_candidate(home, repo, d) for d in found]
+    """The signatures ``repo`` lists for ``subject`` (its referrers, bounded). A listing
+    may leave ``artifactType`` out (the spec only asks registries to copy it, and some
+    tools' fallback indexes lack it), so untyped referrers are read to see what they are;
+    the listing is therefore asked for unfiltered."""
+    found = [d for d in repo.referrers(subject)
+             if d.artifact_type in (None, SIGNATURE_ARTIFACT)][:MAX_REFERRERS]
+    return [c for c in (_fetch_candidate(home, repo, d) for d in found) if c is not None]
 
 
 def stored_candidates(home: Home, ref: Reference, subject: Digest) -> list[Candidate]:
