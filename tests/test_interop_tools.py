@@ -139,7 +139,7 @@ def test_copy_carries_signatures_and_other_referrers_from_the_source(
     cli("sign", src, "--key", key)
     subject = cli("inspect", src, "--json").json
     sbom = _attach_sbom(host, "carry/tiny-llama",
-                        {"mediaType": subject["mediaType"], "digest": subject["digest"],
+                        {"mediaType": subject["media_type"], "digest": subject["digest"],
                          "size": subject["size"]})
     # A second home that holds nothing of it (no signature in its store) copies it.
     cli2("copy", src, dst)

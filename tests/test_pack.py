@@ -87,7 +87,7 @@ def test_variants_make_an_image_index(cli, sample_dir: Path, registry_dir: Path)
               "--json").json
     assert out["variants"] == ["F32", "F16"]
     index = cli("inspect", ref, "--json").json
-    assert index["mediaType"] in INDEX_TYPES
+    assert index["media_type"] in INDEX_TYPES
     entries = index["manifest"]["manifests"]
     assert [e["annotations"][ANN_VARIANT] for e in entries] == ["F32", "F16"]
     assert all(e["artifactType"] == MODEL_ARTIFACT for e in entries)
