@@ -844,6 +844,7 @@ class RemoteRepository(Repository):
                                        scope=self._pull, what=f"blob {what}", stream=True,
                                        headers={"Range": f"bytes={pos}-{b - 1}"},
                                        expect=(200, 206, 416))
+            progress.update(0)  # the answer started: the planner's round trip
             with resp:
                 if resp.status_code == 416:  # the blob ends before the range starts
                     ends = resp.headers.get("Content-Range", "").rpartition("/")[2]
