@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -59,6 +60,7 @@ def main() -> None:
     have_oras = subprocess.run([sys.executable, "-c", "import oras.client"],
                                capture_output=True).returncode == 0
     have_aria = shutil.which("aria2c") is not None
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="sxpm-wan-", dir=args.workdir))
     reg = Registry.start(work / "registry")
     proxy = WanProxy(reg.host, latency_s=args.latency_ms / 1000, rate=args.rate_mib * MiB)
@@ -143,10 +145,10 @@ def main() -> None:
                         f"{wall / walls['curl']:.2f}x |")
     table = "\n".join(rows)
     print(table)
+    load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    print(load)
     if args.no_write:
         return
-    import os
-
     block = f"""{START}
 ## Over a slow link (benchmarks/bench_wan.py)
 
@@ -158,19 +160,23 @@ run ({args.runs} run(s), median): sxpm (`sxpm pull`), curl (one stream per blob)
 `aria2c -x16 -s16` and the oras Python client; then sxpm and curl pull the large
 blob straight from the registry. Measured sizes: 1 x {args.big_mib} MiB and
 {args.layers} x {args.layer_mib} MiB, on {os.cpu_count()} CPUs shared with other
-work ({platform.python_implementation()} {platform.python_version()}); the issue's
-sizes (1 GiB, 8 x 128 MiB) take `--big-mib 1024 --layer-mib 128`.
+work ({load}; {platform.python_implementation()} {platform.python_version()}); the
+issue's sizes (1 GiB, 8 x 128 MiB) are the defaults.
 Targets: sxpm >= 0.95x aria2c's throughput on the capped link; sxpm <= 1.0x curl's
 time on loopback.
 
 {table}
 
-sxpm picks its streams and piece size from the first 8 MiB of each large blob
-(sxpm/transport/ranges.py): time to first byte and rate of one stream give the piece
-size (about 40 round trips long, 4-64 MiB); then 16 streams (the process's ceiling)
-run for one window, and stay only if the aggregate rate grew with them, else come
-down to aggregate / per-stream rate. A first byte under 5 ms with a stream over
-64 MiB/s, or a first piece over 512 MiB/s (loopback, a LAN), keeps one stream.
+sxpm plans its streams from what each large blob's first request shows
+(sxpm/transport/ranges.py). An answer that takes 30 ms or more to start is a far
+link: all 16 streams (the process's ceiling, as aria2c's -x16) start at once, on
+8 MiB pieces taken in offset order, so the bytes arrive close enough together to be
+hashed from memory while they come. A nearer registry first sends an 8 MiB probe on
+one stream; its first byte and rate size the pieces (about 40 round trips long,
+4-64 MiB), and then 16 streams run for one window and stay only if the aggregate
+rate grew with them, else come down to aggregate / per-stream rate. A first byte
+under 5 ms with a stream over 64 MiB/s, or a probe over 512 MiB/s (loopback, a LAN),
+keeps one stream.
 The machine is shared: the proxy, the registry and each client compete for the
 same 2 CPUs, so absolute rates are those of this box at that moment, and the table
 is one run of each tool.
