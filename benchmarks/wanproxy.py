@@ -10,7 +10,9 @@ It works below HTTP, so it shapes sxpm, curl, aria2c and oras alike.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import socket
+import subprocess
 import threading
 import time
 
@@ -18,14 +20,15 @@ CHUNK = 64 * 1024
 
 
 class WanProxy:
-    def __init__(self, upstream: str, *, latency_s: float, rate: float) -> None:
+    def __init__(self, upstream: str, *, latency_s: float, rate: float,
+                 address: str = "127.0.0.1") -> None:
         host, _, port = upstream.rpartition(":")
         self.upstream = (host, int(port))
         self.latency_s = latency_s
         self.rate = rate
         self.connections = 0
-        self._sock = socket.create_server(("127.0.0.1", 0), backlog=128)
-        self.host = f"127.0.0.1:{self._sock.getsockname()[1]}"
+        self._sock = socket.create_server((address, 0), backlog=128)
+        self.host = f"{address}:{self._sock.getsockname()[1]}"
         self._closed = threading.Event()
         threading.Thread(target=self._accept, daemon=True, name="wan-accept").start()
 
@@ -92,3 +95,20 @@ class WanProxy:
     def close(self) -> None:
         self._closed.set()
         self._sock.close()
+
+
+def outside_address() -> str | None:
+    """An IPv4 address of this machine that is not loopback, or None.
+
+    sxpm treats a loopback registry as next door (one stream, no planning); a proxy
+    that stands for a far registry listens on an address that is not loopback.
+    """
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True,
+                             timeout=5).stdout
+        for word in out.split():
+            with contextlib.suppress(ValueError):
+                ip = ipaddress.ip_address(word)
+                if ip.version == 4 and not ip.is_loopback:
+                    return word
+    return None

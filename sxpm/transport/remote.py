@@ -730,12 +730,14 @@ class RemoteRepository(Repository):
                    streams: int = 1) -> None:
         # Parallel ranges win where one connection is held back (latency, limits per
         # connection); from a loopback registry nothing is, the registry shares our
-        # CPUs, and one stream is faster (docs/benchmarks.md). Which one this registry
-        # is shows in its first piece: sxpm.transport.ranges plans the streams from it
-        # (``streams`` no longer decides) unless SXPM_RANGE_STREAMS fixes them. A range
-        # record left by an earlier ranged attempt is resumed by ranges whatever the
-        # streams.
-        fixed: int | None = None
+        # CPUs, and one stream is faster (docs/benchmarks.md): one request, no probe.
+        # Elsewhere the first piece shows what the link is: sxpm.transport.ranges
+        # plans the streams from it (``streams`` no longer decides) unless
+        # SXPM_RANGE_STREAMS fixes them. (Measuring cannot stand in for the loopback
+        # rule: on a busy machine eight layers' first answers are as slow as a far
+        # link's.) A range record left by an earlier ranged attempt is resumed by
+        # ranges whatever the streams.
+        fixed: int | None = 1 if self.client.loopback else None
         if self.options.range_streams:
             fixed = self.options.range_streams
         if desc.size >= self.options.range_min_bytes and desc.size > 0 and (
