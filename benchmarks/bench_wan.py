@@ -182,8 +182,8 @@ hashed from memory while they come. A nearer registry first sends an 8 MiB probe
 one stream; its first byte and rate size the pieces (about 40 round trips long,
 4-64 MiB), and then 16 streams run for one window and stay only if the aggregate
 rate grew with them, else come down to aggregate / per-stream rate. A first byte
-under 5 ms with a stream over 64 MiB/s, or a probe over 512 MiB/s (loopback, a LAN),
-keeps one stream.
+under 5 ms with a stream over 64 MiB/s, or a probe over 512 MiB/s (a LAN), keeps one
+stream; a loopback registry is not measured at all: one request, no probe.
 The machine is shared: the proxy, the registry and each client compete for the
 same 2 CPUs, so absolute rates are those of this box at that moment, and the table
 is one run of each tool.
