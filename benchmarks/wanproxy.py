@@ -10,9 +10,7 @@ It works below HTTP, so it shapes sxpm, curl, aria2c and oras alike.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import socket
-import subprocess
 import threading
 import time
 
@@ -95,20 +93,3 @@ class WanProxy:
     def close(self) -> None:
         self._closed.set()
         self._sock.close()
-
-
-def outside_address() -> str | None:
-    """An IPv4 address of this machine that is not loopback, or None.
-
-    sxpm treats a loopback registry as next door (one stream, no planning); a proxy
-    that stands for a far registry listens on an address that is not loopback.
-    """
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True,
-                             timeout=5).stdout
-        for word in out.split():
-            with contextlib.suppress(ValueError):
-                ip = ipaddress.ip_address(word)
-                if ip.version == 4 and not ip.is_loopback:
-                    return word
-    return None
