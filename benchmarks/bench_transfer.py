@@ -148,6 +148,7 @@ def main() -> None:
     args = ap.parse_args()
     big_size = 64 * MiB if args.quick else 1024 * MiB
     layer_size = 8 * MiB if args.quick else 128 * MiB
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="sxpm-bench-", dir=args.workdir))
     global PYCACHE
     PYCACHE = work / "pycache"
@@ -274,7 +275,9 @@ def main() -> None:
              f"Run `{' '.join(['python', 'benchmarks/bench_transfer.py', *sys.argv[1:]])}` "
              f"on {platform.machine()} with {os.cpu_count()} CPUs, Python "
              f"{platform.python_version()}, docker-registry on loopback; medians of "
-             f"{args.runs} runs{' (quick sizes)' if args.quick else ''}. Each tool runs as "
+             f"{args.runs} runs{' (quick sizes)' if args.quick else ''}, on a machine shared "
+             f"with other work (load average {load_before:.1f} before, "
+             f"{os.getloadavg()[0]:.1f} after). Each tool runs as "
              "its own process (start-up included); peak RSS is that process's.", "",
              "| case | tool | wall (s) | vs curl | target | peak RSS (MiB) |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]

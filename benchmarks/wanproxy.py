@@ -18,14 +18,15 @@ CHUNK = 64 * 1024
 
 
 class WanProxy:
-    def __init__(self, upstream: str, *, latency_s: float, rate: float) -> None:
+    def __init__(self, upstream: str, *, latency_s: float, rate: float,
+                 address: str = "127.0.0.1") -> None:
         host, _, port = upstream.rpartition(":")
         self.upstream = (host, int(port))
         self.latency_s = latency_s
         self.rate = rate
         self.connections = 0
-        self._sock = socket.create_server(("127.0.0.1", 0), backlog=128)
-        self.host = f"127.0.0.1:{self._sock.getsockname()[1]}"
+        self._sock = socket.create_server((address, 0), backlog=128)
+        self.host = f"{address}:{self._sock.getsockname()[1]}"
         self._closed = threading.Event()
         threading.Thread(target=self._accept, daemon=True, name="wan-accept").start()
 

@@ -22,9 +22,13 @@ class Link:
         self.peak = 0
         self.lock = threading.Lock()
         self.got: list[tuple[int, int]] = []
+        self.starts: list[float] = []
 
     def fetch(self, a: int, b: int, lane: object, progress: ranges.Progress) -> None:
+        with self.lock:
+            self.starts.append(time.monotonic())
         time.sleep(self.ttfb)
+        progress.update(0)  # the answer's headers
         with self.lock:
             self.active += 1
             self.peak = max(self.peak, self.active)
@@ -117,3 +121,31 @@ def test_a_near_registry_keeps_one_stream_even_when_slow() -> None:
     link = Link(100 * MiB, 100 * MiB, 0.0)
     _pull(link, 128 * MiB)
     assert link.peak == 1
+
+
+def test_a_far_link_starts_every_stream_without_waiting_for_the_probe() -> None:
+    # 80 ms a request, 20 MiB/s per connection: the probe alone would take 0.4 s of one
+    # stream; the other streams start as soon as the first answer is late.
+    link = Link(20 * MiB, 1024 * MiB, 0.08)
+    run = _pull(link, 256 * MiB)
+    assert run.far, run.plan
+    assert link.peak >= 12, run.plan
+    starts = sorted(link.starts)
+    assert starts[11] - starts[0] < ranges.PROBE / link.per_stream / 2, starts
+    # Pieces of one lane, taken in offset order: the streams stay near the hash.
+    assert max(b - a for a, b in link.got) <= ranges.LANE_BUFFERS * ranges.BUFFER
+
+
+def test_a_pull_takes_up_streams_released_by_another() -> None:
+    # Another pull holds all but one of the process's streams; once it lets them go,
+    # this pull's remaining pieces run on them.
+    held = [ranges._budget.acquire(blocking=False) for _ in range(ranges.MAX_STREAMS - 1)]
+    assert all(held)
+    timer = threading.Timer(0.3, lambda: [ranges._budget.release() for _ in held])
+    timer.start()
+    try:
+        link = Link(20 * MiB, 1024 * MiB, 0.08)
+        _pull(link, 256 * MiB)
+    finally:
+        timer.join()
+    assert link.peak >= 8

@@ -169,6 +169,21 @@ def _blob_gets(fault_proxy, digest: str) -> list[str | None]:  # noqa: ANN001
 
 
 @pytest.mark.registry
+def test_a_loopback_registry_sends_a_large_blob_in_one_request(cli, cli2, oci_registry,  # noqa: ANN001
+                                                               fault_proxy) -> None:  # noqa: ANN001
+    # Nothing holds one loopback connection back: no probe, no ranges, one GET (on a
+    # busy machine the first answers of eight layers are as slow as a far link's).
+    size = 24 * MiB
+    data, digest = _publish(cli, oci_registry, "r1/near", size)
+    out = cli2("pull", f"{fault_proxy.host}/r1/near:1", "--json",
+               env={"SXPM_RANGE_MIN": str(8 * MiB)}).json
+    assert out["blobs_transferred"] == 2
+    assert _blob_gets(fault_proxy, digest) == [None]
+    blob = cli2.home / "store" / "blobs" / "sha256" / digest.split(":")[1]
+    assert blob.read_bytes() == data
+
+
+@pytest.mark.registry
 def test_ranged_pull_fetches_parallel_ranges(cli, cli2, oci_registry,  # noqa: ANN001
                                              fault_proxy) -> None:  # noqa: ANN001
     size = 48 * MiB + 1234

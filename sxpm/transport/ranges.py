@@ -1,26 +1,36 @@
 """How a large blob is cut into HTTP ranges, and how many streams fetch them.
 
-A loopback registry is fastest with one stream; a link that caps each connection (CDNs,
-object-store-backed registries) or has a long round trip is fastest with many. Which
-one a registry is shows only once bytes flow, so the plan is made from what the link
-shows, not from constants:
+A loopback registry is fastest with one stream (sxpm.transport.remote does not come
+here for one); a link that caps each connection (CDNs, object-store-backed
+registries) or has a long round trip is fastest with many. Which one a registry is
+shows only once it answers, so the plan is made from what the link shows, not from
+constants:
 
-1. The first piece (``PROBE`` bytes) comes on one stream; its time to first byte and
-   its rate are measured.
-2. The piece size follows from them: a request leaves the stream idle for about one
-   round trip, so a piece lasts ``PIECE_RTTS`` round trips at the measured rate
-   (bounded by ``MIN_PIECE`` and ``MAX_PIECE``, and small enough that every stream
-   gets work).
-3. Then ``MAX_STREAMS`` streams run for one measuring window. If the aggregate rate
-   grew by at least half of what they would bring at the probe's per-stream rate,
-   the link rewards streams (a cap per connection, a long round trip) and they all
-   stay; otherwise the streams come down to what the link showed it carries,
+1. The first piece (``PROBE`` bytes) is asked for on one stream, and the time until
+   its answer starts (the fetch reports it as a zero-byte update) is the round trip.
+2. A round trip of ``FAR_RTT`` or more is a far link, where one stream is held back
+   (its window per round trip, a cap per connection): the other streams start at
+   once, without waiting for the probe, whose 8 MiB would otherwise cost a far link
+   0.4 s of one stream at 20 MiB/s. Their pieces are one lane long and taken in
+   offset order, so the bytes stay close enough to the hash to be hashed from memory
+   while they arrive.
+3. A near link waits for the probe; its time to first byte and its rate give the
+   piece size: a request leaves the stream idle for about one round trip, so a piece
+   lasts ``PIECE_RTTS`` round trips at the measured rate (bounded by ``MIN_PIECE``
+   and ``MAX_PIECE``, and small enough that every stream gets work). A fast probe
+   (a LAN) keeps one stream for the rest.
+4. Otherwise ``MAX_STREAMS`` streams run for one measuring window. If the aggregate
+   rate grew by at least half of what they would bring at the probe's per-stream
+   rate, the link rewards streams (a cap per connection, a long round trip) and they
+   all stay; otherwise the streams come down to what the link showed it carries,
    aggregate rate over per-stream rate (one, for a full link or busy CPUs), each
    extra stream leaving after its current piece.
 
 Streams are shared by the whole process (``MAX_STREAMS`` in all), so eight large
-layers pulled together take about as many connections as one large blob. Each stream
-keeps at most two lanes of buffers in memory (16 MiB), one lane past the fourth.
+layers pulled together take about as many connections as one large blob; a blob's
+pull takes up streams that others released while it still has pieces left. Each
+stream keeps at most two lanes of buffers in memory (16 MiB), one lane past the
+fourth.
 """
 
 from __future__ import annotations
@@ -54,11 +64,17 @@ NEAR_STREAM = 64 * 1024 * 1024
 (loopback, a LAN) on a machine busy enough to slow the probe below ``FAST_STREAM``;
 there is no round trip for streams to hide, so one stream too. Both are needed: the
 first-byte time comes from buffer-sized progress steps and is only an estimate."""
+FAR_RTT = 0.03
+"""An answer that takes this long to start (seconds) is a far link: streams start
+without waiting for the probe's rate. A LAN or a nearby region answers well within it."""
+REFILL = 0.1
+"""Seconds between looks for streams that other pulls released."""
 
 _budget = threading.BoundedSemaphore(MAX_STREAMS)
 
 Fetch = Callable[[int, int, Lane, Progress], None]
-"""Fetch ``[a, b)`` into the sink through ``lane``, counting bytes on the progress."""
+"""Fetch ``[a, b)`` into the sink through ``lane``, counting bytes on the progress,
+and ``update(0)`` once the answer starts (its headers are in)."""
 
 
 @dataclass(frozen=True)
@@ -93,9 +109,15 @@ class _Counter:
         self.bytes = 0
         self.first: float | None = None
         self.first_bytes = 0
+        self.answered = threading.Event()
+        """Set by the first update, a zero-byte one when the answer starts."""
+        self.answered_at: float | None = None
         self._lock = threading.Lock()
 
     def update(self, n: int) -> None:
+        if self.answered_at is None:
+            self.answered_at = time.monotonic()
+            self.answered.set()
         with self._lock:
             if self.first is None and n > 0:
                 self.first = time.monotonic()
@@ -140,19 +162,26 @@ class RangedPull:
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         self.threads: list[threading.Thread] = []
+        self.active = 0
+        """Streams running (taking pieces); changed under ``lock``."""
         self.sample: LinkSample | None = None
         self.cap = self.max_streams
         """Streams allowed to take another piece; lowered when more did not pay."""
+        self.far = False
+        """The first answer took ``FAR_RTT`` or more: all streams started at once."""
         self.plan: list[tuple[int, float]] = []
         """(streams, aggregate bytes/s) at each ramp step, for benchmarks and tests."""
 
     # --- streams -----------------------------------------------------------------
-    def _worker(self, index: int, lane_buffers: int, held: bool) -> None:
+    def _worker(self, lane_buffers: int, held: bool) -> None:
+        counted = True  # in ``active``; leaving is counted under the same lock as the check
         try:
             lane = self.new_lane(lane_buffers)
             while not self.stop.is_set():
                 with self.lock:
-                    if not self.pieces or index >= self.cap:
+                    if not self.pieces or self.active > self.cap:
+                        self.active -= 1
+                        counted = False
                         return
                     a, b = self.pieces.popleft()
                 self.fetch(a, b, lane, self.counter)
@@ -161,6 +190,9 @@ class RangedPull:
                 self.errors.append(exc)
             self.stop.set()
         finally:
+            if counted:
+                with self.lock:
+                    self.active -= 1
             if held:
                 _budget.release()
 
@@ -170,10 +202,12 @@ class RangedPull:
             held = _budget.acquire(blocking=False)
             if not held and self.threads:
                 break  # the process's streams are all in use; the first always runs
-            n = len(self.threads)
+            with self.lock:
+                n = self.active
+                self.active += 1
             buffers = 2 * LANE_BUFFERS if n < 4 else LANE_BUFFERS
-            thread = threading.Thread(target=self._worker, args=(n, buffers, held),
-                                      name=f"sxpm-range-{n}", daemon=True)
+            thread = threading.Thread(target=self._worker, args=(buffers, held),
+                                      name=f"sxpm-range-{len(self.threads)}", daemon=True)
             self.threads.append(thread)
             thread.start()
             started += 1
@@ -197,6 +231,18 @@ class RangedPull:
                 thread.join()
             raise
 
+    def _finish(self) -> None:
+        """Wait for the last piece; meanwhile take up streams other pulls released."""
+        if self.fixed is not None or self.cap <= 1:
+            self._wait(None)
+            return
+        while self._alive():
+            self._wait(REFILL)
+            with self.lock:
+                wanted = min(self.cap, len(self.pieces)) - self.active
+            if wanted > 0 and not self.stop.is_set():
+                self._start(wanted)
+
     # --- plan ----------------------------------------------------------------------
     def run(self) -> None:
         if self.fixed is not None:
@@ -205,8 +251,8 @@ class RangedPull:
             self._wait(None)
             return
         self._probe()
-        if self.stop.is_set() or not self.pieces:
-            self._wait(None)
+        if self.stop.is_set() or not self.pieces or self.far:
+            self._finish()
             return
         assert self.sample is not None
         if self.sample.rate >= FAST_STREAM or (self.sample.ttfb_s < NEAR_RTT
@@ -214,19 +260,36 @@ class RangedPull:
             with self.lock:  # the rest as one request on one stream
                 rest = sorted(self.pieces)
                 self.pieces = _cut(_merge(rest), max(b for _, b in rest))
+                self.cap = 1
             self._start(1)
             self._wait(None)
             return
         self._ramp()
-        self._wait(None)
+        self._finish()
 
     def _probe(self) -> None:
         a, b = self.missing[0]
         probe_end = min(b, a + PROBE)
         self.pieces = collections.deque([(a, probe_end)])
         rest = [(probe_end, b), *self.missing[1:]] if probe_end < b else self.missing[1:]
+        remaining = sum(y - x for x, y in rest)
         started = time.monotonic()
         self._start(1)
+        if remaining >= 2 * MIN_PIECE and not self.counter.answered.wait(FAR_RTT) \
+                and not self.stop.is_set():
+            # A far link: every stream now, on pieces of one lane (8 MiB) taken in
+            # offset order. The streams then stay within their lanes' reach of the hash,
+            # which runs beside the transfer; an even share per stream (one request
+            # each) left most of the blob to be read back from disk and hashed after
+            # the last byte (0.6 s of 3.4 s for 512 MiB, docs/benchmarks.md).
+            self.far = True
+            share = LANE_BUFFERS * BUFFER
+            with self.lock:
+                self.pieces.extend(_cut(rest, share))
+                wanted = min(self.max_streams, len(self.pieces))
+            self._start(wanted - 1)
+            self.plan.append((len(self.threads), 0.0))
+            return
         self._wait(None)
         if self.stop.is_set():
             return
@@ -239,9 +302,10 @@ class RangedPull:
         rate = after / (ended - first) if after > 0 and ended > first else \
             got / max(ended - started, 1e-6)
         ttfb = max(0.0, first - started - self.counter.first_bytes / rate)
+        if self.counter.answered_at is not None and self.counter.answered_at < first:
+            ttfb = self.counter.answered_at - started  # measured, where the fetch tells
         self.sample = LinkSample(ttfb, rate)
         self.plan.append((1, rate))
-        remaining = sum(y - x for x, y in rest)
         self.piece = piece_size(self.sample, remaining, self.max_streams)
         with self.lock:
             self.pieces = _cut(rest, self.piece)
@@ -265,7 +329,8 @@ class RangedPull:
         if not self._alive() or self.stop.is_set():
             return
         rate = (self.counter.bytes - mark) / max(time.monotonic() - t0, 1e-6)
-        streams = sum(1 for t in self.threads if t.is_alive())
+        with self.lock:
+            streams = self.active
         self.plan.append((streams, rate))
         if not keep_growing(self.sample.rate, rate, 1, streams):
             # What the link carries, in streams of the probe's rate.

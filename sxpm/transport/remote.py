@@ -32,6 +32,7 @@ import collections
 import email.utils
 import functools
 import json
+import os
 import random
 import re
 import threading
@@ -730,12 +731,17 @@ class RemoteRepository(Repository):
                    streams: int = 1) -> None:
         # Parallel ranges win where one connection is held back (latency, limits per
         # connection); from a loopback registry nothing is, the registry shares our
-        # CPUs, and one stream is faster (docs/benchmarks.md). Which one this registry
-        # is shows in its first piece: sxpm.transport.ranges plans the streams from it
-        # (``streams`` no longer decides) unless SXPM_RANGE_STREAMS fixes them. A range
-        # record left by an earlier ranged attempt is resumed by ranges whatever the
-        # streams.
-        fixed: int | None = None
+        # CPUs, and one stream is faster (docs/benchmarks.md): one request, no probe.
+        # Elsewhere the first piece shows what the link is: sxpm.transport.ranges
+        # plans the streams from it (``streams`` no longer decides) unless
+        # SXPM_RANGE_STREAMS fixes them. (Measuring cannot stand in for the loopback
+        # rule: on a busy machine eight layers' first answers are as slow as a far
+        # link's.) A range record left by an earlier ranged attempt is resumed by
+        # ranges whatever the streams.
+        # SXPM_RANGE_PLAN=measure plans a loopback registry's streams too: an SSH
+        # tunnel or a local shaping proxy is loopback in front of a far link.
+        measure = os.environ.get("SXPM_RANGE_PLAN") == "measure"
+        fixed: int | None = 1 if self.client.loopback and not measure else None
         if self.options.range_streams:
             fixed = self.options.range_streams
         if desc.size >= self.options.range_min_bytes and desc.size > 0 and (
@@ -844,6 +850,7 @@ class RemoteRepository(Repository):
                                        scope=self._pull, what=f"blob {what}", stream=True,
                                        headers={"Range": f"bytes={pos}-{b - 1}"},
                                        expect=(200, 206, 416))
+            progress.update(0)  # the answer started: the planner's round trip
             with resp:
                 if resp.status_code == 416:  # the blob ends before the range starts
                     ends = resp.headers.get("Content-Range", "").rpartition("/")[2]
