@@ -282,7 +282,7 @@ def write_docs(rows: list[tuple[str, str]], args: argparse.Namespace, size: int)
         "when the load average passes the core count the spinning llama.cpp threads",
         "lose their cores and tokens/s drops from ~240 to ~10-50 for whichever server is",
         "unlucky, so single passes have measured either ratio from 0.5x to 3x. Compare",
-        "ratios only from a pass whose load average (below) stayed under 2.",
+        "ratios only from a pass whose load average (above) stayed under 2.",
         END,
     ])
     print(f"updated {replace_block(START, END, section)}")
