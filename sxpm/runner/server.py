@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,16 +169,7 @@ class Job:
 
 
 class Generation:
-    """A started generation: the lease on the model and the token stream.
-
-    A thread of its own runs the model through the stream, counting tokens, and hands
-    each piece to the event loop as it comes; the loop sends whatever has arrived at
-    each wake-up. The model never waits for the network, a piece costs one wake-up of
-    the loop rather than a round trip through the thread pool, and a slow loop sends
-    several pieces at once. When the client goes away :attr:`cancel` stops the thread
-    after the token in progress; the lease is released when the thread ends, the log
-    line written once both sides are done.
-    """
+    """A started generation: the lease on the model and the token stream."""
 
     def __init__(self, server: Server, job: Job, lease: Any, chunks: Iterator[Any]) -> None:
         self.server = server
@@ -186,18 +177,23 @@ class Generation:
         self.lease = lease
         self.chunks = chunks
         self.cancel = threading.Event()
-        self._lock = threading.Lock()
-        self._started = False
-        self._producing = False
-        self._consumed = False
-        self._logged = False
+        self._done = False
 
-    def _produce(self, push: Callable[[str | None], None]) -> None:
+    def _next(self) -> Any:
+        if self.cancel.is_set():
+            return None
+        return next(self.chunks, None)
+
+    async def pieces(self) -> AsyncIterator[str]:
+        from starlette.concurrency import run_in_threadpool
+
         job = self.job
         t_first = 0.0
         try:
-            while not self.cancel.is_set():
-                chunk = next(self.chunks, None)
+            while True:
+                # The thread finishes its token even if this task is cancelled meanwhile
+                # (anyio defers the cancellation), so the stream is never closed mid-step.
+                chunk = await run_in_threadpool(self._next)
                 if chunk is None:
                     break
                 choice = chunk["choices"][0]
@@ -205,85 +201,40 @@ class Generation:
                 if choice.get("finish_reason"):
                     # llama-cpp-python's last chunk ends the stream; it is no new token.
                     job.finish_reason = choice["finish_reason"]
+                    if text:
+                        yield text
+                    continue
+                job.completion_tokens += 1
+                if job.first_token is None:
+                    job.first_token = job.total
+                    t_first = time.monotonic()
                 else:
-                    job.completion_tokens += 1
-                    if job.first_token is None:
-                        job.first_token = job.total
-                        t_first = time.monotonic()
-                    else:
-                        job.generating = time.monotonic() - t_first
+                    job.generating = time.monotonic() - t_first
                 if text:
-                    push(text)
-        except BaseException as exc:  # noqa: BLE001 - ends the stream; logged as an error
-            job.outcome, job.error = "error", " ".join(str(exc).split()) or type(exc).__name__
-        finally:
-            self._close()
-            with self._lock:
-                self._producing = False
-            push(None)
-            self._log_when_done()
-
-    async def pieces(self) -> AsyncIterator[str]:
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
-
-        def push(piece: str | None) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, piece)
-            except RuntimeError:
-                pass  # the loop has closed (the server is stopping): nobody to send to
-
-        with self._lock:
-            self._started = self._producing = True
-        threading.Thread(target=self._produce, args=(push,), name=f"sxpm-{self.job.id}",
-                         daemon=True).start()
-        try:
-            while True:
-                piece = await queue.get()
-                if piece is None:
-                    break
-                yield piece
+                    yield text
             if self.cancel.is_set():
-                self.job.outcome = "cancelled"
+                job.outcome = "cancelled"
         except BaseException:
-            self.job.outcome = "cancelled"
+            job.outcome = "cancelled"
             raise
         finally:
             self.finish()
 
-    def _close(self) -> None:
+    def finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self.cancel.is_set() and self.job.outcome == "ok":
+            self.job.outcome = "cancelled"
         close = getattr(self.chunks, "close", None)
         try:
             if close is not None:
                 close()
         finally:
             self.lease.release()
-
-    def finish(self) -> None:
-        """The sending side is done (the stream ended, failed or its client left)."""
-        with self._lock:
-            if self._consumed:
-                return
-            self._consumed = True
-            producing, started = self._producing, self._started
-        if producing:
-            self.cancel.set()  # the thread stops after its token, then logs
-        if self.cancel.is_set() and self.job.outcome == "ok":
-            self.job.outcome = "cancelled"
-        if not started:
-            self._close()
-        self._log_when_done()
-
-    def _log_when_done(self) -> None:
-        with self._lock:
-            if self._logged or self._producing or not self._consumed:
-                return
-            self._logged = True
-        if self.job.finish_reason is None and self.job.outcome == "ok":
-            self.job.finish_reason = "stop"
-        self.server.finished(self.job)
+            if self.job.finish_reason is None and self.job.outcome == "ok":
+                self.job.finish_reason = "stop"
+            self.server.finished(self.job)
 
 
 # --- the server -----------------------------------------------------------------------
