@@ -286,6 +286,20 @@ def test_client_disconnect_stops_generation(cli: Any, ready: Home, tmp_path: Pat
         assert r.status_code == 200
 
 
+def test_api_key_guards_every_route_but_health_and_streams_with_it(cli: Any,
+                                                                    ready: Home) -> None:
+    with serving(cli, "--api-key", "s3cret") as base:
+        body = {"model": "tiny-llama", "prompt": "list users", "stream": True, **GREEDY}
+        r = post(base, "/v1/completions", body)
+        assert r.status_code == 401 and r.json()["error"]["code"] == 401, r.text
+        r = post(base, "/api/generate", body, headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401 and "API key" in r.json()["error"], r.text
+        assert requests.get(f"{base}/health", timeout=10).status_code == 200
+        ok = post(base, "/v1/completions", body, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200, ok.text
+        assert ok.text.count("data: ") >= 3 and ok.text.endswith("data: [DONE]\n\n")
+
+
 def test_residency_manager_queue_is_fifo_and_capped() -> None:
     """The manager's own rules, with a loader that loads a plain object."""
     import threading

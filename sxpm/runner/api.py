@@ -553,14 +553,11 @@ def build_app(server: Server) -> Any:
         return Response(server.metrics.text(),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.middleware("http")
-    async def bearer(request: Request, call_next: Any) -> Any:
-        if server.api_key and request.url.path not in ("/health",):
-            if request.headers.get("authorization") != f"Bearer {server.api_key}":
-                api = "ollama" if request.url.path.startswith("/api/") else "openai"
-                return error_response(ApiError(401, "Missing or wrong API key",
-                                               "invalid_api_key"), api)
-        return await call_next(request)
+    if server.api_key:
+        # Plain ASGI, not ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware relays
+        # every streamed chunk through a memory stream and a task of its own, a cost on
+        # each token; and without a key no middleware runs at all.
+        app.add_middleware(BearerAuth, key=server.api_key, error_response=error_response)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Any:
@@ -578,6 +575,25 @@ def build_app(server: Server) -> Any:
         return error_response(ApiError(400, str(exc), "invalid_request_error"), api)
 
     return app
+
+
+class BearerAuth:
+    """Answers 401 unless a request (other than ``/health``) carries the bearer key."""
+
+    def __init__(self, app: Any, key: str, error_response: Callable[..., Any]) -> None:
+        self.app = app
+        self.expected = f"Bearer {key}".encode()
+        self.error_response = error_response
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health" and \
+                dict(scope["headers"]).get(b"authorization") != self.expected:
+            api = "ollama" if scope["path"].startswith("/api/") else "openai"
+            response = self.error_response(
+                ApiError(401, "Missing or wrong API key", "invalid_api_key"), api)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def serve(server: Server, host: str = "127.0.0.1", port: int = 8000, *,

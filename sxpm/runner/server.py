@@ -299,7 +299,13 @@ class Server:
                 source = prompt or ""
                 if not raw:
                     source = session.render(source, str(body.get("system") or ""))
-                job.prompt_tokens = len(llm.tokenize(source.encode("utf-8"), special=True))
+                # Tokenized once: counted and checked here, and handed to llama.cpp as tokens
+                # (the ones it would make of the text: BOS, special tokens). An empty prompt
+                # stays text, which llama-cpp-python starts from BOS in its own way.
+                tokens = list(llm.tokenize(source.encode("utf-8"), special=True))
+                job.prompt_tokens = len(tokens)
+                if source:
+                    source = tokens
                 if job.prompt_tokens >= session.n_ctx:
                     raise ContextOverflowError(job.prompt_tokens, session.n_ctx)
             chunks = llm.create_completion(source, max_tokens=max_tokens, stream=True,

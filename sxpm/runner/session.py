@@ -109,6 +109,7 @@ class Session:
         self._plan: OffloadPlan | None = None
         self._device: Any = None
         self._spec: LoadSpec | None = None
+        self._renderer: ChatRenderer | None = None
         self.notes: list[str] = []  # what the last call had to adapt (template, context)
 
     def __repr__(self) -> str:
@@ -271,7 +272,13 @@ class Session:
         return str(result["choices"][0]["text"])
 
     def renderer(self, llama: Any) -> ChatRenderer:
-        return ChatRenderer(llama, self.template, self.chat_template, self.model.name)
+        """The chat renderer of ``llama``, kept while that model stays loaded: its Jinja
+        template is compiled once, not on every request."""
+        cached = self._renderer
+        if cached is None or cached.llama is not llama:
+            cached = self._renderer = ChatRenderer(llama, self.template, self.chat_template,
+                                                   self.model.name)
+        return cached
 
     def fit(self, llama: Any, messages: Messages, max_tokens: int) -> ChatPrompt:
         """The conversation as the model's prompt, fitted to the context; the model's
