@@ -169,7 +169,28 @@ def _non_loopback_address() -> str | None:
     return None if address.startswith("127.") or address == "0.0.0.0" else address
 
 
+def test_the_credential_rule_keeps_plain_http_to_loopback_or_insecure() -> None:
+    """The one rule every request asks (no network: the live check below needs an
+    address other than loopback, which tests here do not serve on unless asked)."""
+    from sxpm.core.http import may_send_credentials
+
+    assert may_send_credentials("https://reg.example:5000/v2/", "reg.example:5000",
+                                insecure=False)
+    assert not may_send_credentials("http://reg.example:5000/v2/", "reg.example:5000",
+                                    insecure=False)
+    assert may_send_credentials("http://reg.example:5000/v2/", "reg.example:5000",
+                                insecure=True)
+    assert may_send_credentials("http://127.0.0.1:5000/v2/", "127.0.0.1:5000",
+                                insecure=False)
+    assert not may_send_credentials("https://other.example/token", "reg.example:5000",
+                                    insecure=True)
+
+
 def test_no_credentials_over_plain_http_to_a_host_that_is_not_loopback(docker: Path) -> None:
+    # Serving on this machine's own non-loopback address is opt-in: test traffic stays
+    # on loopback unless SXPM_TEST_OWN_ADDRESS=1 says this machine's address may be used.
+    if os.environ.get("SXPM_TEST_OWN_ADDRESS") != "1":
+        pytest.skip("set SXPM_TEST_OWN_ADDRESS=1 to serve on this machine's own address")
     address = _non_loopback_address()
     if address is None:
         pytest.skip("this machine has no address other than loopback")
