@@ -215,26 +215,17 @@ def test_expert_for_another_base_model_is_refused_before_loading(
 def test_adapter_of_another_architecture_is_refused(cli, home: Path, tmp_path: Path,  # noqa: ANN001
                                                     sample_dir: Path,
                                                     registry_dir: Path) -> None:
-    gguf = pytest.importorskip("gguf")
-    import numpy as np
+    import samples
 
-    packed(home, sample_dir, registry_dir)
-    src = tmp_path / "gpt-expert"
-    src.mkdir()
-    w = gguf.GGUFWriter(src / "adapter.gguf", "gpt2")
-    w.add_type(gguf.GGUFType.ADAPTER)
-    w.add_string("adapter.type", "lora")
-    w.add_tensor("blk.0.attn_q.weight.lora_a", np.zeros((4, 64), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    (src / "manifest.json").write_text(json.dumps({
-        "name": "gpt-expert", "version": "1.0.0", "description": "x", "license": "MIT",
-        "type": "lora", "base_model": "tiny-llama", "weights": "adapter.gguf"}))
+    h = packed(home, sample_dir, registry_dir)
+    src = samples.write_foreign_expert(tmp_path / "gpt-expert")
     ref = f"oci:{registry_dir}/gpt-expert:1.0.0"
     cli("pack", "expert", src, "--ref", ref)
-    cli("expert", "install", ref)
+    # `sxpm expert install` refuses it too (tests/test_expert_compat.py): installed
+    # behind its back, `sxpm run` must still refuse it
+    from sxpm.ops.install import install as do_install
+
+    do_install(h, h.parse_ref(ref))
     r = cli.fail("run", "tiny-llama", "--expert", "gpt-expert", "-p", "x", code=2)
     assert "'gpt2'" in r.stderr and "'llama'" in r.stderr
 

@@ -70,7 +70,8 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
 
     for_option = click.option(
         "--for", "for_model", metavar="MODEL",
-        help="Install the variant built for this base model (experts with several).")
+        help="Install for this installed base model (default: the newest installed base "
+             "the expert fits); for an expert with several bases, the variant built for it.")
 
     @group.command(name="install", help=f"""Install the {kind} NAME[@REQ] (the newest
     matching version the index lists, not yanked) or REF, pulling what is missing, as hard
@@ -126,7 +127,9 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
                               "insecure_skip_verify": insecure_skip_verify,
                               "expect": named.expect, "repair": repair,
                               "pull_missing": extra.get("pull_missing", True)}
-        if for_model:
+        if kind == "expert" and variant is None:
+            # Checked against the installed base it is for (--for, else the one that fits)
+            # before anything is installed.
             from sxpm.runner.locate import install_expert
 
             installed = install_expert(h, named.ref, for_model, **kw)

@@ -12,8 +12,10 @@ A MODEL is looked up, in order, as
    the install command, or, with ``install=True``, sxpm installs it first.
 
 Experts are found the same way. An expert is checked against its model *before*
-anything is loaded: the base model names of its manifest must include the model's
-name, and its adapter GGUF must be a LoRA adapter of the model's architecture.
+anything is loaded, and against the installed base when it is installed: the base model
+names of its manifest must include the model's name, the model must meet that entry's
+version requirement, ``sha256`` and ``quantization`` when the expert pins them, and the
+adapter GGUF must be a LoRA adapter of the model's architecture.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sxpm.core.gguf import GGUFHeader, read_header
+from sxpm.core.versions import VersionReq, version_key
 from sxpm.errors import (
     IncompatibleExpertError,
     InputError,
@@ -34,7 +37,7 @@ from sxpm.errors import (
     StoreError,
 )
 from sxpm.home import Home
-from sxpm.installed.records import check_files
+from sxpm.installed.records import Installed, check_files, find_installed
 
 if TYPE_CHECKING:
     from sxpm.core.oci import Descriptor, ImageIndex, Manifest
@@ -58,11 +61,27 @@ class ModelFiles:
     ref: str | None
     header: GGUFHeader
     extras: ModelExtras | None = None  # an Ollama model's template, system, options, adapter
+    sha256: str | None = None  # the weights' digest as recorded; None: hashed when asked
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "variant": self.variant,
                 "path": str(self.path), "origin": self.origin, "ref": self.ref,
                 "architecture": self.header.architecture}
+
+
+@dataclass(frozen=True)
+class BaseRequirement:
+    """One base model entry of an expert manifest: what the expert needs of its base."""
+
+    name: str
+    version: str = "*"
+    sha256: str | None = None
+    quantization: str | None = None
+    architecture: str | None = None
+
+    def install_hint(self) -> str:
+        spec = self.name if self.version.strip() in ("", "*") else f"{self.name}@{self.version}"
+        return f"install the base it needs: sxpm model install {spec}"
 
 
 @dataclass(frozen=True)
@@ -76,6 +95,7 @@ class ExpertFiles:
     template: PromptTemplate | None
     origin: str
     ref: str | None
+    requirements: tuple[BaseRequirement, ...] = ()  # what each base entry pins
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "base_models": list(self.base_models),
@@ -238,8 +258,6 @@ def _from_lock(kind: str, name: str, version: str | None) -> tuple[Path, str] | 
 
 def _installed(home: Home, kind: str, name: str, version: str | None) -> list[Any]:
     """Installed items for ``name``: the project's locked one, else the home's."""
-    from sxpm.installed.records import find_installed
-
     locked = _from_lock(kind, name, version)
     if locked is None:
         return find_installed(home.root, kind, name, version)
@@ -291,8 +309,10 @@ def find_model(home: Home, spec: str, *, variant: str | None = None,
         found = item.path / title
         return found if title in files and found.is_file() else None
 
+    digest = files.get(path.relative_to(item.path).as_posix())
     return ModelFiles(item.name, item.version, item.record.get("variant"), path, "installed",
-                      item.record.get("ref"), header, _extras(files, part, str(item.path)))
+                      item.record.get("ref"), header, _extras(files, part, str(item.path)),
+                      str(digest) if digest else None)
 
 
 def _store_tree(home: Home, ref: Reference) -> Any:
@@ -384,7 +404,7 @@ def _model_from_store(home: Home, ref: Reference, variant: str | None, budget: B
         return home.store.blob_path(blobs[title]) if title in blobs else None
 
     return ModelFiles(info.name, info.version, info.variant, path, "store", str(ref),
-                      read_header(path), _extras(blobs, part, str(ref)))
+                      read_header(path), _extras(blobs, part, str(ref)), str(layer.digest))
 
 
 # --- experts ------------------------------------------------------------------------
@@ -398,6 +418,56 @@ def base_model_names(config: dict[str, Any]) -> tuple[str, ...]:
     if isinstance(base, dict):
         return (str(base.get("name")),)
     return (str(base),) if base else ()
+
+
+def base_requirements(config: dict[str, Any]) -> tuple[BaseRequirement, ...]:
+    """What every base entry of an expert manifest (schema v1 or v2) pins."""
+    entries: list[Any] = config["base_models"] if isinstance(config.get("base_models"),
+                                                               list) else [config.get("base_model")]
+    out: list[BaseRequirement] = []
+    for entry in entries:
+        if isinstance(entry, str) and entry:
+            out.append(BaseRequirement(entry))
+        elif isinstance(entry, dict) and entry.get("name"):
+            opt = {k: str(entry[k]) for k in ("sha256", "quantization", "architecture")
+                   if entry.get(k)}
+            out.append(BaseRequirement(str(entry["name"]), str(entry.get("version") or "*"),
+                                       **opt))
+    return tuple(out)
+
+
+def _hex(digest: str) -> str:
+    return digest.removeprefix("sha256:").lower()
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def misfit(req: BaseRequirement, version: str | None, sha256: Callable[[], str],
+           header: GGUFHeader, adapter_architecture: str | None = None) -> str | None:
+    """Why a base model (its version, weights' digest, GGUF header) does not meet
+    ``req``; None when it does. ``version`` None (a bare GGUF file) skips the version."""
+    if version is not None and req.version.strip() not in ("", "*") \
+            and not VersionReq.parse(req.version).matches(version):
+        return f"it needs {req.name} {req.version}, not {version}"
+    if req.quantization and (header.file_type or "").upper() != req.quantization.upper():
+        return f"it needs {req.name} quantized {req.quantization}, not {header.file_type}"
+    if req.architecture and header.architecture != req.architecture:
+        return (f"it needs {req.name} of architecture {req.architecture!r}, not "
+                f"{header.architecture!r}")
+    if adapter_architecture and adapter_architecture != header.architecture:
+        return (f"its adapter is for architecture {adapter_architecture!r}, the model is "
+                f"{header.architecture!r}")
+    if req.sha256 and _hex(sha256()) != _hex(req.sha256):
+        return f"it pins {req.name}'s weights to sha256:{_hex(req.sha256)[:12]}, these differ"
+    return None
 
 
 def _expert_files(home: Home, manifest: Manifest, config: dict[str, Any], name: str,
@@ -421,14 +491,13 @@ def _expert_files(home: Home, manifest: Manifest, config: dict[str, Any], name: 
             template = PromptTemplate.parse(text, f"{title or path} of expert {name!r}")
     return ExpertFiles(name, version, base_model_names(config),
                        manifest.annotations.get(oci.ANN_BASE_MODEL), adapter,
-                       read_header(adapter) if adapter else None, template, origin, ref)
+                       read_header(adapter) if adapter else None, template, origin, ref,
+                       base_requirements(config))
 
 
 def find_expert(home: Home, spec: str, model_name: str, *, install: bool = False,
                 **install_kw: Any) -> ExpertFiles:
     """The expert ``spec`` names, in the variant built for ``model_name``."""
-    from sxpm.installed.records import find_installed
-
     if is_reference(spec):
         return _expert_from_store(home, home.parse_ref(spec), model_name, install, **install_kw)
     name, version = split_spec(spec)
@@ -466,9 +535,53 @@ def variant_for_base(index: ImageIndex, model_name: str) -> str | None:
     return None
 
 
+ANN_ADAPTER_ARCH = "org.simplex.adapter.architecture"
+
+
+def _installed_base(item: Installed) -> tuple[Callable[[], str], GGUFHeader]:
+    """An installed model's weights digest (as recorded, else hashed) and GGUF header."""
+    path = _main_gguf_installed(item.path, item.record)
+    digest = item.record.get("files", {}).get(path.relative_to(item.path).as_posix())
+    return (lambda: str(digest) if digest else _file_sha256(path)), read_header(path)
+
+
+def _fitting_base(expert: str, reqs: tuple[BaseRequirement, ...], model_name: str | None,
+                  home: Home, adapter_arch: Callable[[str], str | None]) -> str | None:
+    """The installed base model the expert is installed for: ``model_name`` when given
+    (refused unless an installed version of it fits), else the newest installed model
+    that meets one of ``reqs``. None when no base it names is installed (nothing to
+    check against yet: `sxpm run` checks again)."""
+    wanted = [r for r in reqs if model_name is None or r.name == model_name]
+    if model_name is not None and not wanted:
+        first = reqs[0] if reqs else None
+        raise IncompatibleExpertError(
+            expert, model_name, f"its manifest names {', '.join(r.name for r in reqs) or 'no'}"
+            " as base model", hint=first.install_hint() if first else None)
+    fits: list[tuple[Installed, BaseRequirement]] = []
+    first_misfit: tuple[str, str, BaseRequirement] | None = None
+    for req in wanted:
+        for item in sorted(find_installed(home.root, "model", req.name),
+                           key=lambda i: version_key(i.version), reverse=True):
+            sha256, header = _installed_base(item)
+            reason = misfit(req, item.version, sha256, header, adapter_arch(req.name))
+            if reason is None:
+                fits.append((item, req))
+            elif first_misfit is None:
+                first_misfit = (f"{item.name} {item.version}", reason, req)
+    if fits:
+        return max(fits, key=lambda f: version_key(f[0].version))[0].name
+    if first_misfit is not None:
+        model, reason, req = first_misfit
+        raise IncompatibleExpertError(expert, model, reason, hint=req.install_hint())
+    return model_name
+
+
 def install_expert(home: Home, ref: Reference, model_name: str | None = None,
                    **install_kw: Any) -> Any:
-    """Install an expert; for a v2 expert, the variant built for ``model_name``."""
+    """Install an expert for the installed base that fits (``model_name``, else the
+    newest installed model one of its base entries accepts); for a v2 expert, the
+    variant built for that base. A base that does not fit is refused before anything
+    is installed."""
     from sxpm.core import oci
     from sxpm.ops.fetch import Fetcher
     from sxpm.ops.install import install
@@ -476,17 +589,30 @@ def install_expert(home: Home, ref: Reference, model_name: str | None = None,
     fetcher = Fetcher.for_command(
         home, options=install_kw.get("options"), offline=not install_kw.get("pull_missing", True),
         skip_verify=bool(install_kw.get("insecure_skip_verify")))
-    variant: str | None = None
-    if model_name is not None:
-        # The manifests alone say which variant: no layer is fetched to find out.
-        index = fetcher.tree(ref).index
-        if index is not None:
-            variant = variant_for_base(index, model_name)
-            if variant is None:
-                bases = [d.annotations.get(oci.ANN_BASE_MODEL, "?") for d in index.manifests]
-                raise IncompatibleExpertError(
-                    ref.name, model_name, f"it has no variant for it (built for "
-                    f"{', '.join(bases)})", hint="choose one of those models")
+    # The manifests and the config alone say which base: no layer is fetched to find out.
+    tree = fetcher.tree(ref)
+    index = tree.index
+    if model_name is not None and index is not None and variant_for_base(index,
+                                                                         model_name) is None:
+        bases = [d.annotations.get(oci.ANN_BASE_MODEL, "?") for d in index.manifests]
+        raise IncompatibleExpertError(
+            ref.name, model_name, f"it has no variant for it (built for "
+            f"{', '.join(bases)})", hint="choose one of those models")
+    info = fetcher.artifact(tree, tree.entry(None), trust=False).info
+    if info.kind != "expert":
+        return install(home, ref, fetcher=fetcher, **install_kw)  # the caller says what it is
+    reqs = base_requirements(info.config)
+    if index is not None:
+        reqs = tuple(r for r in reqs if variant_for_base(index, r.name) is not None)
+
+    def adapter_arch(base: str) -> str | None:
+        if index is None:
+            return info.manifest.annotations.get(ANN_ADAPTER_ARCH) or None
+        entry = next(d for d in index.manifests if d.annotations.get(oci.ANN_BASE_MODEL) == base)
+        return tree.manifest(entry).annotations.get(ANN_ADAPTER_ARCH) or None
+
+    base = _fitting_base(ref.name, reqs, model_name, home, adapter_arch)
+    variant = variant_for_base(index, base) if index is not None and base else None
     return install(home, ref, variant=variant, fetcher=fetcher, **install_kw)
 
 
@@ -534,6 +660,15 @@ def check_compatible(expert: ExpertFiles, model: ModelFiles) -> None:
             expert.name, model.name, f"the installed variant is built for "
             f"{expert.variant_base}", hint=f"install the right one: sxpm expert install "
             f"{expert.ref or expert.name} --for {model.name}")
+    req = next((r for r in expert.requirements if r.name == model.name), None)
+    if req is not None:
+        # A bare GGUF file has no version to check; its bytes and header still tell.
+        version = None if model.origin == "file" else model.version
+        reason = misfit(req, version, lambda: model.sha256 or _file_sha256(model.path),
+                        model.header)
+        if reason is not None:
+            raise IncompatibleExpertError(expert.name, f"{model.name} {model.version}", reason,
+                                          hint=req.install_hint())
     header = expert.adapter_header
     if header is None:
         return
