@@ -25,7 +25,7 @@ from typing import Any
 from sxpm.artifacts.peft import CONFIG as PEFT_CONFIG
 from sxpm.artifacts.peft import convert_peft, peft_dir
 from sxpm.core import oci
-from sxpm.core.gguf import is_gguf, read_gguf
+from sxpm.core.gguf import GGUFHeader, is_gguf, read_gguf
 from sxpm.core.names import validate_name
 from sxpm.core.oci import Descriptor, ImageIndex, Manifest, canonical_json
 from sxpm.core.reference import Reference
@@ -189,7 +189,8 @@ def _deps_annotation(deps: Iterable[dict[str, str]]) -> str:
 # --- model ----------------------------------------------------------------------
 
 
-def _classify_model_file(rel: str) -> str:
+def classify_model_file(rel: str) -> str:
+    """The layer type of a model's file: GGUF weights, a document, else a config."""
     lower = rel.rsplit("/", 1)[-1].lower()
     if lower.endswith(".gguf"):
         return oci.MODEL_WEIGHT
@@ -198,25 +199,34 @@ def _classify_model_file(rel: str) -> str:
     return oci.MODEL_WEIGHT_CONFIG
 
 
+def main_weights(files: list[tuple[str, Path]], path: Path
+                 ) -> tuple[str, Path, GGUFHeader]:
+    """The model's GGUF among ``files`` (title, file): the largest (others, e.g. a vision
+    projector, travel with it), read with the bounded reader; a LoRA adapter or a
+    folder without GGUF is refused. Pack and import both choose by this rule."""
+    weights = [(rel, p) for rel, p in files if classify_model_file(rel) == oci.MODEL_WEIGHT]
+    if not weights:
+        raise ArtifactInputError(f"{path} holds no .gguf weight file",
+                                 hint="a model artifact needs at least one GGUF file; "
+                                      "convert other formats with llama.cpp")
+    main_rel, main_path = max(weights, key=lambda item: item[1].stat().st_size)
+    info = read_gguf(main_path)
+    if info.general_type == "adapter":
+        raise ArtifactInputError(f"{main_path} is a LoRA adapter, not a model",
+                                 hint="pack it as an expert: sxpm pack expert DIR --ref ...")
+    return main_rel, main_path, info
+
+
 def _pack_model(home: Home, path: Path, ref: Reference, variant: str | None,
                 version: str | None) -> PackResult:
     name = validate_name(ref.name)
     files = [(path.name, path)] if path.is_file() else _walk(path)
-    weights = [(rel, p) for rel, p in files if _classify_model_file(rel) == oci.MODEL_WEIGHT]
-    if not weights:
-        raise ArtifactInputError(f"{path} holds no .gguf weight file",
-                                 hint="a model artifact needs at least one GGUF file")
-    # The largest GGUF is the model; others (e.g. a vision projector) travel with it.
     check_paths([rel for rel, _ in files], str(path), _RENAME)
-    main_rel, main_path = max(weights, key=lambda item: item[1].stat().st_size)
-    info = read_gguf(main_path)
+    main_rel, main_path, info = main_weights(files, path)
     arch = info.architecture or ""  # read_gguf refuses a file without one
-    if info.general_type == "adapter":
-        raise ArtifactInputError(f"{main_path} is a LoRA adapter, not a model",
-                                 hint="pack it as an expert: sxpm pack expert DIR --ref ...")
     vers = _resolve_version(ref, version, None)
     store = home.store
-    layers = [_file_layer(store, rel, p, _classify_model_file(rel)) for rel, p in files]
+    layers = [_file_layer(store, rel, p, classify_model_file(rel)) for rel, p in files]
     descriptor: dict[str, Any] = {"name": name, "version": vers, "family": arch}
     if info.name:
         descriptor["title"] = info.name

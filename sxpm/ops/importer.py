@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sxpm.artifacts.describe import describe
+from sxpm.artifacts.pack import classify_model_file, main_weights
 from sxpm.core import oci
 from sxpm.core.names import normalize_name
 from sxpm.core.oci import Descriptor, Manifest, canonical_json, parse_manifest_bytes
@@ -121,16 +122,6 @@ def _set_ref(home: Home, ref: Reference, desc: Descriptor) -> None:
 # --- GGUF files and directories -------------------------------------------------------
 
 
-def _classify(rel: str) -> str:
-    lower = rel.rsplit("/", 1)[-1].lower()
-    if lower.endswith(".gguf"):
-        return oci.MODEL_WEIGHT
-    if lower.startswith(("readme", "license", "licence", "notice")) or lower.endswith(
-            (".md", ".txt")):
-        return oci.MODEL_DOC
-    return oci.MODEL_WEIGHT_CONFIG
-
-
 def _files(path: Path) -> list[tuple[str, Path]]:
     if path.is_file():
         return [(path.name, path)]
@@ -158,24 +149,14 @@ def _import_files(home: Home, files: list[tuple[str, Path]], path: Path, name: s
     """Import ``files`` (title, file) as one model; ``path`` is where they came from
     (``origin`` says so instead, for a download); ``expect`` holds what a source
     announced for a title, checked before the file enters the store."""
-    from sxpm.core.gguf import read_gguf
-
-    weights = [(rel, p) for rel, p in files if _classify(rel) == oci.MODEL_WEIGHT]
-    if not weights:
-        raise ArtifactInputError(f"{path} holds no .gguf file",
-                                 hint="sxpm imports GGUF models; convert others with llama.cpp")
-    main_rel, main_path = max(weights, key=lambda item: item[1].stat().st_size)
-    info = read_gguf(main_path)
-    if info.general_type == "adapter":
-        raise ArtifactInputError(f"{main_path} is a LoRA adapter, not a model",
-                                 hint="pack it as an expert: sxpm pack expert DIR --ref ...")
+    main_rel, main_path, info = main_weights(files, path)
     name = _local_name(name or info.name or Path(main_rel).stem)
     version = version or LOCAL_VERSION
     ref = home.parse_ref(f"{name}:{version}")  # InputError for a version that is no tag
     with home.store.in_use():
         layers, linked = [], 0
         for rel, file in files:
-            media_type = _classify(rel)
+            media_type = classify_model_file(rel)
             desc, was_linked = link_blob(home.store, file, media_type,
                                          (expect or {}).get(rel))
             linked += was_linked
