@@ -82,6 +82,31 @@ def test_skopeo_reads_the_store_and_a_layout_registry_by_name(
     assert out["digest"] == entry["digest"]
 
 
+@needs_skopeo
+@pytest.mark.registry
+def test_skopeo_copies_a_variant_index_digest_exact(
+        cli, cli2, home: Path, sample_dir: Path, oci_registry, tmp_path: Path) -> None:  # noqa: ANN001
+    """skopeo 1.9 re-serialises an index without `artifactType`: sxpm's indexes carry
+    none, so `--preserve-digests` copies them (and their variants) byte for byte, and
+    another home reads the copy as the same artifact, variants and all."""
+    ref = f"{oci_registry.host}/simplex/tiny-llama:1.0.0"
+    cli("pack", "model", sample_dir / "tiny-llama", "--ref", ref, "--variant", "F32")
+    top = cli("pack", "model", sample_dir / "tiny-llama-f16", "--ref", ref, "--variant",
+              "F16", "--json").json["digest"]
+    cli("push", ref, "--insecure")
+    copied = tmp_path / "copied"
+    skopeo("copy", "--all", "--preserve-digests", "--src-tls-verify=false",
+           f"docker://{ref}", f"oci:{copied}:1.0.0")
+    entry = json.loads((copied / "index.json").read_text())["manifests"][0]
+    assert entry["digest"] == top
+    blob = copied / "blobs" / "sha256" / top.split(":")[1]
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == top.split(":")[1]
+    out = cli2("pull", f"oci:{copied}:1.0.0", "--variant", "F16", "--json").json
+    assert out["digest"] == top
+    info = cli2("model", "info", f"oci:{copied}:1.0.0", "--variant", "F16", "--json").json
+    assert info["variants"] == ["F32", "F16"] and info["quantization"] == "F16"
+
+
 def test_stores_written_with_the_old_names_keep_working(
         cli, home: Path, sample_dir: Path, registry_dir: Path) -> None:  # noqa: ANN001
     """Stores from before the annotation name `oci:` refs by the full ref and have no

@@ -40,6 +40,10 @@ def manifest_of(cli, ref: str) -> dict:  # noqa: ANN001
     return cli("inspect", ref, "--json").json["manifest"]
 
 
+def manifest_of_digest(cli, ref: str, digest: str) -> dict:  # noqa: ANN001
+    return cli("inspect", f"{ref.rsplit(':', 1)[0]}@{digest}", "--json").json["manifest"]
+
+
 def test_model_manifest_is_modelpack(cli, sample_dir: Path, registry_dir: Path) -> None:  # noqa: ANN001
     ref = f"oci:{registry_dir}/tiny-llama:1.0.0"
     out = cli("pack", "model", sample_dir / "tiny-llama", "--ref", ref)
@@ -90,7 +94,13 @@ def test_variants_make_an_image_index(cli, sample_dir: Path, registry_dir: Path)
     assert index["media_type"] in INDEX_TYPES
     entries = index["manifest"]["manifests"]
     assert [e["annotations"][ANN_VARIANT] for e in entries] == ["F32", "F16"]
-    assert all(e["artifactType"] == MODEL_ARTIFACT for e in entries)
+    # The kind is an annotation of the index, not artifactType on it or its entries:
+    # skopeo 1.9 drops artifactType when it copies an index (docs/format.md).
+    assert "artifactType" not in index["manifest"]
+    assert index["manifest"]["annotations"]["org.simplex.kind"] == "model"
+    assert not any("artifactType" in e for e in entries)
+    assert all(manifest_of_digest(cli, ref, e["digest"])["artifactType"] == MODEL_ARTIFACT
+               for e in entries)
     # Re-packing a variant replaces it in place rather than adding a duplicate.
     again = cli("pack", "model", sample_dir / "tiny-llama-f16", "--ref", ref, "--variant",
                 "F16", "--json").json
@@ -291,3 +301,17 @@ def test_bad_cli_input(cli, sample_dir: Path, registry_dir: Path, args: list[str
     assert expected in err, err
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
     assert _store_state(cli.home) == before
+
+
+def test_an_index_names_its_kind_by_annotation_or_by_its_old_artifact_type() -> None:
+    from sxpm.core.oci import ImageIndex
+
+    written_now = {"schemaVersion": 2, "manifests": [],
+                   "annotations": {"org.simplex.kind": "expert"}}
+    written_before = {"schemaVersion": 2, "manifests": [], "artifactType": MODEL_ARTIFACT}
+    assert ImageIndex.from_dict(written_now).kind == "expert"
+    assert ImageIndex.from_dict(written_before).kind == "model"
+    assert ImageIndex.from_dict({**written_now, "annotations": {
+        "org.simplex.kind": "container"}}).kind is None
+    # The layout's descriptor of an index still carries the type, for listings.
+    assert ImageIndex.from_dict(written_now).descriptor().artifact_type == EXPERT_ARTIFACT

@@ -152,6 +152,7 @@ def _store_ref(home: Home, ref: Reference, manifest_desc: Descriptor, variant: s
 
     store = home.store
     name = store_name(ref)
+    kind = oci.KIND_BY_ARTIFACT[artifact_type]
     with store.ref_lock(name):
         if variant is None:
             store.set_ref(name, manifest_desc)
@@ -162,21 +163,23 @@ def _store_ref(home: Home, ref: Reference, manifest_desc: Descriptor, variant: s
         if existing is not None and existing.is_index:
             index = store.load_manifest(existing)
             assert isinstance(index, ImageIndex)
-            if index.artifact_type not in (None, artifact_type):
+            if index.kind not in (None, kind):
                 raise InputError(f"{ref} holds a different kind of artifact",
                                  hint="use another ref, or `sxpm rm` it first")
-            entries = [d for d in index.manifests if d.annotations.get(oci.ANN_VARIANT) != variant]
+            # Entries of an index written before carry artifactType: dropped, as below.
+            entries = [Descriptor(d.media_type, d.digest, d.size, d.annotations)
+                       for d in index.manifests if d.annotations.get(oci.ANN_VARIANT) != variant]
             # Keep the order variants were packed in: the first is the default.
             position = next((i for i, d in enumerate(index.manifests)
                              if d.annotations.get(oci.ANN_VARIANT) == variant), None)
         annotations = {oci.ANN_VARIANT: variant, **(variant_annotations or {})}
         entry = Descriptor(manifest_desc.media_type, manifest_desc.digest, manifest_desc.size,
-                           annotations, artifact_type)
+                           annotations)
         if position is None:
             entries.append(entry)
         else:
             entries.insert(position, entry)
-        new_index = ImageIndex(tuple(entries), artifact_type=artifact_type)
+        new_index = ImageIndex(tuple(entries), annotations={oci.ANN_KIND: kind})
         desc = store.put_manifest(new_index)
         store.set_ref(name, desc)
         return desc, tuple(d.annotations.get(oci.ANN_VARIANT, "") for d in entries)
@@ -444,11 +447,10 @@ def _pack_expert_files(home: Home, root: Path, ref: Reference, variant: str | No
                          hint="its variants are its base models, one per base_models entry")
     entries = tuple(
         Descriptor(d.media_type, d.digest, d.size,
-                   {oci.ANN_VARIANT: b["name"], oci.ANN_BASE_MODEL: b["name"]},
-                   oci.EXPERT_ARTIFACT)
+                   {oci.ANN_VARIANT: b["name"], oci.ANN_BASE_MODEL: b["name"]})
         for b, d in built)
-    index = ImageIndex(entries, artifact_type=oci.EXPERT_ARTIFACT,
-                       annotations={oci.ANN_NAME: name, oci.ANN_VERSION: vers})
+    index = ImageIndex(entries, annotations={oci.ANN_NAME: name, oci.ANN_VERSION: vers,
+                                             oci.ANN_KIND: "expert"})
     top = store.put_manifest(index)
     from sxpm.store.refs import store_name
 

@@ -251,6 +251,11 @@ class Manifest:
     def kind(self) -> str | None:
         return KIND_BY_ARTIFACT.get(self.artifact_type or self.config.media_type)
 
+    @property
+    def listed_type(self) -> str | None:
+        """The ``artifactType`` a descriptor of this manifest carries."""
+        return self.artifact_type
+
     def blobs(self) -> list[Descriptor]:
         return [self.config, *self.layers]
 
@@ -314,9 +319,23 @@ class ImageIndex:
     def to_bytes(self) -> bytes:
         return canonical_json(self.to_dict())
 
+    @property
+    def kind(self) -> str | None:
+        """model, expert or package: the index's ``artifactType`` where it has one (as
+        sxpm wrote indexes before), else its ``org.simplex.kind`` annotation."""
+        kind = KIND_BY_ARTIFACT.get(self.artifact_type or "") or self.annotations.get(ANN_KIND)
+        return kind if kind in ARTIFACT_BY_KIND else None
+
+    @property
+    def listed_type(self) -> str | None:
+        """The ``artifactType`` a descriptor of this index carries (in a layout's
+        index.json, never inside the index), so listings know the kind unread."""
+        kind = self.kind
+        return self.artifact_type or (ARTIFACT_BY_KIND[kind] if kind else None)
+
     def descriptor(self) -> Descriptor:
         return Descriptor.for_bytes(self.media_type, self.to_bytes(),
-                                    artifact_type=self.artifact_type)
+                                    artifact_type=self.listed_type)
 
     def variants(self) -> dict[str, Descriptor]:
         return {d.annotations.get(ANN_VARIANT, str(d.digest)): d for d in self.manifests}

@@ -191,7 +191,7 @@ class Fetcher:
     def _remember(self, digest: Digest, data: bytes, where: str) -> Fetched:
         obj = parse_manifest_bytes(data, where)
         fetched = Fetched(Descriptor(obj.media_type, digest, len(data),
-                                     artifact_type=obj.artifact_type), obj, data)
+                                     artifact_type=obj.listed_type), obj, data)
         self._manifests[digest] = fetched
         return fetched
 
@@ -303,7 +303,7 @@ class Fetcher:
         claims: list[tuple[str, dict[str, str | None]]] = []
         if index is not None:
             claims.append(("image index", {
-                "kind": oci.KIND_BY_ARTIFACT.get(index.artifact_type or ""),
+                "kind": index.kind,
                 "name": index.annotations.get(oci.ANN_NAME),
                 "version": index.annotations.get(oci.ANN_VERSION)}))
         if manifest is not None:

@@ -74,7 +74,7 @@ def _descriptor(store: OCILayout, digest: Digest) -> Descriptor | None:
                                                               digest, size)), str(digest))
     except SxpmError:
         return None
-    return Descriptor(obj.media_type, digest, size, artifact_type=obj.artifact_type)
+    return Descriptor(obj.media_type, digest, size, artifact_type=obj.listed_type)
 
 
 def _installed_digests(home: Home) -> dict[Digest, list[Installed]]:

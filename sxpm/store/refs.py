@@ -35,7 +35,7 @@ def resolve_local(store: OCILayout, ref: Reference) -> Descriptor:
             size = store.blob_size(ref.digest)
             data = store.read_blob(Descriptor("application/octet-stream", ref.digest, size))
             obj = parse_manifest_bytes(data, str(ref))
-            return Descriptor(obj.media_type, ref.digest, size, artifact_type=obj.artifact_type)
+            return Descriptor(obj.media_type, ref.digest, size, artifact_type=obj.listed_type)
     raise NotFoundError(f"{ref} is not in the store", hint="pull it first")
 
 

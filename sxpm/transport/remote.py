@@ -603,7 +603,7 @@ class RemoteRepository(Repository):
             if kept is not None:
                 obj = parse_manifest_bytes(kept, f"manifest {what}")
                 return Descriptor(obj.media_type, expected, len(kept),
-                                  artifact_type=obj.artifact_type), kept
+                                  artifact_type=obj.listed_type), kept
         resp = self.client.request("GET", self._path("manifests", reference), scope=self._pull,
                                    what=f"manifest {what}", stream=True,
                                    headers={"Accept": ACCEPT_MANIFESTS})
@@ -641,7 +641,7 @@ class RemoteRepository(Repository):
         if expected is not None:
             self._remember(expected, data)
         return Descriptor(obj.media_type, actual, len(data),
-                          artifact_type=obj.artifact_type), data
+                          artifact_type=obj.listed_type), data
 
     def push_manifest(self, desc: Descriptor, data: bytes, tag: str | None) -> None:
         target = tag or str(desc.digest)
