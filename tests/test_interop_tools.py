@@ -367,3 +367,43 @@ def test_a_container_image_or_unknown_artifact_is_refused_with_what_it_is(
         config_type="application/vnd.cncf.helm.config.v1+json", artifact_type=None)
     err = cli.fail("model", "install", f"{oci_registry.host}/art/helm:1", code=2).stderr
     assert "application/vnd.cncf.helm.config.v1+json" in err
+
+
+@pytest.mark.registry
+def test_the_oras_client_reads_what_sxpm_pushes_and_sxpm_installs_what_oras_pushes(
+        cli, home: Path, sample_dir: Path, oci_registry, gguf_bytes: bytes,  # noqa: ANN001
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The oras Python client against the real registry on loopback: it pulls an sxpm
+    model as files under their names, byte for byte, and a GGUF it pushes the way
+    `oras push` users do (ModelPack media types, no version) installs with sxpm."""
+    import oras.client
+
+    client = oras.client.OrasClient(hostname=oci_registry.host, insecure=True)
+    ref = f"{oci_registry.host}/oras/tiny-llama:1.0.0"
+    cli("pack", "model", sample_dir / "tiny-llama", "--ref", ref)
+    cli("push", ref, "--insecure")
+    assert client.get_manifest(ref) == cli("inspect", ref, "--json").json["manifest"]
+    out = tmp_path / "pulled"
+    pulled = [Path(p) for p in client.pull(target=ref, outdir=str(out))]
+    names = {p.relative_to(out).as_posix() for p in pulled}
+    expected = {p.relative_to(sample_dir / "tiny-llama").as_posix()
+                for p in (sample_dir / "tiny-llama").rglob("*") if p.is_file()}
+    assert "model.gguf" in names and names <= expected, (names, expected)
+    for name in names:
+        assert (out / name).read_bytes() == (sample_dir / "tiny-llama" / name).read_bytes()
+
+    work = tmp_path / "push"
+    work.mkdir()
+    (work / "model.gguf").write_bytes(gguf_bytes)
+    (work / "config.json").write_text(json.dumps({
+        "descriptor": {"name": "from-oras"}, "config": {"format": "gguf"},
+        "modelfs": {"type": "layers", "diffIds": []}}))
+    monkeypatch.chdir(work)  # oras-py names each layer by its path under the cwd
+    target = f"{oci_registry.host}/oras/from-oras:v2"
+    client.push(target=target, files=["model.gguf:application/vnd.cncf.model.weight.v1.raw"],
+                manifest_config=f"config.json:{MODEL_CONFIG}", quiet=True)
+    cli("model", "install", target)
+    tree = home / "models" / "from-oras" / "v2"
+    assert (tree / "model.gguf").read_bytes() == gguf_bytes
+    info = cli("model", "info", target, "--json").json
+    assert (info["name"], info["version"]) == ("from-oras", "v2")

@@ -66,6 +66,9 @@ ANN_SIZE = "org.simplex.size"
 ANN_SIMPLEX_REF = "org.simplex.ref"
 
 KIND_BY_ARTIFACT = {MODEL_ARTIFACT: "model", EXPERT_ARTIFACT: "expert", PACKAGE_ARTIFACT: "package"}
+# A manifest pushed without artifactType (`oras push` without `--artifact-type`, older
+# modctl) still says its kind by its config's media type.
+KIND_BY_CONFIG = {MODEL_CONFIG: "model", EXPERT_CONFIG: "expert", PACKAGE_CONFIG: "package"}
 ARTIFACT_BY_KIND = {v: k for k, v in KIND_BY_ARTIFACT.items()}
 
 # Registries commonly refuse manifests over 4 MiB; sxpm refuses to read larger ones
@@ -249,7 +252,11 @@ class Manifest:
 
     @property
     def kind(self) -> str | None:
-        return KIND_BY_ARTIFACT.get(self.artifact_type or self.config.media_type)
+        if self.artifact_type is not None:
+            return KIND_BY_ARTIFACT.get(self.artifact_type)
+        # oras before 1.0 wrote `--artifact-type` as the config's media type.
+        config = self.config.media_type
+        return KIND_BY_ARTIFACT.get(config) or KIND_BY_CONFIG.get(config)
 
     @property
     def listed_type(self) -> str | None:
