@@ -427,3 +427,20 @@ def test_help_example_of_serve_sends_json() -> None:
     assert "Content-Type: application/json" in out
 
 
+
+
+def test_an_error_reply_never_says_where_files_lie() -> None:
+    """llama.cpp names the model file it failed to load; the client gets the file's
+    name, the server's log the whole text."""
+    from sxpm.errors import StoreError
+    from sxpm.runner.server import api_error
+
+    err = api_error(ValueError("Failed to load model from file: "
+                               "/srv/simplex/models/tiny/1.0.0/model.gguf"))
+    assert (err.status, err.kind) == (503, "model_unavailable")
+    assert err.message == "Failed to load model from file: model.gguf"
+    assert "/srv/simplex/models/tiny/1.0.0/model.gguf" in err.detail
+    changed = api_error(StoreError("/home/u/.simplex/models/tiny/1.0.0/model.gguf changed"))
+    assert "/home/u" not in changed.message and "model.gguf changed" in changed.message
+    # References and URLs are not paths.
+    assert "oci:/reg/tiny:1.0" in api_error(ValueError("pull oci:/reg/tiny:1.0")).message

@@ -49,7 +49,7 @@ def build_app(server: Server) -> Any:
     def error_response(exc: BaseException, api: str, job: Job | None = None) -> Any:
         err = api_error(exc)
         if job is not None:
-            job.status, job.outcome, job.error = err.status, "error", err.message
+            job.status, job.outcome, job.error = err.status, "error", err.detail
             server.finished(job)
         if api == "ollama":
             content: dict[str, Any] = {"error": err.message}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import socket
 import threading
 import time
@@ -95,19 +96,31 @@ def parse_keep_alive(value: Any) -> float | None:
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, kind: str,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, detail: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.kind = kind
         self.headers = headers or {}
+        self.detail = detail or message  # for the server's own log, never a client
+
+
+# An absolute path (two components or more) in an error's text.
+_PATH = re.compile(r"(?<![\w.:/])/(?:[^/\s'\"]+/)+([^/\s'\"]*)")
+
+
+def hide_paths(text: str) -> str:
+    """``text`` with each absolute path cut to its last component: where the home,
+    the store and the models lie on the serving machine is no client's business."""
+    return _PATH.sub(lambda m: m.group(1) or "/", text)
 
 
 def api_error(exc: BaseException) -> ApiError:
     """The HTTP status of an sxpm error (anything else is a 503 that says what failed)."""
     if isinstance(exc, ApiError):
         return exc
-    text = exc.one_line() if isinstance(exc, SxpmError) else " ".join(str(exc).split())
+    detail = exc.one_line() if isinstance(exc, SxpmError) else " ".join(str(exc).split())
+    text = hide_paths(detail)
     if isinstance(exc, QueueFullError):
         return ApiError(503, text, "queue_full", {"Retry-After": str(exc.retry_after)})
     if isinstance(exc, NotFoundError):
@@ -118,7 +131,8 @@ def api_error(exc: BaseException) -> ApiError:
         return ApiError(413, text, "context_length_exceeded")
     if isinstance(exc, InputError):
         return ApiError(400, text, "invalid_request_error")
-    return ApiError(503, text or type(exc).__name__, "model_unavailable", {"Retry-After": "5"})
+    return ApiError(503, text or type(exc).__name__, "model_unavailable", {"Retry-After": "5"},
+                    detail)
 
 
 # --- one request ----------------------------------------------------------------------
