@@ -406,6 +406,33 @@ def test_a_dripping_manifest_hits_the_deadline(registry: HostileRegistry, docker
         repo(registry).get_manifest("1")
 
 
+def drip_headers(req: Request, every_s: float = 0.1) -> None:
+    """An answer whose status line and headers come a byte at a time (each byte well
+    inside the read timeout), 400 bytes of them: 40 s unless the client gives up."""
+    head = b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"x" * 360 + b"\r\nContent-Length: 2\r\n\r\n{}"
+    try:
+        for chunk in drip(head, every_s):
+            req.h.wfile.write(chunk)
+            req.h.wfile.flush()
+    except OSError:
+        pass  # the client hung up, as it should
+    req.h.close_connection = True
+
+
+def test_dripping_headers_hit_the_deadline(registry: HostileRegistry, docker: Path) -> None:
+    login(docker, registry.host)
+
+    def dripping(req: Request) -> bool:
+        if "/manifests/" not in req.path or not req.headers.get("authorization"):
+            return False
+        drip_headers(req)
+        return True
+
+    registry.hooks.append(dripping)
+    with pytest.raises(RegistryError, match="headers took over 2 s"):
+        repo(registry).get_manifest("1")
+
+
 # --- the HTTP index: limits, deadline, userinfo, redirect loops ------------------------------
 
 
@@ -435,6 +462,17 @@ def test_dripping_index_file_hits_the_deadline(index_server: Server, tmp_path: P
     index_server.hooks.append(lambda req: req.stream(200, len(body), drip(body, 0.1)) or True)
     client = index_client.IndexClient(index_server.url, cache_dir=tmp_path / "cache")
     with pytest.raises(SxpmError, match="stalled: it took over 1 s"):
+        client.config()
+
+
+def test_dripping_index_headers_hit_the_deadline(index_server: Server, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from sxpm.index import client as index_client
+
+    monkeypatch.setattr(index_client, "DEADLINE_S", 1.0)
+    index_server.hooks.append(lambda req: drip_headers(req) or True)
+    client = index_client.IndexClient(index_server.url, cache_dir=tmp_path / "cache")
+    with pytest.raises(SxpmError, match="headers took over 1 s"):
         client.config()
 
 

@@ -9,13 +9,15 @@
 * **How long and how much.** A body read whole (manifests, tag lists, tokens, error
   bodies, index files) has a byte limit and an overall deadline; a streamed blob has a
   minimum rate over a window (:class:`RateGuard`), so a server that drips bytes is cut
-  off instead of holding a pull (and ``gc``, which waits for it) for hours.
+  off instead of holding a pull (and ``gc``, which waits for it) for hours. The status
+  line and headers of every answer have a deadline too (:func:`bound_header_time`).
 
 Only the standard library is imported here: the index's warm path uses it too.
 """
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 import time
@@ -74,6 +76,17 @@ def may_send_credentials(url: str, host: str, *, insecure: bool) -> bool:
 
 class StalledError(TimeoutError):
     """A body came slower than the minimum rate, or past its deadline."""
+
+
+def stall_under(exc: BaseException) -> StalledError | None:
+    """The :class:`StalledError` ``exc`` wraps (urllib3 and requests wrap one raised
+    under them, e.g. by :func:`bound_header_time`), or None."""
+    cause: BaseException | None = exc
+    for _ in range(8):
+        if cause is None or isinstance(cause, StalledError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 class BodyTooLargeError(Exception):
@@ -158,3 +171,55 @@ def response_socket(resp: Any) -> socket.socket | None:
     conn = getattr(getattr(resp, "raw", None), "connection", None)
     sock = getattr(conn, "sock", None)
     return sock if isinstance(sock, socket.socket) else None
+
+
+@functools.lru_cache(maxsize=8)
+def _timed_pools(seconds: float) -> dict[str, Any]:
+    """urllib3 connection pools whose connections give up on an answer whose status
+    line and headers take more than ``seconds`` in all."""
+    # Here, not at the top: the index's warm path must not import urllib3.
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    def timed(base: Any) -> Any:
+        class Timed(base):  # type: ignore[misc]
+            def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+                # Each read of a dripping server comes well inside the read timeout,
+                # so only a clock on the whole header stops it: when it runs out,
+                # the socket is shut down under the blocked read.
+                deadline = Deadline(seconds, lambda: self.sock)
+                with deadline:
+                    try:
+                        response = super().getresponse(*args, **kwargs)
+                    except Exception:
+                        if not deadline.fired:
+                            raise
+                        response = None
+                # A cut between header lines reads as their end (http.client takes an
+                # empty read for the blank line), so a cut answer is never returned.
+                if deadline.fired:  # urllib3 reports it as a read timeout
+                    if response is not None:
+                        response.close()
+                    raise StalledError(f"the answer's headers took over {seconds:g} s")
+                return response
+        return Timed
+
+    class Pool(HTTPConnectionPool):
+        ConnectionCls = timed(HTTPConnection)
+
+    class SecurePool(HTTPSConnectionPool):
+        ConnectionCls = timed(HTTPSConnection)
+
+    return {"http": Pool, "https": SecurePool}
+
+
+def bound_header_time(session: Any, seconds: float) -> Any:
+    """Give every adapter mounted on a ``requests`` session a deadline of ``seconds``
+    for an answer's status line and headers (requests bounds each read, not the
+    headers: a server sending a header byte every few seconds held a request for
+    hours). Call it after mounting, before the first request."""
+    for adapter in session.adapters.values():
+        manager = getattr(adapter, "poolmanager", None)
+        if manager is not None:
+            manager.pool_classes_by_scheme = _timed_pools(seconds)
+    return session

@@ -29,8 +29,10 @@ from sxpm.core.http import (
     BodyTooLargeError,
     Deadline,
     StalledError,
+    bound_header_time,
     read_bounded,
     response_socket,
+    stall_under,
     strip_userinfo,
 )
 from sxpm.core.names import normalize_name
@@ -198,8 +200,10 @@ class IndexClient:
             raise IndexUnavailableError(f"Reading {shown} stalled: {exc}", url=shown,
                                         hint=hint) from None
         except (requests.RequestException, OSError) as exc:
+            stall = stall_under(exc)
             raise IndexUnavailableError(
-                f"Cannot reach the index at {shown}: {exc.__class__.__name__}", url=shown,
+                f"Cannot reach the index at {shown}: {stall or exc.__class__.__name__}",
+                url=shown,
                 hint=hint) from None
         self._remember_plain(url, body, resp.headers)
         return self._decode(body, shown)
@@ -234,7 +238,8 @@ class IndexClient:
             session.headers["User-Agent"] = "sxpm-index"
             session.verify = not self.insecure
             session.max_redirects = MAX_REDIRECTS
-            self._session = CacheControl(session, cache=FileCache(str(self.cache_dir)))
+            self._session = bound_header_time(
+                CacheControl(session, cache=FileCache(str(self.cache_dir))), DEADLINE_S)
         return self._session
 
     def _cached(self, url: str, shown: str) -> str | None:

@@ -55,7 +55,7 @@ class TransportOptions:
     """The window of ``stall_bytes``."""
     deadline_s: float = 120.0
     """Seconds a body read whole (manifest, tag list page, token, referrers, error
-    body) may take in all, per attempt."""
+    body) may take in all, per attempt; and the status line and headers of any answer."""
 
 
 class Repository(ABC):

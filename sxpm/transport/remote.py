@@ -49,10 +49,12 @@ from sxpm.core.http import (
     RateGuard,
     StalledError,
     authority,
+    bound_header_time,
     may_send_credentials,
     read_bounded,
     response_socket,
     same_host,
+    stall_under,
 )
 from sxpm.core.oci import (
     INDEX_TYPES,
@@ -114,8 +116,9 @@ _PERMANENT = frozenset({"connection refused", "name or service not known",
 
 def _reason(exc: BaseException) -> str:
     """A short cause for a connection failure, without URLs that could carry secrets."""
-    if isinstance(exc, StalledError):
-        return str(exc)
+    stall = stall_under(exc)
+    if stall is not None:
+        return str(stall)
     text = str(exc)
     for marker in ("Connection refused", "Name or service not known", "timed out",
                    "Connection reset", "certificate verify failed", "No route to host",
@@ -260,6 +263,7 @@ class RegistryClient:
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        bound_header_time(self.session, options.deadline_s)
         self.session.headers["User-Agent"] = f"sxpm/{__version__}"
         self.loopback = is_loopback(host)
         self.scheme = "http" if self.loopback else "https"
