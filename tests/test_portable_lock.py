@@ -161,3 +161,21 @@ def test_lock_versions() -> None:
             two + "\n" + bad + f'\nmanifest = "{d}"\nlayers = []\n'
         with pytest.raises(ManifestError, match=why):
             Lock.loads(text)
+
+
+def test_a_bundle_of_a_portable_lock_carries_every_variant(
+        cli, cli2, portable: Path, published: Path, tmp_path: Path) -> None:  # noqa: ANN001, F811
+    """Made on a machine that installed F16 only, a bundle still lets an offline machine
+    with more memory install F32."""
+    install_project(portable, Home(cli.home), frozen=True, memory_budget=lambda: SMALL)
+    bundle = tmp_path / "project.tar"
+    cli("bundle", "create", "--lock", portable / "simplex.lock", "-o", bundle)
+    shutil.rmtree(published)  # the registry is gone: only the bundle remains
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    for name in ("simplex.toml", "simplex.lock"):
+        shutil.copy(portable / name, offline / name)
+    cli2("bundle", "import", bundle)
+    install_project(offline, Home(cli2.home), frozen=True, offline=True,
+                    memory_budget=lambda: LARGE)
+    assert _installed_variant(offline) == ["F32"]
