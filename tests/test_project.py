@@ -301,9 +301,14 @@ def test_lock_against_the_index(cli, sample_dir: Path, tmp_path: Path,  # noqa: 
     assert data["index"]["source"] == str(idx)
     assert data["index"]["state"].startswith("sha256:")
     tiny = next(a for a in data["artifact"] if a["name"] == "tiny-llama")
-    assert tiny["variant"] == "F32"  # no variant asked: the largest that fits this machine
+    # No variant asked: the lock pins every variant (issue 14: a lock stays portable) ...
+    assert "variant" not in tiny and [v["name"] for v in tiny["variants"]] == ["F32", "F16"]
     p("install", "--frozen")
     assert (proj / ".simplex" / "models" / "tiny-llama" / "1.0.0" / "model.gguf").exists()
+    # ... and install takes the largest that fits this machine.
+    record = json.loads((proj / ".simplex" / "models" / "tiny-llama" / "1.0.0"
+                         / ".sxpm-install.json").read_text())
+    assert record["variant"] == "F32"
     (proj / "simplex.toml").write_text((proj / "simplex.toml").read_text().replace(
         "tiny-llama", "tiny-lama"))
     r = cli.fail("lock", "--manifest-path", str(proj / "simplex.toml"), code=2)

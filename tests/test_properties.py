@@ -116,7 +116,12 @@ lock_artifact = st.fixed_dictionaries({}, optional={
     "manifest": st.sampled_from(["sha256:" + "d" * 64, "bad"]),
     "variant": st.text(max_size=4) | st.integers(), "signer": st.text(max_size=4),
     "dependencies": st.lists(st.text(max_size=4) | st.integers(), max_size=2) | st.text(),
-    "layers": st.lists(lock_layer, max_size=2) | st.text(max_size=3)})
+    "layers": st.lists(lock_layer, max_size=2) | st.text(max_size=3),
+    "variants": st.lists(st.fixed_dictionaries({}, optional={
+        "name": st.sampled_from(["Q4", "Q4", ""]) | st.integers(),
+        "manifest": st.sampled_from(["sha256:" + "e" * 64, "bad"]),
+        "layers": st.lists(lock_layer, max_size=2) | st.text(max_size=3)}), max_size=2)
+    | st.text(max_size=3)})
 
 
 def _lock_toml(version: object, rhash: object, arts: list[dict], reqs: list[dict]) -> str:
@@ -226,20 +231,29 @@ sources = st.one_of(
 
 @st.composite
 def locks(draw: st.DrawFn) -> object:
+    from dataclasses import replace
+
     from sxpm.core.reference import Digest, Reference
-    from sxpm.project.lock import Lock, LockedArtifact, LockedLayer
+    from sxpm.project.lock import Lock, LockedArtifact, LockedLayer, LockedVariant
+
+    def layer_list() -> tuple[LockedLayer, ...]:
+        return tuple(LockedLayer(draw(any_text), Digest.parse(draw(digests)),
+                                 draw(st.integers(0, 2**40)), draw(any_text))
+                     for _ in range(draw(st.integers(0, 3))))
 
     arts = []
     for name in draw(st.lists(names, max_size=3, unique_by=lambda n: n.replace("_", "-"))):
-        layers = tuple(LockedLayer(draw(any_text), Digest.parse(draw(digests)),
-                                   draw(st.integers(0, 2**40)), draw(any_text))
-                       for _ in range(draw(st.integers(0, 3))))
-        arts.append(LockedArtifact(
+        art = LockedArtifact(
             name, draw(st.sampled_from(["model", "expert", "package"])), draw(any_text),
             Reference.parse_locator(draw(sources)), Digest.parse(draw(digests)),
             Digest.parse(draw(digests)),
             draw(st.none() | any_text), tuple(sorted(draw(st.lists(names, max_size=3)))),
-            layers, draw(st.none() | any_text)))
+            layer_list(), draw(st.none() | any_text))
+        if draw(st.booleans()):  # each machine chooses among its variants (format 2)
+            art = replace(art, manifest=None, variant=None, layers=(), variants=tuple(
+                LockedVariant(v, Digest.parse(draw(digests)), layer_list())
+                for v in draw(st.lists(any_text, min_size=1, max_size=3, unique=True))))
+        arts.append(art)
     reqs = [{"name": draw(names), "kind": "model", "req": draw(any_text),
              **({"variant": draw(any_text)} if draw(st.booleans()) else {})}
             for _ in range(draw(st.integers(0, 2)))]
@@ -256,6 +270,9 @@ def test_every_lock_sxpm_writes_reads_back(lock: object) -> None:
     assert isinstance(lock, Lock)
     back = Lock.loads(lock.dumps())
     assert back.dumps() == lock.dumps()
+    # The lowest format that holds it: an older sxpm still reads a lock without
+    # per-machine variants.
+    assert back.version == (2 if any(a.variants for a in lock.artifacts) else 1)
     assert sorted(back.artifacts, key=lambda a: a.name) == sorted(lock.artifacts,
                                                                   key=lambda a: a.name)
 

@@ -22,7 +22,7 @@ from sxpm.cli._common import (
 from sxpm.cli.complete import installed, variant_names
 from sxpm.core.detect import memory_budget
 from sxpm.core.humanize import human_size, with_article
-from sxpm.errors import InputError
+from sxpm.errors import InputError, NotFoundError
 
 
 def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group:
@@ -145,7 +145,13 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
             emit_json({"name": installed.name, "version": installed.version,
                        "path": str(installed.path), **installed.record})
             return
-        click.echo(f"installed {kind} {installed.name} {installed.version} at {installed.path}")
+        base = ""
+        if kind == "expert":  # which base it was installed for, chosen or given
+            from sxpm.runner.locate import expert_base
+
+            base = expert_base(h, installed) or ""
+        click.echo(f"installed {kind} {installed.name} {installed.version}"
+                   + (f" for {base}" if base else "") + f" at {installed.path}")
 
     if kind == "expert":
         install_cmd = for_option(install_cmd)
@@ -159,12 +165,23 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
     """)
     @click.argument("spec", metavar="NAME[@VERSION]", shell_complete=installed(kind))
     @click.option("--root", type=click.Path(path_type=Path), help="Install root (default: home).")
-    def remove_cmd(spec: str, root: Path | None) -> None:
-        from sxpm.installed.tree import remove_installed
+    def remove_cmd(spec: str, root: Path | None, for_model: str | None = None) -> None:
+        from sxpm.installed.tree import remove_installed, remove_trees
 
         name, _, version = spec.partition("@")
-        for item in remove_installed(root or home().root, kind, name, version or None):
-            click.echo(f"removed {kind} {item.name} {item.version}")
+        if for_model is None:
+            removed = remove_installed(root or home().root, kind, name, version or None)
+        else:
+            removed = remove_trees(_built_for(root or home().root, name, version or None,
+                                              for_model))
+        for item in removed:
+            click.echo(f"removed {kind} {item.name} {item.version}"
+                       + (f" for {for_model}" if for_model else ""))
+
+    if kind == "expert":
+        remove_cmd = click.option(
+            "--for", "for_model", metavar="MODEL",
+            help="Remove only the tree installed for this base model.")(remove_cmd)
 
     @group.command(name="info", help=f"""Describe {with_article(kind)}: {_INFO_WHAT[kind]}.
 
@@ -176,8 +193,16 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
     @click.option("--variant", help="Variant to describe (default: the installed or first).",
                   shell_complete=variant_names)
     @json_option
-    def info_cmd(spec: str, variant: str | None, as_json: bool) -> None:
-        info_command(kind, spec, variant, as_json)
+    def info_cmd(spec: str, variant: str | None, as_json: bool,
+                 for_model: str | None = None) -> None:
+        if for_model and variant:
+            raise click.UsageError("--for and --variant choose the same thing; give one")
+        info_command(kind, spec, variant, as_json, for_model)
+
+    if kind == "expert":
+        info_cmd = click.option(
+            "--for", "for_model", metavar="MODEL",
+            help="Describe the tree installed for this base model.")(info_cmd)
 
     return group
 
@@ -195,7 +220,24 @@ _INFO_WHAT = {
 _LABELS = {"param_size": "paramSize"}
 
 
-def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> None:
+def _built_for(root: Path, name: str, version: str | None, model: str) -> list[Any]:
+    """The installed trees of expert ``name`` built for base ``model`` (one version of
+    an expert may be installed for several bases, side by side)."""
+    from sxpm.installed.records import find_installed
+    from sxpm.runner.locate import expert_base
+
+    h = home()
+    found = [i for i in find_installed(root, "expert", name, version)
+             if expert_base(h, i) == model]
+    if not found:
+        what = f"{name}@{version}" if version else name
+        raise NotFoundError(f"No installed expert {what} for {model}",
+                            hint="`sxpm expert list` shows each tree and its base (VARIANT)")
+    return found
+
+
+def info_command(kind: str, spec: str, variant: str | None, as_json: bool,
+                 for_model: str | None = None) -> None:
     from sxpm.artifacts.describe import describe_held
     from sxpm.core.oci import ANN_BASE_MODEL, ANN_VARIANT, ImageIndex
     from sxpm.ops.project import installed_here
@@ -206,6 +248,13 @@ def info_command(kind: str, spec: str, variant: str | None, as_json: bool) -> No
     placed = [p for p in installed_here(h, kind) if p.item.name == name
               and (not version or p.item.version == version)] \
         if "/" not in spec and ":" not in spec else []
+    if for_model is not None:
+        from sxpm.runner.locate import expert_base
+
+        placed = [p for p in placed if expert_base(h, p.item) == for_model]
+        if not placed:
+            raise NotFoundError(f"No installed expert {spec} for {for_model}",
+                                hint=f"sxpm expert install {name} --for {for_model}")
     found = [p.item for p in placed]
     if found:
         ref = h.parse_ref(found[-1].record["ref"])

@@ -305,6 +305,7 @@ def tree(manifest: Path | None, features: tuple[str, ...], all_features: bool,
     if as_json:
         emit_json({"roots": found.roots, "features": found.features, "artifacts": {
             a.name: {"kind": a.kind, "version": a.version, "variant": a.variant,
+                     "variants": [v.name for v in a.variants],
                      "dependencies": list(a.dependencies)} for a in found.lock.artifacts}})
         return
     click.echo(found.package + (f" (features: {', '.join(found.features)})"
@@ -316,7 +317,9 @@ def tree(manifest: Path | None, features: tuple[str, ...], all_features: bool,
         prefix = "".join("    " if last else "│   " for last in lasts)
         art = row.artifact
         label = (f"{row.name} {art.version} ({art.kind}"
-                 + (f", {art.variant}" if art.variant else "") + ")"
+                 + (f", {art.variant}" if art.variant else "")
+                 + (f", variant per machine: {'|'.join(v.name for v in art.variants)}"
+                    if art.variants else "") + ")"
                  if art else f"{row.name} (not locked)")
         mark = " (*)" if row.repeated else " (...)" if row.cut else ""
         click.echo(f"{prefix}{'└── ' if row.last else '├── '}{label}{mark}")

@@ -160,12 +160,15 @@ def create(home: Home, out: Path, *, lock: Lock | None = None,
     if lock is not None:
         for art in lock.artifacts:
             ref = art.source.with_digest(art.digest)
-            need = [art.digest, art.manifest, *(layer.digest for layer in art.layers)]
+            # A lock that lets each machine choose: every variant, for any machine.
+            need = [art.digest, *(v.manifest for v in art.choices()),
+                    *(layer.digest for v in art.choices() for layer in v.layers)]
             if not all(store.has_blob(d) for d in need):
-                pull(home, ref, variant=art.variant, options=options)
+                pull(home, ref, variant=art.variant, all_variants=art.per_machine,
+                     options=options)
             top = resolve_local(store, ref)
             named[store_name(ref)] = top
-            for root in _variant_roots(store, top, [art.manifest]):
+            for root in _variant_roots(store, top, art.manifests()):
                 _walk(store, root, blobs)
             obj = store.load_manifest(top)
             if isinstance(obj, ImageIndex):  # every variant's manifest, so the index is whole

@@ -92,7 +92,8 @@ def _lock_digests(home: Home) -> dict[Digest, Path]:
     for path, lock in _locks(home):
         for art in lock.artifacts:
             out.setdefault(art.digest, path)
-            out.setdefault(art.manifest, path)
+            for manifest in art.manifests():  # every variant a machine may choose
+                out.setdefault(manifest, path)
     return out
 
 

@@ -10,8 +10,8 @@ verifies them, and links the trees into the project's ``.simplex/``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +19,13 @@ from sxpm.core.http import strip_userinfo
 from sxpm.core.progress import SILENT, Reporter
 from sxpm.errors import CorruptBlobError, InputError, ManifestError, NotFoundError, StoreError
 from sxpm.installed.records import find_installed, list_installed
-from sxpm.project.lock import Lock, LockedArtifact, LockedLayer, changed_requirements
+from sxpm.project.lock import (
+    Lock,
+    LockedArtifact,
+    LockedLayer,
+    LockedVariant,
+    changed_requirements,
+)
 
 if TYPE_CHECKING:
     from sxpm.core.artifact import Dependency, Variant
@@ -27,9 +33,9 @@ if TYPE_CHECKING:
     from sxpm.core.reference import Reference
     from sxpm.core.versions import Version
     from sxpm.home import Home
-    from sxpm.ops.fetch import Artifact, Fetcher
+    from sxpm.ops.fetch import Artifact, Fetcher, Tree
     from sxpm.project.manifest import Project
-    from sxpm.resolver import Candidate, Provider, Resolution
+    from sxpm.resolver import Candidate, Provider, Resolution, Resolved
     from sxpm.transport import TransportOptions
 
 # The store, transports, resolver and version library load in the functions that use
@@ -129,28 +135,43 @@ class LockResult:
     updates: list[str] = field(default_factory=list)
 
 
-def _pin(fetcher: Fetcher, cand: Candidate, variant: Variant | None,
-         deps: Iterable[Dependency]) -> LockedArtifact:
-    """The lock record of ``cand``: its manifests read (and kept in the store), what it
-    is checked against the index line, its signer checked against the policy."""
+def _pin(fetcher: Fetcher, resolved: Resolved) -> LockedArtifact:
+    """The lock record of ``resolved``: its manifests read (and kept in the store), what
+    it is checked against the index line, its signer checked against the policy. A
+    model whose variant each machine chooses gets every variant of its image index."""
+    from sxpm.core import oci
     from sxpm.ops.fetch import Identity
 
+    cand, variant = resolved.candidate, resolved.variant
     if cand.ref is None:
         raise ManifestError(str(cand), "its index line names no repository",
                             hint="the index must give every line a ref")
     tree = fetcher.tree(cand.ref.with_digest(cand.digest))
-    art = fetcher.artifact(tree, tree.entry(variant.name if variant else None),
-                           expect=Identity(cand.kind, cand.name, str(cand.version)))
+    expect = Identity(cand.kind, cand.name, str(cand.version))
+    portable = resolved.per_machine and tree.index is not None
+    entries = list(tree.index.manifests) if portable and tree.index is not None \
+        else [tree.entry(variant.name if variant else None)]
+    found = [fetcher.artifact(tree, entry, expect=expect) for entry in entries]
     fetcher.keep(tree)
-    layers = tuple(
-        LockedLayer(layer.title or str(layer.digest), layer.digest, layer.size,
-                    layer.media_type) for layer in art.info.manifest.layers)
-    return LockedArtifact(
+
+    def layers(art: Artifact) -> tuple[LockedLayer, ...]:
+        return tuple(LockedLayer(layer.title or str(layer.digest), layer.digest, layer.size,
+                                 layer.media_type) for layer in art.info.manifest.layers)
+
+    signer = found[0].signer
+    record = LockedArtifact(
         name=cand.name, kind=cand.kind, version=str(cand.version), source=cand.ref,
-        digest=cand.digest, manifest=art.info.descriptor.digest,
-        variant=variant.name if variant else None,
-        dependencies=tuple(sorted({d.name for d in deps})), layers=layers,
-        signer=str(art.signer) if art.signer else None)
+        digest=cand.digest, manifest=None,
+        dependencies=tuple(sorted({d.name for d in resolved.deps})),
+        signer=str(signer) if signer else None)
+    if portable:
+        # Named as the variant policy names them (variant_values), in the index's order.
+        return replace(record, variants=tuple(
+            LockedVariant(entry.annotations.get(oci.ANN_VARIANT, str(entry.digest)),
+                          entry.digest, layers(art))
+            for entry, art in zip(entries, found, strict=True)))
+    return replace(record, manifest=found[0].info.descriptor.digest,
+                   variant=variant.name if variant else None, layers=layers(found[0]))
 
 
 def lock(project: Project, home: Home, provider: Provider, *, index_source: str = "",
@@ -184,8 +205,7 @@ def lock(project: Project, home: Home, provider: Provider, *, index_source: str 
     index_state = index_state or str(getattr(provider, "state", ""))
     fetcher = fetcher or Fetcher.for_command(home, project, options=options, offline=offline,
                                              skip_verify=insecure_skip_verify)
-    pinned = [_pin(fetcher, r.candidate, r.variant, r.deps)
-              for r in resolution.artifacts.values()]
+    pinned = [_pin(fetcher, r) for r in resolution.artifacts.values()]
     new = Lock(project.requirements_hash(), project.requirement_records(), pinned,
                strip_userinfo(index_source), index_state)
     updates = _diff_versions(old, new)
@@ -202,7 +222,7 @@ def _diff_versions(old: Lock | None, new: Lock) -> list[str]:
         prev = before.get(art.name)
         if prev is None:
             out.append(f"add {art.name} {art.version}")
-        elif prev.version != art.version or prev.manifest != art.manifest:
+        elif prev.version != art.version or prev.manifests() != art.manifests():
             out.append(f"update {art.name} {prev.version} -> {art.version}")
     for name in sorted(set(before) - {a.name for a in new.artifacts}):
         out.append(f"remove {name} {before[name].version}")
@@ -233,23 +253,30 @@ class InstallReport:
 
 def _is_installed(root: Path, art: LockedArtifact) -> bool:
     # Variants of one version sit side by side (installed.tree.tree_dir): the locked
-    # one is any tree of that version whose record names its manifest.
-    return any(i.record.get("digest") == str(art.manifest)
+    # one is any tree of that version whose record names its manifest. A variant this
+    # machine chose before stays: free memory moves, and a reinstall per change would
+    # churn the tree under a running model.
+    manifests = {str(m) for m in art.manifests()}
+    return any(i.record.get("digest") in manifests
                for i in find_installed(root, art.kind, art.name, art.version))
 
 
 def install_lock(home: Home, lock_: Lock, root: Path, *, offline: bool = False,
                  options: TransportOptions | None = None, reporter: Reporter = SILENT,
                  insecure_skip_verify: bool = False, cwd: Path | None = None,
-                 project: Project | None = None, fetcher: Fetcher | None = None
-                 ) -> InstallReport:
+                 project: Project | None = None, fetcher: Fetcher | None = None,
+                 memory_budget: Callable[[], int | None] | None = None) -> InstallReport:
     """Install exactly what ``lock_`` pins under ``root``; nothing is re-resolved.
 
     Each record is checked as a chain before any layer is fetched: the manifest
     it installs must be the one its ``digest`` names (or a variant of that image
     index), with the layers the record lists, and the artifact must be what the
-    record says. A trust policy is enforced again (it may have changed since the
-    lock was written) against that ``digest``. ``fetcher`` is the command's; else
+    record says. Where the lock lets each machine choose the variant, the variant
+    policy (:mod:`sxpm.core.variants`) chooses among the locked variants for
+    ``memory_budget()`` (usable bytes; default: this machine's, measured only then),
+    and every locked variant must be the one the image index lists. A trust policy is
+    enforced again (it may have changed since the lock was written) against that
+    ``digest``. ``fetcher`` is the command's; else
     one is made when something is to be installed (a no-op install reads only the
     lock and the install records), with the policy of ``project`` (or of ``cwd``).
     """
@@ -264,13 +291,15 @@ def install_lock(home: Home, lock_: Lock, root: Path, *, offline: bool = False,
                                                  offline=offline,
                                                  skip_verify=insecure_skip_verify)
         with home.store.in_use():  # gc waits until the refs name what was fetched
-            _install_todo(home, fetcher, todo, root, report, reporter=reporter)
+            _install_todo(home, fetcher, todo, root, report, reporter=reporter,
+                          memory_budget=memory_budget)
         if project is not None:  # gc keeps, and rm asks before removing, what it pins
             # Here, not at the top: a no-op `install --frozen` must not load the store.
             from sxpm.ops.lifecycle import record_project
 
             record_project(home, project.lock_path)
-    locked = {(a.kind, a.name, a.version, str(a.manifest)) for a in lock_.artifacts}
+    locked = {(a.kind, a.name, a.version, str(m)) for a in lock_.artifacts
+              for m in a.manifests()}
     for item in list_installed(root):
         if (item.kind, item.name, item.version, item.record.get("digest")) not in locked:
             from sxpm.installed.tree import remove_trees
@@ -280,14 +309,46 @@ def install_lock(home: Home, lock_: Lock, root: Path, *, offline: bool = False,
     return report
 
 
-def _chain(fetcher: Fetcher, art: LockedArtifact) -> Artifact:
+def _choose(tree: Tree, art: LockedArtifact, budget: int | None) -> LockedArtifact:
+    """The variant this machine installs of a record that lets it choose: each locked
+    variant checked against the entry the image index lists for it, then the variant
+    policy run over the locked ones (in the index's order, with its sizes)."""
+    from sxpm.core.variants import choose_variant
+
+    where = f"the lock's record of {art.name}"
+    altered = "the lock was altered; run `sxpm lock` to write it again"
+    if tree.index is None:
+        raise ManifestError(where, f"its digest {art.digest} names one manifest, not the "
+                            "image index its variants come from", path="variants",
+                            hint=altered)
+    listed = {v.name: v for v in tree.index.variant_values()}
+    for locked in art.variants:
+        entry = listed.get(locked.name)
+        if entry is None or entry.digest != locked.manifest:
+            what = f"lists {entry.digest}" if entry else "lists no such variant"
+            raise ManifestError(where, f"its variant {locked.name!r} pins manifest "
+                                f"{locked.manifest}; the image index {art.digest} {what}",
+                                path=f"variants.{locked.name}", hint=altered)
+    by_name = {v.name: v for v in art.variants}
+    options = [v for v in tree.index.variant_values() if v.name in by_name]
+    return art.chosen(by_name[choose_variant(options, budget=budget).name])
+
+
+def _chain(fetcher: Fetcher, art: LockedArtifact, budget: int | None = None
+           ) -> tuple[LockedArtifact, Artifact]:
     """The artifact a lock record installs, checked link by link: digest -> index ->
-    variant manifest -> layers, and the record's name, kind and version."""
+    variant manifest -> layers, and the record's name, kind and version; with the
+    record as installed. A record that lets each machine choose its variant installs
+    the one :func:`_choose` picks for ``budget``."""
     from sxpm.core import oci
     from sxpm.ops.fetch import Identity
 
     where = f"the lock's record of {art.name}"
     tree = fetcher.tree(art.source.with_digest(art.digest))
+    chose = art.manifest is None
+    if chose:  # the name was checked against the index entry there
+        art = _choose(tree, art, budget)
+    assert art.manifest is not None
     entry = tree.entry_for(art.manifest)
     if entry is None:
         what = "an image index that does not list it" if tree.index is not None else \
@@ -295,7 +356,8 @@ def _chain(fetcher: Fetcher, art: LockedArtifact) -> Artifact:
         raise ManifestError(where, f"its manifest {art.manifest} is not what its digest "
                             f"{art.digest} names ({what})", path="manifest",
                             hint="the lock was altered; run `sxpm lock` to write it again")
-    if tree.index is not None and entry.annotations.get(oci.ANN_VARIANT) != art.variant:
+    if tree.index is not None and not chose \
+            and entry.annotations.get(oci.ANN_VARIANT) != art.variant:
         raise ManifestError(where, f"its manifest {art.manifest} is variant "
                             f"{entry.annotations.get(oci.ANN_VARIANT)!r} of {art.digest}, "
                             f"not {art.variant!r}", path="variant",
@@ -307,15 +369,22 @@ def _chain(fetcher: Fetcher, art: LockedArtifact) -> Artifact:
     if pinned != actual:
         raise CorruptBlobError(str(art.manifest), "a manifest whose layers differ from the lock",
                                where=str(art.source))
-    return found
+    return art, found
 
 
 def _install_todo(home: Home, fetcher: Fetcher, todo: list[LockedArtifact], root: Path,
-                  report: InstallReport, *, reporter: Reporter) -> None:
+                  report: InstallReport, *, reporter: Reporter,
+                  memory_budget: Callable[[], int | None] | None = None) -> None:
     from sxpm.installed.tree import materialize
     from sxpm.ops.transfer import fetch_blobs
 
-    chained = [(art, _chain(fetcher, art)) for art in todo]
+    budget: int | None = None
+    if any(art.per_machine for art in todo):  # measured once, and only when it decides
+        # Here, as the rest of the install machinery: a no-op install measures nothing.
+        from sxpm.core.detect import memory_budget as measured
+
+        budget = (memory_budget or measured)()
+    chained = [_chain(fetcher, art, budget) for art in todo]
     wanted = [(art.source, b) for art, found in chained for b in found.info.manifest.blobs()]
     missing = [(s, b) for s, b in wanted if not home.store.has_blob(b.digest)]
     if missing and fetcher.offline:
@@ -325,8 +394,8 @@ def _install_todo(home: Home, fetcher: Fetcher, todo: list[LockedArtifact], root
         home, missing, options=fetcher.options, reporter=reporter)
     for art, found in chained:
         fetcher.keep(found.tree)
-        name = str(art.source.with_digest(art.manifest))
+        name = str(art.source.with_digest(found.info.descriptor.digest))
         materialize(home.store, found.info, root, name,
                     signer=found.signer.to_dict() if found.signer else None)
         home.store.set_ref(name, found.info.descriptor)
-        report.installed.append(art)
+        report.installed.append(art)  # as installed here: with the variant chosen

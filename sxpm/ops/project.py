@@ -6,7 +6,7 @@ returns typed results; the CLI only chooses flags and prints them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -225,9 +225,12 @@ def install_project(project: str | PathLike[str] | Project | None = None,
                     index: str | None = None, offline: bool = False,
                     options: TransportOptions | None = None, reporter: Reporter = SILENT,
                     insecure_skip_verify: bool = False,
-                    features: Features = DEFAULT_FEATURES) -> ProjectInstall:
+                    features: Features = DEFAULT_FEATURES,
+                    memory_budget: Callable[[], int | None] | None = None) -> ProjectInstall:
     """Install what ``simplex.lock`` pins into the project's ``.simplex/``: the part
-    ``features`` choose (trees of the rest are removed).
+    ``features`` choose (trees of the rest are removed). Where the lock lets each
+    machine choose a model's variant, ``memory_budget()`` (default: this machine's usable
+    memory) decides among the locked variants.
 
     Locks first unless ``frozen`` (install the lock as it is) or ``locked`` (raise
     :class:`~sxpm.ops.lock.LockMismatchError` if the lock is stale).
@@ -250,7 +253,7 @@ def install_project(project: str | PathLike[str] | Project | None = None,
     report = install_lock(home, chosen, project.install_root, offline=offline,
                           options=options, reporter=reporter,
                           insecure_skip_verify=insecure_skip_verify, project=project,
-                          fetcher=fetcher)
+                          fetcher=fetcher, memory_budget=memory_budget)
     return ProjectInstall(current, report, result, enabled)
 
 

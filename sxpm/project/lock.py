@@ -1,8 +1,13 @@
 """``simplex.lock``: every artifact pinned by digest, in a deterministic TOML file.
 
-Format version 1. An sxpm that finds a newer major ``version`` refuses the file and
-says to upgrade; the file is written in one fixed order (artifacts sorted by name,
-keys in a fixed order) so the same resolution always gives the same bytes.
+Format versions 1 and 2. Version 2 adds the portable record of a model whose variant
+the project does not pin: every variant the image index lists (``[[artifact.variants]]``:
+name, manifest digest, layers) and no single ``manifest``, so each machine chooses its
+variant at install. A lock is written in the lowest version that holds what it pins
+(a lock without such a record is still version 1, byte for byte as before), so an older
+sxpm reads every lock it can read correctly and refuses the rest: one that finds a newer
+``version`` says to upgrade. The file is written in one fixed order (artifacts sorted
+by name, keys in a fixed order) so the same resolution always gives the same bytes.
 
 Parsing is hand-checked (not jsonschema) because ``install --frozen`` reads the lock
 on its fast path; ``schemas/simplex-lock.schema.json`` documents the same shape and
@@ -12,7 +17,7 @@ the tests check written locks against it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,9 @@ from sxpm.core.names import check_name, normalize_name
 from sxpm.core.reference import Digest, Reference
 from sxpm.errors import ManifestError, NotFoundError
 
-LOCK_VERSION = 1
+LOCK_VERSION = 2  # the newest format this sxpm reads
+# The format that first holds variants chosen per machine (``[[artifact.variants]]``).
+VARIANTS_VERSION = 2
 HEADER = "# simplex.lock: written by sxpm from simplex.toml; do not edit by hand.\n"
 
 
@@ -43,21 +50,60 @@ class LockedLayer:
 
 
 @dataclass(frozen=True)
+class LockedVariant:
+    """One variant a portable record lets a machine choose: its manifest and layers."""
+
+    name: str
+    manifest: Digest
+    layers: tuple[LockedLayer, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return sum(layer.size for layer in self.layers)
+
+
+@dataclass(frozen=True)
 class LockedArtifact:
+    """One pinned artifact. Either one manifest (``manifest``, with ``variant`` and
+    ``layers`` for a variant the project or the artifact fixes), or, for a model whose
+    variant each machine chooses at install, ``manifest`` None and every variant of the
+    image index ``digest`` in ``variants``."""
+
     name: str
     kind: str
     version: str
     source: Reference  # the repository (no tag or digest), e.g. localhost:5000/simplex/tiny
     digest: Digest  # what the index published: manifest or image index
-    manifest: Digest  # the manifest installed (a variant's, for an index)
+    manifest: Digest | None  # the manifest installed (a variant's); None: see variants
     variant: str | None = None
     dependencies: tuple[str, ...] = ()
     layers: tuple[LockedLayer, ...] = ()
     signer: str | None = None
+    variants: tuple[LockedVariant, ...] = ()
+
+    @property
+    def per_machine(self) -> bool:
+        """Each machine chooses among ``variants`` at install."""
+        return self.manifest is None
+
+    def choices(self) -> tuple[LockedVariant, ...]:
+        """What an install may put in place: every locked variant, or the one manifest."""
+        if self.manifest is None:
+            return self.variants
+        return (LockedVariant(self.variant or "", self.manifest, self.layers),)
+
+    def manifests(self) -> tuple[Digest, ...]:
+        return tuple(v.manifest for v in self.choices())
+
+    def chosen(self, variant: LockedVariant) -> LockedArtifact:
+        """This record as installed on a machine that chose ``variant``."""
+        return replace(self, manifest=variant.manifest, variant=variant.name or None,
+                       layers=variant.layers, variants=())
 
     @property
     def size(self) -> int:
-        return sum(layer.size for layer in self.layers)
+        """Bytes of the one manifest's layers; of the largest variant per machine."""
+        return max((v.size for v in self.choices()), default=0)
 
 
 @dataclass
@@ -67,7 +113,14 @@ class Lock:
     artifacts: list[LockedArtifact] = field(default_factory=list)
     index_source: str = ""
     index_state: str = ""
-    version: int = LOCK_VERSION
+    version: int = 1  # as read; written as at least the version the records need
+
+    def format_version(self) -> int:
+        """The version this lock is written in: the lowest that holds its records (an
+        older sxpm then reads every lock it can read correctly), never below the one
+        it was read in (the same bytes back)."""
+        needed = VARIANTS_VERSION if any(a.per_machine for a in self.artifacts) else 1
+        return max(self.version, needed)
 
     def by_name(self) -> dict[str, LockedArtifact]:
         return {a.name: a for a in self.artifacts}
@@ -75,7 +128,7 @@ class Lock:
     # --- writing ---------------------------------------------------------------
     def dumps(self) -> str:
         q = toml_string
-        out = [HEADER, f"version = {self.version}\n",
+        out = [HEADER, f"version = {self.format_version()}\n",
                f"requirements-hash = {q(self.requirements_hash)}\n"]
         if self.index_source or self.index_state:
             out.append(f"\n[index]\nsource = {q(self.index_source)}\n"
@@ -89,18 +142,20 @@ class Lock:
             out.append("\n[[artifact]]\n")
             out.append(f"name = {q(art.name)}\nkind = {q(art.kind)}\n"
                        f"version = {q(art.version)}\nsource = {q(art.source.locator)}\n"
-                       f"digest = {q(str(art.digest))}\nmanifest = {q(str(art.manifest))}\n")
+                       f"digest = {q(str(art.digest))}\n")
+            if art.manifest is not None:
+                out.append(f"manifest = {q(str(art.manifest))}\n")
             if art.variant:
                 out.append(f"variant = {q(art.variant)}\n")
             out.append("dependencies = [" + ", ".join(q(d) for d in sorted(art.dependencies))
                        + "]\n")
             if art.signer:
                 out.append(f"signer = {q(art.signer)}\n")
-            out.append("layers = [\n")
-            for layer in art.layers:
-                out.append(f"  {{ path = {q(layer.path)}, digest = {q(str(layer.digest))}, "
-                           f"size = {layer.size}, media-type = {q(layer.media_type)} }},\n")
-            out.append("]\n")
+            if art.manifest is not None:
+                out.append(_layers(art.layers))
+            for v in art.variants:  # in the image index's order: its first is the default
+                out.append(f"\n[[artifact.variants]]\nname = {q(v.name)}\n"
+                           f"manifest = {q(str(v.manifest))}\n" + _layers(v.layers))
         return "".join(out)
 
     def write(self, path: Path) -> None:
@@ -167,6 +222,43 @@ class Lock:
             except ValueError as exc:
                 raise fail(f"{where}.{key}", str(exc)) from None
 
+        def read_layers(obj: dict[str, Any], where: str) -> tuple[LockedLayer, ...]:
+            layers_obj = obj.get("layers", [])
+            if not isinstance(layers_obj, list):
+                raise fail(f"{where}.layers", "must be an array")
+            layers = []
+            for j, layer in enumerate(layers_obj):
+                lw = f"{where}.layers[{j}]"
+                if not isinstance(layer, dict):
+                    raise fail(lw, "must be a table")
+                size = layer.get("size")
+                if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                    raise fail(f"{lw}.size", "must be a non-negative integer")
+                path = text(layer, "path", lw)
+                media_type = text(layer, "media-type", lw)
+                assert path is not None and media_type is not None
+                layers.append(LockedLayer(path, digest(layer, "digest", lw), size, media_type))
+            return tuple(layers)
+
+        def read_variants(obj: dict[str, Any], where: str) -> tuple[LockedVariant, ...]:
+            if version < VARIANTS_VERSION:
+                raise fail(f"{where}.variants", f"variants chosen per machine need lock "
+                           f"format {VARIANTS_VERSION}, this lock says {version}")
+            listed = obj["variants"]
+            if not isinstance(listed, list) or not listed \
+                    or not all(isinstance(v, dict) for v in listed):
+                raise fail(f"{where}.variants", "must be a non-empty array of tables")
+            out: list[LockedVariant] = []
+            for j, v in enumerate(listed):
+                vw = f"{where}.variants[{j}]"
+                vname = text(v, "name", vw)
+                assert vname is not None
+                if any(o.name == vname for o in out):
+                    raise fail(f"{vw}.name", f"variant {vname!r} is locked twice")
+                out.append(LockedVariant(vname, digest(v, "manifest", vw),
+                                         read_layers(v, vw)))
+            return tuple(out)
+
         req_hash = text(data, "requirements-hash", "$")
         assert req_hash is not None
         index = data.get("index", {})
@@ -205,30 +297,35 @@ class Lock:
             deps = a.get("dependencies", [])
             if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
                 raise fail(f"{where}.dependencies", "must be an array of names")
-            layers_obj = a.get("layers", [])
-            if not isinstance(layers_obj, list):
-                raise fail(f"{where}.layers", "must be an array")
-            layers = []
-            for j, layer in enumerate(layers_obj):
-                lw = f"{where}.layers[{j}]"
-                if not isinstance(layer, dict):
-                    raise fail(lw, "must be a table")
-                size = layer.get("size")
-                if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                    raise fail(f"{lw}.size", "must be a non-negative integer")
-                path = text(layer, "path", lw)
-                media_type = text(layer, "media-type", lw)
-                assert path is not None and media_type is not None
-                layers.append(LockedLayer(path, digest(layer, "digest", lw), size, media_type))
+            manifest: Digest | None = None
+            layers: tuple[LockedLayer, ...] = ()
+            variants: tuple[LockedVariant, ...] = ()
+            if "variants" in a:
+                variants = read_variants(a, where)
+                for key in ("manifest", "variant", "layers"):
+                    if key in a:
+                        raise fail(f"{where}.{key}", "a record with variants chosen per "
+                                   "machine pins no single manifest, variant or layers")
+            else:
+                manifest = digest(a, "manifest", where)
+                layers = read_layers(a, where)
             artifacts.append(LockedArtifact(
                 name=name, kind=kind, version=str(text(a, "version", where)),
                 source=repository(a, "source", where), digest=digest(a, "digest", where),
-                manifest=digest(a, "manifest", where),
+                manifest=manifest,
                 variant=text(a, "variant", where, required=False),
-                dependencies=tuple(deps), layers=tuple(layers),
-                signer=text(a, "signer", where, required=False)))
+                dependencies=tuple(deps), layers=layers,
+                signer=text(a, "signer", where, required=False), variants=variants))
         return cls(req_hash, requirements, artifacts,
                    str(index.get("source", "")), str(index.get("state", "")), version)
+
+
+def _layers(layers: tuple[LockedLayer, ...]) -> str:
+    q = toml_string
+    return "layers = [\n" + "".join(
+        f"  {{ path = {q(layer.path)}, digest = {q(str(layer.digest))}, "
+        f"size = {layer.size}, media-type = {q(layer.media_type)} }},\n"
+        for layer in layers) + "]\n"
 
 
 def changed_requirements(old: list[dict[str, str]], new: list[dict[str, str]]) -> list[str]:

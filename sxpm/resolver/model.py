@@ -75,10 +75,14 @@ class Constraint:
 
 @dataclass(frozen=True)
 class Resolved:
+    """A chosen version. ``per_machine``: a model whose variant no requirement names,
+    so ``variant`` is only this machine's choice and each machine chooses at install."""
+
     candidate: Candidate
     variant: Variant | None
     required_by: tuple[str, ...] = ()
     deps: tuple[Dependency, ...] = ()
+    per_machine: bool = False
 
 
 @dataclass

@@ -241,8 +241,10 @@ class _Solver:
                 top.conflict |= {clash} | {c.source for c in cons[clash][:-1] if c.source}
                 top.undo(chosen, cons, order)
                 continue
+            per_machine = cand.kind == "model" and bool(cand.variants) and not any(
+                c.variant or c.base for c in mine)
             chosen[name] = Resolved(cand, variant, tuple(" -> ".join(c.path) for c in mine),
-                                    deps)
+                                    deps, per_machine)
             return None
         return (top.conflict - {name}) | top.blame
 

@@ -35,6 +35,7 @@ from sxpm.errors import (
     ModelNotInstalledError,
     NotFoundError,
     StoreError,
+    SxpmError,
 )
 from sxpm.home import Home
 from sxpm.installed.records import Installed, check_files, find_installed
@@ -509,6 +510,11 @@ def find_expert(home: Home, spec: str, model_name: str, *, install: bool = False
         ref, expect = _install_source(home, spec, "expert", ref, None)
         done = install_expert(home, ref, model_name, expect=expect, **install_kw)
         found = find_installed(home.root, "expert", name, done.version)
+    if len(found) > 1:
+        # One version may be installed for several bases, side by side: the tree built
+        # for this model (else the newest: check_compatible says what is wrong with it).
+        built = [i for i in found if expert_base(home, i) == model_name]
+        found = built or found
     item = _newest(found)
     check_files(item)
     manifest = _manifest_by_digest(home, item.record["digest"])
@@ -523,6 +529,21 @@ def find_expert(home: Home, spec: str, model_name: str, *, install: bool = False
 
     return _expert_files(home, manifest, config, item.name, item.version, locate, "installed",
                          item.record.get("ref"))
+
+
+def expert_base(home: Home, item: Installed) -> str | None:
+    """The base model an installed expert tree is built for: its manifest's
+    ``org.simplex.base-model``, else the variant its record names (a v2 expert's
+    variants are named after their bases); None when neither says."""
+    from sxpm.core import oci
+
+    try:
+        base = _manifest_by_digest(home, str(item.record.get("digest"))).annotations.get(
+            oci.ANN_BASE_MODEL)
+    except SxpmError:
+        base = None
+    variant = item.record.get("variant")
+    return base or (variant if isinstance(variant, str) else None)
 
 
 def variant_for_base(index: ImageIndex, model_name: str) -> str | None:
@@ -546,11 +567,15 @@ def _installed_base(item: Installed) -> tuple[Callable[[], str], GGUFHeader]:
 
 
 def _fitting_base(expert: str, reqs: tuple[BaseRequirement, ...], model_name: str | None,
-                  home: Home, adapter_arch: Callable[[str], str | None]) -> str | None:
+                  home: Home, adapter_arch: Callable[[str], str | None], *,
+                  choose: bool = False) -> str | None:
     """The installed base model the expert is installed for: ``model_name`` when given
     (refused unless an installed version of it fits), else the newest installed model
     that meets one of ``reqs``. None when no base it names is installed (nothing to
-    check against yet: `sxpm run` checks again)."""
+    check against yet: `sxpm run` checks again), unless ``choose`` (the expert has a
+    variant per base, and which one to install depends on the answer): then no base
+    installed, or installed bases of two names that fit, is an :class:`InputError`
+    naming the candidates."""
     wanted = [r for r in reqs if model_name is None or r.name == model_name]
     if model_name is not None and not wanted:
         first = reqs[0] if reqs else None
@@ -569,10 +594,21 @@ def _fitting_base(expert: str, reqs: tuple[BaseRequirement, ...], model_name: st
             elif first_misfit is None:
                 first_misfit = (f"{item.name} {item.version}", reason, req)
     if fits:
+        names = sorted({f[0].name for f in fits})
+        if choose and model_name is None and len(names) > 1:
+            found = ", ".join(f"{item.name} {item.version}" for item, _ in fits)
+            raise InputError(f"{expert} fits more than one installed base model: {found}",
+                             hint="choose one with --for MODEL: " + " or ".join(
+                                 f"--for {n}" for n in names))
         return max(fits, key=lambda f: version_key(f[0].version))[0].name
     if first_misfit is not None:
         model, reason, req = first_misfit
         raise IncompatibleExpertError(expert, model, reason, hint=req.install_hint())
+    if choose and model_name is None and reqs:
+        raise NotFoundError(f"No base model of {expert} is installed (it runs on "
+                            + ", ".join(f"{r.name} {r.version}" for r in reqs) + ")",
+                            hint=f"{reqs[0].install_hint()}; or choose the variant with "
+                                 "--for MODEL")
     return model_name
 
 
@@ -611,7 +647,8 @@ def install_expert(home: Home, ref: Reference, model_name: str | None = None,
         entry = next(d for d in index.manifests if d.annotations.get(oci.ANN_BASE_MODEL) == base)
         return tree.manifest(entry).annotations.get(ANN_ADAPTER_ARCH) or None
 
-    base = _fitting_base(ref.name, reqs, model_name, home, adapter_arch)
+    base = _fitting_base(ref.name, reqs, model_name, home, adapter_arch,
+                         choose=index is not None and len(reqs) > 1)
     variant = variant_for_base(index, base) if index is not None and base else None
     return install(home, ref, variant=variant, fetcher=fetcher, **install_kw)
 
