@@ -16,11 +16,13 @@ from sxpm.cli._common import (
     reporter,
     skip_verify_option,
     table,
+    traits_json,
     transfer_options,
     transport,
     warn_skip_verify,
 )
 from sxpm.cli.complete import store_refs, variant_names
+from sxpm.core.categories import CAPABILITIES, CATEGORIES
 from sxpm.core.detect import memory_budget
 from sxpm.core.humanize import human_size
 from sxpm.errors import StoreError, SxpmError
@@ -39,9 +41,14 @@ _REFERRERS_TAG = re.compile(r":sha(256|512)-[0-9a-f]{64,128}$")
 @click.option("--variant", help="Add as this variant (e.g. Q4_K_M) of an image index at REF.")
 @click.option("--version", "version", help="Version, when neither the metadata nor the tag "
                                              "gives one.")
+@click.option("--category", type=click.Choice(CATEGORIES),
+              help="A model's category (default: mnemonic for an embedding model, else "
+                   "cognitive).")
+@click.option("--capability", "capabilities", type=click.Choice(CAPABILITIES), multiple=True,
+              help="A model's capability, repeatable (default: read from the GGUF).")
 @json_option
 def pack(kind: str, path: Path, ref_text: str, variant: str | None, version: str | None,
-         as_json: bool) -> None:
+         category: str | None, capabilities: tuple[str, ...], as_json: bool) -> None:
     """Pack PATH as an artifact of KIND into the store.
 
     The last line printed is the digest REF now points at.
@@ -49,6 +56,7 @@ def pack(kind: str, path: Path, ref_text: str, variant: str | None, version: str
     \b
     Example:
       sxpm pack model ./tiny-llama --ref oci:./registry/tiny-llama:1.0.0 --variant F32
+      sxpm pack model ./embed --ref oci:./registry/embed:1.0.0 --category mnemonic
       sxpm pack expert ./sql-expert --ref oci:./registry/sql-expert:2.1.0
     """
     from sxpm.artifacts.pack import pack as do_pack
@@ -58,12 +66,13 @@ def pack(kind: str, path: Path, ref_text: str, variant: str | None, version: str
     # Only a legacy .expert archive is checked against the policy on import.
     policy = policy_for(h) if kind == "expert" and path.is_file() else None
     result = do_pack(h, kind, path, h.parse_ref(ref_text), variant=variant, version=version,
-                     policy=policy)
+                     policy=policy, category=category, capabilities=capabilities)
     if as_json:
         emit_json({"ref": str(result.ref), "kind": result.kind, "name": result.name,
                    "version": result.version, "digest": str(result.descriptor.digest),
                    "manifest": str(result.manifest.digest), "variants": list(result.variants),
-                   "media_type": result.descriptor.media_type})
+                   "media_type": result.descriptor.media_type,
+                   **traits_json(result.traits)})
         return
     click.echo(f"packed {result.kind} {result.name} {result.version} as {result.ref}"
                + (f" (variants: {', '.join(result.variants)})" if result.variants else ""))
@@ -236,7 +245,7 @@ def list_(as_json: bool) -> None:
     Example:
       sxpm list --json
     """
-    from sxpm.artifacts.describe import bytes_held, describe_held
+    from sxpm.artifacts.describe import bytes_held, describe_held, model_traits
     from sxpm.core.oci import ANN_VARIANT, ImageIndex
 
     h = home()
@@ -248,13 +257,15 @@ def list_(as_json: bool) -> None:
                 continue  # a signature listing (referrers tag schema), not an artifact
             entry: dict[str, Any] = {
                 "ref": name, "digest": str(desc.digest), "media_type": desc.media_type,
-                "kind": None, "name": None, "version": None, "size": None, "variants": []}
+                "kind": None, "name": None, "version": None, "size": None, "variants": [],
+                **traits_json(None)}
             try:
                 # Whatever variants were pulled: the row describes one the store holds
                 # and counts the bytes it holds.
                 info = describe_held(store, desc)
                 entry.update(kind=info.kind, name=info.name, version=info.version,
-                             size=bytes_held(store, desc))
+                             size=bytes_held(store, desc),
+                             **traits_json(model_traits(store, info)))
                 if desc.is_index:
                     index = store.load_manifest(desc)
                     assert isinstance(index, ImageIndex)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from sxpm.cli._common import entry_json
+from sxpm.cli._common import category_option, entry_json
 from sxpm.core.http import strip_userinfo
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -59,24 +59,26 @@ def _echo_json(value: Any) -> None:
 @click.command()
 @click.argument("query", nargs=-1)
 @click.option("--kind", type=KIND, help="Only this kind of artifact.")
+@category_option
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True,
               help="Show at most this many results.")
 @read_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def search(query: tuple[str, ...], kind: str | None, limit: int, index: str | None,
-           offline: bool, insecure: bool, as_json: bool) -> None:
+def search(query: tuple[str, ...], kind: str | None, category: str | None, limit: int,
+           index: str | None, offline: bool, insecure: bool, as_json: bool) -> None:
     """Search the index for QUERY (names first, then descriptions and tags).
 
     \b
     Example:
       sxpm search sql
       sxpm search llama --kind model --json
+      sxpm search --category mnemonic
     """
     from sxpm.core.humanize import human_size
     from sxpm.ops.query import search as do_search
 
     result = do_search(" ".join(query), kind=kind, limit=limit, index=index,
-                       offline=offline, insecure=insecure)
+                       offline=offline, insecure=insecure, category=category)
     hits = result.hits
     if as_json:
         _echo_json([h.to_dict() for h in hits])

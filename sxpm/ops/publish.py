@@ -203,11 +203,12 @@ def entry_from_store(home: Home, top: Descriptor, *, ref: Reference,
                      description: str | None = None, license: str | None = None,
                      tags: tuple[str, ...] = ()) -> IndexEntry:
     """The index line of the artifact ``top`` in the store, published at ``ref``."""
-    from sxpm.artifacts.describe import describe
+    from sxpm.artifacts.describe import describe, model_traits
 
     store = home.store
     obj = store.load_manifest(top)
     info = describe(store, top)
+    traits = model_traits(store, info)
     variants: list[Variant] = []
     deps: dict[tuple[str, str], Dependency] = {}
     manifests: list[Manifest] = []
@@ -248,7 +249,9 @@ def entry_from_store(home: Home, top: Descriptor, *, ref: Reference,
         size=_manifest_size(manifests[0]), deps=tuple(deps.values()), variants=tuple(variants),
         description=description if description is not None else default_desc,
         license=license if license is not None else default_license,
-        tags=tuple(tags) if tags else tuple(default_tags))
+        tags=tuple(tags) if tags else tuple(default_tags),
+        category=traits.category if traits else "",
+        capabilities=traits.capabilities if traits else ())
 
 
 # --- pushing a branch and its pull request ------------------------------------------
