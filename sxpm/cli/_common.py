@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from sxpm.core.categories import CATEGORIES, Traits
+from sxpm.core.categories import CAPABILITIES, CATEGORIES, Traits
 from sxpm.core.progress import Reporter, TqdmReporter
 from sxpm.home import Home
 
@@ -98,6 +98,16 @@ def entry_json(entry: IndexEntry) -> dict[str, Any]:
 def traits_json(traits: Traits | None) -> dict[str, Any]:
     """A model's ``category`` and ``capabilities`` as every --json prints them."""
     return traits.to_dict() if traits else {"category": None, "capabilities": []}
+
+
+def pack_traits_options(f: F) -> F:
+    """``--category`` and ``--capability`` of pack and publish (models only)."""
+    f = click.option("--capability", "capabilities", type=click.Choice(CAPABILITIES),
+                     multiple=True,
+                     help="A model's capability, repeatable (default: read from the GGUF).")(f)
+    return click.option("--category", type=click.Choice(CATEGORIES),
+                        help="A model's category (default: mnemonic for an embedding model, "
+                             "else cognitive).")(f)
 
 
 category_option = click.option(

@@ -13,6 +13,7 @@ from sxpm.cli._common import (
     emit_json,
     home,
     json_option,
+    pack_traits_options,
     reporter,
     skip_verify_option,
     table,
@@ -22,7 +23,6 @@ from sxpm.cli._common import (
     warn_skip_verify,
 )
 from sxpm.cli.complete import store_refs, variant_names
-from sxpm.core.categories import CAPABILITIES, CATEGORIES
 from sxpm.core.detect import memory_budget
 from sxpm.core.humanize import human_size
 from sxpm.errors import StoreError, SxpmError
@@ -41,11 +41,7 @@ _REFERRERS_TAG = re.compile(r":sha(256|512)-[0-9a-f]{64,128}$")
 @click.option("--variant", help="Add as this variant (e.g. Q4_K_M) of an image index at REF.")
 @click.option("--version", "version", help="Version, when neither the metadata nor the tag "
                                              "gives one.")
-@click.option("--category", type=click.Choice(CATEGORIES),
-              help="A model's category (default: mnemonic for an embedding model, else "
-                   "cognitive).")
-@click.option("--capability", "capabilities", type=click.Choice(CAPABILITIES), multiple=True,
-              help="A model's capability, repeatable (default: read from the GGUF).")
+@pack_traits_options
 @json_option
 def pack(kind: str, path: Path, ref_text: str, variant: str | None, version: str | None,
          category: str | None, capabilities: tuple[str, ...], as_json: bool) -> None:

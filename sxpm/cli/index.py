@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from sxpm.cli._common import category_option, entry_json
+from sxpm.cli._common import category_option, entry_json, pack_traits_options
 from sxpm.core.http import strip_userinfo
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -196,6 +196,7 @@ def _print_pushed(branch: str, pushed: Pushed) -> None:
 @click.option("--description", help="Description for the index line.")
 @click.option("--license", "license_", help="License for the index line.")
 @click.option("--tag", "tags", multiple=True, help="Search tag for the index line.")
+@pack_traits_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--insecure", is_flag=True, help="Allow plain HTTP to the registry.")
 @_push_options
@@ -203,6 +204,7 @@ def _print_pushed(branch: str, pushed: Pushed) -> None:
 def publish(paths: tuple[Path, ...], index: Path, registry: str | None, kind: str | None,
             name: str | None, version: str | None, variants: tuple[str, ...],
             description: str | None, license_: str | None, tags: tuple[str, ...],
+            category: str | None, capabilities: tuple[str, ...],
             quiet: bool, insecure: bool, push: bool, open_pr: bool, as_json: bool) -> None:
     """Pack PATH, push it and commit its index line on a new branch for a pull request.
 
@@ -221,7 +223,8 @@ def publish(paths: tuple[Path, ...], index: Path, registry: str | None, kind: st
     result = do_publish(home(), list(paths), index_dir=index, registry=registry, kind=kind,
                         name=name, version=version, variants=list(variants),
                         description=description, license=license_, tags=tags,
-                        options=transport(insecure, 4), reporter=reporter(quiet or as_json))
+                        options=transport(insecure, 4), reporter=reporter(quiet or as_json),
+                        category=category, capabilities=capabilities)
     pushed = _push(index, result.branch, result.base,
                    f"Publish {result.entry.name} {result.entry.vers}", push, open_pr)
     if as_json:

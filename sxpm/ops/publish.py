@@ -401,12 +401,13 @@ def publish(home: Home, paths: list[Path], *, index_dir: Path, registry: str | N
             kind: str | None = None, name: str | None = None, version: str | None = None,
             variants: list[str] | None = None, description: str | None = None,
             license: str | None = None, tags: tuple[str, ...] = (),
-            options: TransportOptions | None = None, reporter: Reporter = SILENT
+            options: TransportOptions | None = None, reporter: Reporter = SILENT,
+            category: str | None = None, capabilities: tuple[str, ...] = ()
             ) -> PublishResult:
     """Pack ``paths``, push them to ``registry`` and commit the index line on a branch.
 
     Several paths with ``variants`` (one name each) publish one image index, e.g. the
-    quantizations of a model.
+    quantizations of a model. ``category`` and ``capabilities`` are pack's.
     """
     from sxpm.artifacts.pack import pack
     from sxpm.ops.transfer import push
@@ -445,7 +446,7 @@ def publish(home: Home, paths: list[Path], *, index_dir: Path, registry: str | N
     result = None
     for i, path in enumerate(paths):
         result = pack(home, kind, path, ref, variant=variants[i] if variants else None,
-                      version=version)
+                      version=version, category=category, capabilities=capabilities)
     assert result is not None
     entry = entry_from_store(home, result.descriptor, ref=ref.repository_ref,
                              description=description, license=license, tags=tags)
