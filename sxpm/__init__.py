@@ -42,7 +42,6 @@ _LAZY = {
     "search": ("sxpm.ops.query", "search"),
     "info": ("sxpm.ops.query", "info"),
     "load": ("sxpm.runner.session", "load"),
-    "default_model": ("sxpm.runner.defaults", "default_model"),
 }
 
 __all__ = list(_LAZY)

@@ -228,6 +228,7 @@ def test_load_by_category(installed: Any, tmp_path: Path,
                           monkeypatch: pytest.MonkeyPatch) -> None:
     import sxpm
     from sxpm.errors import AmbiguousModelError, InputError, NotFoundError
+    from sxpm.runner.defaults import default_model
 
     monkeypatch.chdir(tmp_path)
     # The only installed model of its category.
@@ -249,7 +250,7 @@ def test_load_by_category(installed: Any, tmp_path: Path,
     config = installed.config_path
     config.write_text(json.dumps({"default_models": {"mnemonic": "embed-llama"}}))
     assert sxpm.load(category="mnemonic").model.name == "embed-llama"
-    assert sxpm.default_model("mnemonic") == "embed-llama"
+    assert default_model("mnemonic") == "embed-llama"
     config.write_text(json.dumps({"default_models": {"mnemonic": "tiny-llama"}}))
     with pytest.raises(InputError, match="it is cognitive"):
         sxpm.load(category="mnemonic")
