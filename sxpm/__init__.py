@@ -11,6 +11,7 @@ The library works without the CLI::
     sxpm.push(home, result.ref)
     sxpm.lock("my-project")          # resolve simplex.toml into simplex.lock
     sxpm.search("sql").hits
+    sxpm.load(category="mnemonic")   # the installed default embedding model
 
 Heavy modules (numpy through gguf, llama_cpp, sigstore) are imported only by the
 functions that need them.

@@ -264,6 +264,16 @@ class ModelNotInstalledError(NotFoundError):
         self.install_ref = install_ref
 
 
+class AmbiguousModelError(InputError):
+    """Several installed models answer for a category and none is its default."""
+
+    def __init__(self, category: str, names: list[str], *, hint: str) -> None:
+        super().__init__(f"Several installed {category} models and no default: "
+                         f"{', '.join(names)}", hint=hint)
+        self.category = category
+        self.names = names
+
+
 class IncompatibleExpertError(InputError):
     """An expert (its manifest or its adapter GGUF) is not built for the chosen model."""
 

@@ -23,6 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sxpm.core.categories import CATEGORIES
 from sxpm.errors import ManifestError
 
 if TYPE_CHECKING:
@@ -69,6 +70,24 @@ class Home:
         if not isinstance(data, dict):
             raise ManifestError(str(self.config_path), "must be a JSON object")
         return data
+
+    def default_models(self) -> dict[str, str]:
+        """``default_models`` of ``config.json``: category -> the model (``NAME`` or
+        ``NAME@VERSION``) ``sxpm.load(category=...)`` takes when the project names none."""
+        value = self.config().get("default_models", {})
+        example = 'e.g. "default_models": {"mnemonic": "embed-small"}'
+        if not isinstance(value, dict):
+            raise ManifestError(str(self.config_path), "default_models must be an object",
+                                path="$.default_models", hint=example)
+        for category, name in value.items():
+            if category not in CATEGORIES:
+                raise ManifestError(str(self.config_path), f"unknown category {category!r}",
+                                    path="$.default_models",
+                                    hint=f"use {', '.join(CATEGORIES)}")
+            if not isinstance(name, str) or not name:
+                raise ManifestError(str(self.config_path), "a default model is a name",
+                                    path=f"$.default_models.{category}", hint=example)
+        return dict(value)
 
     def save_config(self, data: dict[str, Any]) -> None:
         from sxpm.store.layout import write_atomic

@@ -7,13 +7,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from sxpm.artifacts import ollama
-from sxpm.core import oci
+from sxpm.core import categories, oci
+from sxpm.core.gguf import read_header
 from sxpm.core.oci import Descriptor, ImageIndex, Manifest
 from sxpm.core.reference import Digest, Reference
-from sxpm.errors import InputError, ManifestError
+from sxpm.errors import InputError, ManifestError, ModelFileError
 from sxpm.home import Home
 from sxpm.store.layout import OCILayout
 from sxpm.store.refs import resolve_local
+
+ANN_GGUF_MAIN = "org.simplex.gguf.main"
+OLLAMA_TEMPLATE = "ollama/template"
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,14 @@ class ArtifactInfo:
     def size(self) -> int:
         return sum(layer.size for layer in self.manifest.layers)
 
+    def main_weights(self) -> Descriptor | None:
+        """A model's GGUF layer: the one ``org.simplex.gguf.main`` names, else the
+        largest (as pack chose it); None when the weights are in an archive layer."""
+        weights = [d for d in self.manifest.layers if d.media_type == oci.MODEL_WEIGHT]
+        main = self.manifest.annotations.get(ANN_GGUF_MAIN)
+        return next((w for w in weights if w.title == main), None) or max(
+            weights, key=lambda w: w.size, default=None)
+
     def dependencies(self) -> list[dict[str, str]]:
         text = self.manifest.annotations.get(oci.ANN_DEPENDENCIES)
         if not text:
@@ -44,6 +56,25 @@ class ArtifactInfo:
         if not isinstance(deps, list):
             raise ManifestError(str(self.descriptor.digest), "bad dependencies annotation")
         return [d for d in deps if isinstance(d, dict)]
+
+
+def model_traits(store: OCILayout, info: ArtifactInfo) -> categories.Traits | None:
+    """A model's category and capabilities (:func:`sxpm.core.categories.resolve`):
+    what its manifest declares, the rest read from its GGUF blob's header when the
+    store holds it; None when neither tells (or for another kind)."""
+    if info.kind != "model":
+        return None
+    category, caps = categories.declared(info.manifest.annotations, info.config)
+    header = None
+    if caps is None:
+        layer = info.main_weights()
+        if layer is not None and store.has_blob(layer.digest):
+            try:
+                header = read_header(store.blob_path(layer.digest))
+            except ModelFileError:
+                header = None  # a damaged blob: `sxpm verify` reports it, listings go on
+    template = any(d.title == OLLAMA_TEMPLATE for d in info.manifest.layers)
+    return categories.resolve(category, caps, header, template=template)
 
 
 def parse_config(raw: bytes, desc: Descriptor) -> dict[str, Any]:

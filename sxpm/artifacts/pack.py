@@ -24,7 +24,7 @@ from typing import Any
 
 from sxpm.artifacts.peft import CONFIG as PEFT_CONFIG
 from sxpm.artifacts.peft import convert_peft, peft_dir
-from sxpm.core import oci
+from sxpm.core import categories, oci
 from sxpm.core.gguf import GGUFHeader, is_gguf, read_gguf
 from sxpm.core.names import validate_name
 from sxpm.core.oci import Descriptor, ImageIndex, Manifest, canonical_json
@@ -57,16 +57,26 @@ class PackResult:
     descriptor: Descriptor  # what the ref now points at (manifest or index)
     manifest: Descriptor  # the manifest just built (for an expert v2: the index)
     variants: tuple[str, ...] = ()
+    traits: categories.Traits | None = None  # a model's category and capabilities
 
 
 def pack(home: Home, kind: str, path: Path, ref: Reference, *, variant: str | None = None,
-         version: str | None = None, policy: TrustPolicy | None = None) -> PackResult:
+         version: str | None = None, policy: TrustPolicy | None = None,
+         category: str | None = None, capabilities: Iterable[str] = ()) -> PackResult:
     """Pack ``path`` as an artifact of ``kind`` and point ``ref`` at it in the store.
 
     ``policy`` (the command's) decides whether a legacy ``.expert`` must be signed.
+    ``category`` and ``capabilities`` (models only) override what the GGUF says
+    (:mod:`sxpm.core.categories`).
     """
     if kind not in KINDS:
         raise InputError(f"Unknown artifact kind {kind!r}", hint="use model, expert or package")
+    caps = tuple(capabilities)
+    if kind != "model" and (category or caps):
+        raise InputError(f"A {kind} has no category or capabilities",
+                         hint="--category and --capability apply to models")
+    declared = (categories.check_category(category) if category else None,
+                categories.check_capabilities(caps) if caps else None)
     if ref.digest:
         raise InputError(f"{ref}: pack takes a tag, not a digest",
                          hint="write REPOSITORY:TAG")
@@ -74,13 +84,14 @@ def pack(home: Home, kind: str, path: Path, ref: Reference, *, variant: str | No
     if not path.exists():
         raise ArtifactInputError(f"{path} does not exist", hint="give the artifact's directory")
     with home.store.in_use():  # gc waits until the ref names the new blobs
-        return _pack(home, kind, path, ref, variant, version, policy)
+        return _pack(home, kind, path, ref, variant, version, policy, declared)
 
 
 def _pack(home: Home, kind: str, path: Path, ref: Reference, variant: str | None,
-          version: str | None, policy: TrustPolicy | None = None) -> PackResult:
+          version: str | None, policy: TrustPolicy | None = None,
+          declared: tuple[str | None, tuple[str, ...] | None] = (None, None)) -> PackResult:
     if kind == "model":
-        return _pack_model(home, path, ref, variant, version)
+        return _pack_model(home, path, ref, variant, version, declared)
     if kind == "expert":
         if path.is_file():
             with tempfile.TemporaryDirectory(prefix="sxpm-expert-") as tmp:
@@ -220,12 +231,27 @@ def main_weights(files: list[tuple[str, Path]], path: Path
     return main_rel, main_path, info
 
 
+def gguf_model_config(info: GGUFHeader, traits: categories.Traits) -> dict[str, Any]:
+    """The ModelPack ``config`` object of a model, read from its main GGUF."""
+    out: dict[str, Any] = {"architecture": info.architecture or "", "format": "gguf",
+                           "paramSize": info.param_size,
+                           "capabilities": categories.modelpack_capabilities(traits)}
+    if info.file_type:
+        out["quantization"] = info.file_type
+    if info.precision:
+        out["precision"] = info.precision
+    return out
+
+
 def _pack_model(home: Home, path: Path, ref: Reference, variant: str | None,
-                version: str | None) -> PackResult:
+                version: str | None,
+                declared: tuple[str | None, tuple[str, ...] | None]) -> PackResult:
     name = validate_name(ref.name)
     files = [(path.name, path)] if path.is_file() else _walk(path)
     check_paths([rel for rel, _ in files], str(path), _RENAME)
     main_rel, main_path, info = main_weights(files, path)
+    traits = categories.resolve(*declared, info)
+    assert traits is not None  # the header is there: capabilities always follow
     arch = info.architecture or ""  # read_gguf refuses a file without one
     vers = _resolve_version(ref, version, None)
     store = home.store
@@ -235,15 +261,9 @@ def _pack_model(home: Home, path: Path, ref: Reference, variant: str | None,
         descriptor["title"] = info.name
     if info.license:
         descriptor["licenses"] = [info.license]
-    model_config: dict[str, Any] = {"architecture": arch, "format": "gguf",
-                                    "paramSize": info.param_size}
-    if info.file_type:
-        model_config["quantization"] = info.file_type
-    if info.precision:
-        model_config["precision"] = info.precision
     config = {
         "descriptor": descriptor,
-        "config": model_config,
+        "config": gguf_model_config(info, traits),
         "modelfs": {"type": "layers", "diffIds": [str(layer.digest) for layer in layers]},
     }
     validate(config, "modelpack-config", f"model config of {ref}")
@@ -254,6 +274,7 @@ def _pack_model(home: Home, path: Path, ref: Reference, variant: str | None,
         "org.simplex.gguf.main": main_rel,
         "org.simplex.gguf.architecture": arch,
         "org.simplex.gguf.param-count": str(info.param_count),
+        **traits.annotations(),
     }
     if info.file_type:
         annotations["org.simplex.gguf.file-type"] = info.file_type
@@ -266,7 +287,7 @@ def _pack_model(home: Home, path: Path, ref: Reference, variant: str | None,
         oci.ANN_MEMORY: str(info.tensor_bytes),
         "org.simplex.gguf.file-type": info.file_type or "",
     })
-    return PackResult(ref, "model", name, vers, top, mdesc, variants)
+    return PackResult(ref, "model", name, vers, top, mdesc, variants, traits)
 
 
 # --- expert ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from sxpm.core.categories import CAPABILITIES, CATEGORIES, Traits
 from sxpm.core.progress import Reporter, TqdmReporter
 from sxpm.home import Home
 
@@ -89,8 +90,29 @@ def descriptor_json(desc: Descriptor) -> dict[str, Any]:
 
 
 def entry_json(entry: IndexEntry) -> dict[str, Any]:
-    """An index line as --json prints it (the line itself keeps cargo's `vers`/`deps`)."""
+    """An index line as --json prints it (the line itself keeps cargo's `vers`/`deps`);
+    like the line, it has a ``category`` and ``capabilities`` when the line has them."""
     return {_JSON_KEYS.get(k, k): v for k, v in entry.to_dict().items()}
+
+
+def traits_json(traits: Traits | None) -> dict[str, Any]:
+    """A model's ``category`` and ``capabilities`` as every --json prints them."""
+    return traits.to_dict() if traits else {"category": None, "capabilities": []}
+
+
+def pack_traits_options(f: F) -> F:
+    """``--category`` and ``--capability`` of pack and publish (models only)."""
+    f = click.option("--capability", "capabilities", type=click.Choice(CAPABILITIES),
+                     multiple=True,
+                     help="A model's capability, repeatable (default: read from the GGUF).")(f)
+    return click.option("--category", type=click.Choice(CATEGORIES),
+                        help="A model's category (default: mnemonic for an embedding model, "
+                             "else cognitive).")(f)
+
+
+category_option = click.option(
+    "--category", type=click.Choice(CATEGORIES),
+    help="Only models of this category (cognitive, mnemonic, specialist).")
 
 
 def table(rows: list[list[str]], header: list[str]) -> None:

@@ -9,12 +9,14 @@ from typing import Any
 import click
 
 from sxpm.cli._common import (
+    category_option,
     emit_json,
     home,
     json_option,
     reporter,
     skip_verify_option,
     table,
+    traits_json,
     transfer_options,
     transport,
     warn_skip_verify,
@@ -48,25 +50,37 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
     @click.option("--root", type=click.Path(path_type=Path),
                   help="Install root (default: home, and the project found from here).")
     @json_option
-    def list_cmd(root: Path | None, as_json: bool) -> None:
-        from sxpm.installed.records import list_installed
+    def list_cmd(root: Path | None, as_json: bool, category: str | None = None) -> None:
+        from sxpm.installed.records import installed_traits, list_installed
         from sxpm.ops.project import PlacedInstall, installed_here
 
         items = ([PlacedInstall(i, None) for i in list_installed(root, kind)] if root
                  else installed_here(home(), kind))
-        rows = [{"name": p.item.name, "version": p.item.version,
-                 "variant": p.item.record.get("variant"), "digest": p.item.record.get("digest"),
-                 "ref": p.item.record.get("ref"), "path": str(p.item.path),
-                 "project": p.project} for p in items]
+        rows = []
+        for p in items:
+            row: dict[str, Any] = {
+                "name": p.item.name, "version": p.item.version,
+                "variant": p.item.record.get("variant"), "digest": p.item.record.get("digest"),
+                "ref": p.item.record.get("ref"), "path": str(p.item.path),
+                "project": p.project}
+            if kind == "model":
+                row.update(traits_json(installed_traits(p.item)))
+                if category is not None and row["category"] != category:
+                    continue
+            rows.append(row)
         if as_json:
             emit_json(rows)
             return
         if not rows:
-            click.echo(f"no {plural} installed (sxpm {kind} install REF)")
+            click.echo(f"no {category + ' ' if category else ''}{plural} installed "
+                       f"(sxpm {kind} install REF)")
             return
         table([[str(r["name"]), str(r["version"]), str(r["variant"] or "-"),
                 str(r["project"] or "-"), str(r["path"])]
                for r in rows], ["NAME", "VERSION", "VARIANT", "PROJECT", "PATH"])
+
+    if kind == "model":
+        list_cmd = category_option(list_cmd)
 
     for_option = click.option(
         "--for", "for_model", metavar="MODEL",
@@ -238,7 +252,7 @@ def _built_for(root: Path, name: str, version: str | None, model: str) -> list[A
 
 def info_command(kind: str, spec: str, variant: str | None, as_json: bool,
                  for_model: str | None = None) -> None:
-    from sxpm.artifacts.describe import describe_held
+    from sxpm.artifacts.describe import describe_held, model_traits
     from sxpm.core.oci import ANN_BASE_MODEL, ANN_VARIANT, ImageIndex
     from sxpm.ops.project import installed_here
     from sxpm.store.refs import resolve_local
@@ -282,7 +296,8 @@ def info_command(kind: str, spec: str, variant: str | None, as_json: bool,
         cfg = info.config.get("config", {})
         data.update({"architecture": cfg.get("architecture"), "format": cfg.get("format"),
                      "quantization": cfg.get("quantization"),
-                     "param_size": cfg.get("paramSize")})
+                     "param_size": cfg.get("paramSize"),
+                     **traits_json(model_traits(h.store, info))})
         keys = ["name", "version", "ref", "digest", "architecture", "quantization", "param_size"]
     else:
         from sxpm.runner.locate import base_model_names

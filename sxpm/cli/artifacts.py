@@ -13,9 +13,11 @@ from sxpm.cli._common import (
     emit_json,
     home,
     json_option,
+    pack_traits_options,
     reporter,
     skip_verify_option,
     table,
+    traits_json,
     transfer_options,
     transport,
     warn_skip_verify,
@@ -39,9 +41,10 @@ _REFERRERS_TAG = re.compile(r":sha(256|512)-[0-9a-f]{64,128}$")
 @click.option("--variant", help="Add as this variant (e.g. Q4_K_M) of an image index at REF.")
 @click.option("--version", "version", help="Version, when neither the metadata nor the tag "
                                              "gives one.")
+@pack_traits_options
 @json_option
 def pack(kind: str, path: Path, ref_text: str, variant: str | None, version: str | None,
-         as_json: bool) -> None:
+         category: str | None, capabilities: tuple[str, ...], as_json: bool) -> None:
     """Pack PATH as an artifact of KIND into the store.
 
     The last line printed is the digest REF now points at.
@@ -49,6 +52,7 @@ def pack(kind: str, path: Path, ref_text: str, variant: str | None, version: str
     \b
     Example:
       sxpm pack model ./tiny-llama --ref oci:./registry/tiny-llama:1.0.0 --variant F32
+      sxpm pack model ./embed --ref oci:./registry/embed:1.0.0 --category mnemonic
       sxpm pack expert ./sql-expert --ref oci:./registry/sql-expert:2.1.0
     """
     from sxpm.artifacts.pack import pack as do_pack
@@ -58,12 +62,13 @@ def pack(kind: str, path: Path, ref_text: str, variant: str | None, version: str
     # Only a legacy .expert archive is checked against the policy on import.
     policy = policy_for(h) if kind == "expert" and path.is_file() else None
     result = do_pack(h, kind, path, h.parse_ref(ref_text), variant=variant, version=version,
-                     policy=policy)
+                     policy=policy, category=category, capabilities=capabilities)
     if as_json:
         emit_json({"ref": str(result.ref), "kind": result.kind, "name": result.name,
                    "version": result.version, "digest": str(result.descriptor.digest),
                    "manifest": str(result.manifest.digest), "variants": list(result.variants),
-                   "media_type": result.descriptor.media_type})
+                   "media_type": result.descriptor.media_type,
+                   **traits_json(result.traits)})
         return
     click.echo(f"packed {result.kind} {result.name} {result.version} as {result.ref}"
                + (f" (variants: {', '.join(result.variants)})" if result.variants else ""))
@@ -236,7 +241,7 @@ def list_(as_json: bool) -> None:
     Example:
       sxpm list --json
     """
-    from sxpm.artifacts.describe import bytes_held, describe_held
+    from sxpm.artifacts.describe import bytes_held, describe_held, model_traits
     from sxpm.core.oci import ANN_VARIANT, ImageIndex
 
     h = home()
@@ -248,13 +253,15 @@ def list_(as_json: bool) -> None:
                 continue  # a signature listing (referrers tag schema), not an artifact
             entry: dict[str, Any] = {
                 "ref": name, "digest": str(desc.digest), "media_type": desc.media_type,
-                "kind": None, "name": None, "version": None, "size": None, "variants": []}
+                "kind": None, "name": None, "version": None, "size": None, "variants": [],
+                **traits_json(None)}
             try:
                 # Whatever variants were pulled: the row describes one the store holds
                 # and counts the bytes it holds.
                 info = describe_held(store, desc)
                 entry.update(kind=info.kind, name=info.name, version=info.version,
-                             size=bytes_held(store, desc))
+                             size=bytes_held(store, desc),
+                             **traits_json(model_traits(store, info)))
                 if desc.is_index:
                     index = store.load_manifest(desc)
                     assert isinstance(index, ImageIndex)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from sxpm.cli._common import entry_json
+from sxpm.cli._common import category_option, entry_json, pack_traits_options
 from sxpm.core.http import strip_userinfo
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -59,24 +59,26 @@ def _echo_json(value: Any) -> None:
 @click.command()
 @click.argument("query", nargs=-1)
 @click.option("--kind", type=KIND, help="Only this kind of artifact.")
+@category_option
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True,
               help="Show at most this many results.")
 @read_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def search(query: tuple[str, ...], kind: str | None, limit: int, index: str | None,
-           offline: bool, insecure: bool, as_json: bool) -> None:
+def search(query: tuple[str, ...], kind: str | None, category: str | None, limit: int,
+           index: str | None, offline: bool, insecure: bool, as_json: bool) -> None:
     """Search the index for QUERY (names first, then descriptions and tags).
 
     \b
     Example:
       sxpm search sql
       sxpm search llama --kind model --json
+      sxpm search --category mnemonic
     """
     from sxpm.core.humanize import human_size
     from sxpm.ops.query import search as do_search
 
     result = do_search(" ".join(query), kind=kind, limit=limit, index=index,
-                       offline=offline, insecure=insecure)
+                       offline=offline, insecure=insecure, category=category)
     hits = result.hits
     if as_json:
         _echo_json([h.to_dict() for h in hits])
@@ -194,6 +196,7 @@ def _print_pushed(branch: str, pushed: Pushed) -> None:
 @click.option("--description", help="Description for the index line.")
 @click.option("--license", "license_", help="License for the index line.")
 @click.option("--tag", "tags", multiple=True, help="Search tag for the index line.")
+@pack_traits_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--insecure", is_flag=True, help="Allow plain HTTP to the registry.")
 @_push_options
@@ -201,6 +204,7 @@ def _print_pushed(branch: str, pushed: Pushed) -> None:
 def publish(paths: tuple[Path, ...], index: Path, registry: str | None, kind: str | None,
             name: str | None, version: str | None, variants: tuple[str, ...],
             description: str | None, license_: str | None, tags: tuple[str, ...],
+            category: str | None, capabilities: tuple[str, ...],
             quiet: bool, insecure: bool, push: bool, open_pr: bool, as_json: bool) -> None:
     """Pack PATH, push it and commit its index line on a new branch for a pull request.
 
@@ -219,7 +223,8 @@ def publish(paths: tuple[Path, ...], index: Path, registry: str | None, kind: st
     result = do_publish(home(), list(paths), index_dir=index, registry=registry, kind=kind,
                         name=name, version=version, variants=list(variants),
                         description=description, license=license_, tags=tags,
-                        options=transport(insecure, 4), reporter=reporter(quiet or as_json))
+                        options=transport(insecure, 4), reporter=reporter(quiet or as_json),
+                        category=category, capabilities=capabilities)
     pushed = _push(index, result.branch, result.base,
                    f"Publish {result.entry.name} {result.entry.vers}", push, open_pr)
     if as_json:

@@ -57,7 +57,8 @@ def catalog_row(lines: list[dict[str, Any]]) -> list[Any] | None:
     releases = [d for d in live if not is_prerelease(d["vers"])]
     best = max(releases or live, key=lambda d: version_key(d["vers"]))
     return [best["name"], best["kind"], best["vers"], best["size"],
-            best.get("description", ""), best.get("tags", []), len(lines)]
+            best.get("description", ""), best.get("tags", []), len(lines),
+            best.get("category", ""), best.get("capabilities", [])]
 
 
 def build_catalog(root: Path) -> dict[str, Any]:

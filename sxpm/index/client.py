@@ -359,8 +359,8 @@ class IndexClient:
         text = self.read_text(CATALOG_FILE)
         return [] if text is None else load_catalog_rows(text, self.source(CATALOG_FILE))
 
-    def search(self, query: str, *, kind: str | None = None, limit: int | None = 20
-               ) -> list[Any]:
+    def search(self, query: str, *, kind: str | None = None, limit: int | None = 20,
+               category: str | None = None) -> list[Any]:
         """Ranked :class:`~sxpm.index.search.Hit` objects for ``query`` (one file read)."""
         from sxpm.index.search import search_text
 
@@ -368,4 +368,4 @@ class IndexClient:
         if text is None:
             return []
         return search_text(text, query, kind=kind, limit=limit,
-                           source=self.source(CATALOG_FILE))
+                           source=self.source(CATALOG_FILE), category=category)

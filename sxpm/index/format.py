@@ -25,8 +25,10 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 CATALOG_FILE = "search.json"
 CATALOG_FORMAT = 1
-# search.json rows: one array per name, fields in this order.
-CATALOG_FIELDS = ("name", "kind", "vers", "size", "description", "tags", "versions")
+# search.json rows: one array per name, fields in this order. Fields are only ever
+# appended, so readers of older catalogues (and older readers) keep working.
+CATALOG_FIELDS = ("name", "kind", "vers", "size", "description", "tags", "versions",
+                  "category", "capabilities")
 PACKAGES_DIR = "packages"
 
 def index_path(name: str) -> str:
@@ -68,6 +70,8 @@ class IndexEntry:
     license: str = ""
     tags: tuple[str, ...] = ()
     yanked: bool = False
+    category: str = ""  # a model's (sxpm.core.categories); "" for other kinds, older lines
+    capabilities: tuple[str, ...] = ()
 
     @property
     def reference(self) -> str:
@@ -90,6 +94,10 @@ class IndexEntry:
             out["license"] = self.license
         if self.tags:
             out["tags"] = list(self.tags)
+        if self.category:
+            out["category"] = self.category
+        if self.capabilities:
+            out["capabilities"] = list(self.capabilities)
         out["yanked"] = self.yanked
         return out
 
@@ -118,6 +126,8 @@ class IndexEntry:
                 variants=tuple(Variant.from_dict(v) for v in obj["variants"]),
                 description=obj.get("description", ""), license=obj.get("license", ""),
                 tags=tuple(obj.get("tags", ())), yanked=bool(obj["yanked"]),
+                category=obj.get("category", ""),
+                capabilities=tuple(obj.get("capabilities", ())),
             )
         except (KeyError, TypeError, AttributeError) as exc:  # e.g. a variant that is null
             raise IndexFormatError(source, line, f"missing or malformed field {exc}") from None

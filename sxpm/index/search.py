@@ -24,11 +24,14 @@ class Hit:
     description: str
     tags: tuple[str, ...]
     score: int
+    category: str | None = None  # a model's; None for other kinds and older catalogues
+    capabilities: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "version": self.vers,
                 "size": self.size, "description": self.description,
-                "tags": list(self.tags), "score": self.score}
+                "tags": list(self.tags), "score": self.score, "category": self.category,
+                "capabilities": list(self.capabilities)}
 
 
 def _score(query: str, words: list[str], name: str, description: str,
@@ -64,9 +67,16 @@ def _score(query: str, words: list[str], name: str, description: str,
     return score
 
 
+def _category(row: Sequence[Any]) -> str | None:
+    """A row's category: None in a catalogue built before rows had one."""
+    value = row[7] if len(row) > 7 else None
+    return value if isinstance(value, str) and value else None
+
+
 def search(rows: Sequence[Sequence[Any]], query: str, *, kind: str | None = None,
-           limit: int | None = 20) -> list[Hit]:
-    """Rank catalogue ``rows`` (``search.json`` arrays) against ``query``.
+           limit: int | None = 20, category: str | None = None) -> list[Hit]:
+    """Rank catalogue ``rows`` (``search.json`` arrays) against ``query``; ``category``
+    keeps only models of that category.
 
     An empty query lists every name alphabetically.
     """
@@ -77,13 +87,17 @@ def search(rows: Sequence[Sequence[Any]], query: str, *, kind: str | None = None
         name, row_kind, _vers, _size, description, tags = row[:6]
         if kind is not None and row_kind != kind:
             continue
+        if category is not None and _category(row) != category:
+            continue
         score = _score(q, words, name, description, tags) if q else 1
         if score:
             scored.append((-score, len(name), name, row))
     scored.sort(key=lambda item: item[:3])
     if limit is not None:
         scored = scored[:limit]
-    return [Hit(r[0], r[1], r[2], r[3], r[4], tuple(r[5]), -s) for s, _, _, r in scored]
+    return [Hit(r[0], r[1], r[2], r[3], r[4], tuple(r[5]), -s, _category(r),
+                tuple(r[8]) if len(r) > 8 and isinstance(r[8], list) else ())
+            for s, _, _, r in scored]
 
 
 def _rows_of_lines(text: str) -> tuple[list[str], int] | None:
@@ -99,7 +113,7 @@ def _rows_of_lines(text: str) -> tuple[list[str], int] | None:
 
 
 def search_text(text: str, query: str, *, kind: str | None = None, limit: int | None = 20,
-                source: str = "search.json") -> list[Hit]:
+                source: str = "search.json", category: str | None = None) -> list[Hit]:
     """:func:`search` straight on the text of ``search.json``.
 
     ``index build`` writes one row per line, so the query's words are first looked for
@@ -111,7 +125,8 @@ def search_text(text: str, query: str, *, kind: str | None = None, limit: int | 
     words = q.split()
     layout = _rows_of_lines(text)
     if layout is None or not words or any('"' in w or "\\" in w for w in words):
-        return search(load_catalog_rows(text, source), query, kind=kind, limit=limit)
+        return search(load_catalog_rows(text, source), query, kind=kind, limit=limit,
+                      category=category)
     lines, first = layout
     check_catalog_header(lines[0], source)
     lowered = text.lower().replace("_", "-").split("\n")
@@ -120,8 +135,9 @@ def search_text(text: str, query: str, *, kind: str | None = None, limit: int | 
     try:
         rows = json.loads("[" + ",".join(lines[i].rstrip(",") for i in candidates) + "]")
     except ValueError:
-        return search(load_catalog_rows(text, source), query, kind=kind, limit=limit)
-    return search(rows, query, kind=kind, limit=limit)
+        return search(load_catalog_rows(text, source), query, kind=kind, limit=limit,
+                      category=category)
+    return search(rows, query, kind=kind, limit=limit, category=category)
 
 
 def check_catalog_header(header: str, source: str) -> None:

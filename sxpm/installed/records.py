@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sxpm.core import categories
+from sxpm.core.gguf import read_header
 from sxpm.core.names import INSTALL_RECORD
-from sxpm.errors import StoreError
+from sxpm.errors import ModelFileError, NotFoundError, StoreError
 from sxpm.home import KINDS, default_home
 
 __all__ = ["INSTALL_RECORD", "Installed", "find_installed", "install_dir", "list_installed"]
@@ -59,6 +61,33 @@ def find_installed(root: Path, kind: str, name: str, version: str | None = None
                    ) -> list[Installed]:
     return [i for i in list_installed(root, kind)
             if i.name == name and (version is None or i.version == version)]
+
+
+def main_gguf(path: Path, record: dict[str, Any]) -> Path:
+    """The GGUF an installed model runs: the largest one its record lists (as `sxpm
+    pack` chose it), an Ollama model's adapter and projector left out."""
+    names = [str(n) for n in record.get("files", {}) if str(n).lower().endswith(".gguf")
+             and not str(n).startswith("ollama/")]
+    files: list[Path] = [path / n for n in names if (path / n).is_file()] or sorted(
+        path.rglob("*.gguf"))
+    if not files:
+        raise NotFoundError(f"The installed model at {path} holds no .gguf file",
+                            hint="reinstall it with `sxpm model install REF`")
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+def installed_traits(item: Installed) -> categories.Traits | None:
+    """An installed model's category and capabilities: its record's, else (a record
+    written before records held them) read from its GGUF header; None when unreadable."""
+    traits = categories.from_record(item.record)
+    if traits is not None or item.kind != "model":
+        return traits
+    try:
+        header = read_header(main_gguf(item.path, item.record))
+    except (NotFoundError, ModelFileError, OSError):
+        return None
+    template = "ollama/template" in item.record.get("files", {})
+    return categories.resolve(None, None, header, template=template)
 
 
 def file_stamp(path: Path) -> list[int]:

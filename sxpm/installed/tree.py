@@ -22,12 +22,13 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from sxpm.artifacts.describe import ArtifactInfo
-from sxpm.core import oci
+from sxpm.artifacts.describe import ArtifactInfo, model_traits
+from sxpm.core import categories, oci
+from sxpm.core.gguf import read_header
 from sxpm.core.names import INSTALL_RECORD
 from sxpm.core.oci import Descriptor
 from sxpm.core.unpack import PathSet, extract_tar, safe_relpath
-from sxpm.errors import ArtifactInputError, NotFoundError
+from sxpm.errors import ArtifactInputError, ModelFileError, NotFoundError
 from sxpm.home import KINDS
 from sxpm.installed.records import Installed, find_installed, install_dir, save_stamps
 from sxpm.store.layout import CHUNK, OCILayout
@@ -167,6 +168,9 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
         }
         if signer:
             record["signer"] = signer
+        traits = _traits(store, info, tmp, unpacked) if info.kind == "model" else None
+        if traits is not None:  # what `model list --category` and `load(category=)` read
+            record.update(traits.to_dict())
         with open(tmp / INSTALL_RECORD, "xb") as out:  # new: never through a link
             out.write(json.dumps(record, indent=2, sort_keys=True).encode())
         os.chmod(tmp, 0o755)
@@ -186,6 +190,22 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
                 dest.parent.rmdir()
         raise
     return Installed(info.kind, info.name, info.version, dest, record)
+
+
+def _traits(store: OCILayout, info: ArtifactInfo, tree: Path, unpacked: dict[str, str]
+            ) -> categories.Traits | None:
+    """A model's category and capabilities: declared, else from its GGUF blob, else
+    (weights in an archive layer) from the largest GGUF unpacked into ``tree``."""
+    traits = model_traits(store, info)
+    ggufs = [tree / rel for rel in unpacked if rel.lower().endswith(".gguf")]
+    if traits is not None or not ggufs:
+        return traits
+    try:
+        header = read_header(max(ggufs, key=lambda p: p.stat().st_size))
+    except ModelFileError:
+        return None  # the runner refuses the file with its own message
+    return categories.resolve(*categories.declared(info.manifest.annotations, info.config),
+                              header)
 
 
 def tree_dir(root: Path, info: ArtifactInfo, ref: str) -> Path:

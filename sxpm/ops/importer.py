@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from sxpm.artifacts.describe import describe
-from sxpm.artifacts.pack import classify_model_file, main_weights
-from sxpm.core import oci
+from sxpm.artifacts.pack import classify_model_file, gguf_model_config, main_weights
+from sxpm.core import categories, oci
 from sxpm.core.names import normalize_name
 from sxpm.core.oci import Descriptor, Manifest, canonical_json, parse_manifest_bytes
 from sxpm.core.reference import Digest, Reference
@@ -162,20 +162,18 @@ def _import_files(home: Home, files: list[tuple[str, Path]], path: Path, name: s
             linked += was_linked
             layers.append(Descriptor(media_type, desc.digest, desc.size,
                                      {oci.ANN_TITLE: rel, oci.ANN_FILEPATH: rel}))
-        model_config: dict[str, Any] = {"architecture": info.architecture, "format": "gguf",
-                                        "paramSize": info.param_size}
-        if info.file_type:
-            model_config["quantization"] = info.file_type
+        traits = categories.resolve(None, None, info)
+        assert traits is not None  # read from the header, which is there
         config = {"descriptor": {"name": name, "version": version,
                                  "family": info.architecture},
-                  "config": model_config,
+                  "config": gguf_model_config(info, traits),
                   "modelfs": {"type": "layers",
                               "diffIds": [str(layer.digest) for layer in layers]}}
         validate(config, "modelpack-config", f"model config of {path}")
         config_desc = home.store.put_bytes(canonical_json(config), oci.MODEL_CONFIG)
         annotations = {oci.ANN_NAME: name, oci.ANN_VERSION: version,
                        "org.simplex.gguf.main": main_rel, "org.simplex.imported-from":
-                       origin or str(path.resolve())}
+                       origin or str(path.resolve()), **traits.annotations()}
         manifest = Manifest(config_desc, tuple(layers), oci.MODEL_ARTIFACT, annotations)
         top = home.store.put_manifest(manifest)
         _set_ref(home, ref, top)

@@ -203,11 +203,12 @@ def entry_from_store(home: Home, top: Descriptor, *, ref: Reference,
                      description: str | None = None, license: str | None = None,
                      tags: tuple[str, ...] = ()) -> IndexEntry:
     """The index line of the artifact ``top`` in the store, published at ``ref``."""
-    from sxpm.artifacts.describe import describe
+    from sxpm.artifacts.describe import describe, model_traits
 
     store = home.store
     obj = store.load_manifest(top)
     info = describe(store, top)
+    traits = model_traits(store, info)
     variants: list[Variant] = []
     deps: dict[tuple[str, str], Dependency] = {}
     manifests: list[Manifest] = []
@@ -248,7 +249,9 @@ def entry_from_store(home: Home, top: Descriptor, *, ref: Reference,
         size=_manifest_size(manifests[0]), deps=tuple(deps.values()), variants=tuple(variants),
         description=description if description is not None else default_desc,
         license=license if license is not None else default_license,
-        tags=tuple(tags) if tags else tuple(default_tags))
+        tags=tuple(tags) if tags else tuple(default_tags),
+        category=traits.category if traits else "",
+        capabilities=traits.capabilities if traits else ())
 
 
 # --- pushing a branch and its pull request ------------------------------------------
@@ -398,12 +401,13 @@ def publish(home: Home, paths: list[Path], *, index_dir: Path, registry: str | N
             kind: str | None = None, name: str | None = None, version: str | None = None,
             variants: list[str] | None = None, description: str | None = None,
             license: str | None = None, tags: tuple[str, ...] = (),
-            options: TransportOptions | None = None, reporter: Reporter = SILENT
+            options: TransportOptions | None = None, reporter: Reporter = SILENT,
+            category: str | None = None, capabilities: tuple[str, ...] = ()
             ) -> PublishResult:
     """Pack ``paths``, push them to ``registry`` and commit the index line on a branch.
 
     Several paths with ``variants`` (one name each) publish one image index, e.g. the
-    quantizations of a model.
+    quantizations of a model. ``category`` and ``capabilities`` are pack's.
     """
     from sxpm.artifacts.pack import pack
     from sxpm.ops.transfer import push
@@ -442,7 +446,7 @@ def publish(home: Home, paths: list[Path], *, index_dir: Path, registry: str | N
     result = None
     for i, path in enumerate(paths):
         result = pack(home, kind, path, ref, variant=variants[i] if variants else None,
-                      version=version)
+                      version=version, category=category, capabilities=capabilities)
     assert result is not None
     entry = entry_from_store(home, result.descriptor, ref=ref.repository_ref,
                              description=description, license=license, tags=tags)

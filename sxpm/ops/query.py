@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sxpm.core.categories import check_category
 from sxpm.index.client import IndexClient
 from sxpm.index.format import CATALOG_FILE, IndexEntry
 from sxpm.index.location import find_index
@@ -38,10 +39,13 @@ class SearchResult:
 
 def search(query: str, *, kind: str | None = None, limit: int | None = 20,
            index: str | None = None, project: Project | None = None, offline: bool = False,
-           insecure: bool = False) -> SearchResult:
-    """Search the index for ``query``: names first, then descriptions and tags."""
+           insecure: bool = False, category: str | None = None) -> SearchResult:
+    """Search the index for ``query``: names first, then descriptions and tags;
+    ``category`` keeps models of that category only."""
+    if category is not None:
+        check_category(category)
     client = open_index(index, project=project, offline=offline, insecure=insecure)
-    hits = client.search(query, kind=kind, limit=limit)
+    hits = client.search(query, kind=kind, limit=limit, category=category)
     has_catalog = bool(hits) or client.read_text(CATALOG_FILE) is not None
     return SearchResult(query, hits, has_catalog)
 

@@ -93,6 +93,7 @@ class Project:
         project = cls(path, data)
         project.requirements()  # parse every requirement now: errors name their key
         project.check_features()
+        project.check_defaults()
         if key and checked:
             checked.remember(key)
         return project
@@ -163,6 +164,21 @@ class Project:
         return {name for table in KIND_BY_TABLE
                 for name, spec in self.data.get(table, {}).items()
                 if isinstance(spec, dict) and spec.get("optional") is True}
+
+    def default_models(self) -> list[str]:
+        """Models marked ``default = true``: each the project's default of its category
+        (the category is the model's own, read where it is installed)."""
+        return [name for name, spec in self.data.get("models", {}).items()
+                if isinstance(spec, dict) and spec.get("default") is True]
+
+    def check_defaults(self) -> None:
+        """``default`` marks models only: an expert or package has no category."""
+        for table in ("experts", "dependencies"):
+            for name, spec in self.data.get(table, {}).items():
+                if isinstance(spec, dict) and "default" in spec:
+                    raise ManifestError(str(self.path), f"{name!r} is not a model: only "
+                                        "models have a default", path=f"$.{table}.{name}",
+                                        hint="remove `default`, or mark a model in [models]")
 
     @property
     def features(self) -> dict[str, list[str]]:
@@ -317,6 +333,7 @@ def _save(project: Project, doc: Any) -> None:
     edited = Project(project.path, data)
     edited.requirements()
     edited.check_features()
+    edited.check_defaults()
     write_atomic(project.path, text.encode())
 
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sxpm.core import categories
+from sxpm.core.categories import Traits
 from sxpm.errors import InputError, ModelNotInstalledError
 from sxpm.home import Home
 from sxpm.installed.records import list_installed
@@ -29,24 +31,34 @@ from sxpm.runner.locate import (
 from sxpm.runner.residency import LoadSpec, ResidencyManager
 from sxpm.runner.session import Session, model_spec
 
-# llama.cpp's enum llama_pooling_type: 0 is none (a generative model).
-POOLING_NONE = 0
-
 
 def model_id(model: ModelFiles, expert: ExpertFiles | None = None) -> str:
     name = f"{model.name}@{model.version}"
     return f"{name}+{expert.name}@{expert.version}" if expert is not None else name
 
 
-def is_embedding(model: ModelFiles) -> bool:
-    pooling = model.header.meta_int("pooling_type")
-    return pooling is not None and pooling != POOLING_NONE
+def traits(model: ModelFiles) -> Traits:
+    """The model's category and capabilities by the one rule (sxpm.core.categories):
+    its install record's, else read from its GGUF header."""
+    if model.traits is not None:
+        return model.traits
+    template = model.extras is not None and model.extras.template is not None
+    found = categories.resolve(None, None, model.header, template=template)
+    assert found is not None  # a header is there: capabilities always follow
+    return found
 
 
 def capabilities(model: ModelFiles) -> list[str]:
-    if is_embedding(model):
-        return ["embedding"]
-    return ["completion", "chat"]
+    return list(traits(model).capabilities)
+
+
+def is_embedding(model: ModelFiles) -> bool:
+    return "embedding" in traits(model).capabilities
+
+
+def generates(model: ModelFiles) -> bool:
+    caps = traits(model).capabilities
+    return "chat" in caps or "completion" in caps
 
 
 @dataclass(frozen=True)

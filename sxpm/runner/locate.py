@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sxpm.core.categories import Traits, from_record
 from sxpm.core.gguf import GGUFHeader, read_header
 from sxpm.core.versions import VersionReq, version_key
 from sxpm.errors import (
@@ -38,7 +39,7 @@ from sxpm.errors import (
     SxpmError,
 )
 from sxpm.home import Home
-from sxpm.installed.records import Installed, check_files, find_installed
+from sxpm.installed.records import Installed, check_files, find_installed, main_gguf
 
 if TYPE_CHECKING:
     from sxpm.core.oci import Descriptor, ImageIndex, Manifest
@@ -48,8 +49,6 @@ if TYPE_CHECKING:
 
 # The OCI modules, the store and the install code load only on the paths that need
 # them: running an installed model by name reads its install record and GGUF header.
-
-ANN_GGUF_MAIN = "org.simplex.gguf.main"
 
 
 @dataclass(frozen=True)
@@ -63,6 +62,8 @@ class ModelFiles:
     header: GGUFHeader
     extras: ModelExtras | None = None  # an Ollama model's template, system, options, adapter
     sha256: str | None = None  # the weights' digest as recorded; None: hashed when asked
+    traits: Traits | None = None  # what the install record (or manifest) declares
+
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "variant": self.variant,
@@ -216,18 +217,6 @@ def _title(layer: Descriptor) -> str:
 # --- models -------------------------------------------------------------------------
 
 
-def _main_gguf_installed(path: Path, record: dict[str, Any]) -> Path:
-    names = [str(n) for n in record.get("files", {}) if str(n).lower().endswith(".gguf")
-             and not str(n).startswith("ollama/")]  # an Ollama model's adapter, projector
-    files: list[Path] = [path / n for n in names if (path / n).is_file()] or sorted(
-        path.rglob("*.gguf"))
-    if not files:
-        raise NotFoundError(f"The installed model at {path} holds no .gguf file",
-                            hint="reinstall it with `sxpm model install REF`")
-    # The largest GGUF is the model, as `sxpm pack` decided when it packed it.
-    return max(files, key=lambda p: p.stat().st_size)
-
-
 def _extras(titles: Any, part: Callable[[str], Path | None], where: str
             ) -> ModelExtras | None:
     """An Ollama model's template, system prompt, options and adapter; None for others."""
@@ -301,7 +290,7 @@ def find_model(home: Home, spec: str, *, variant: str | None = None,
     else:
         item = _newest(found)
     check_files(item)  # a corrupted install is refused before it loads
-    path = _main_gguf_installed(item.path, item.record)
+    path = main_gguf(item.path, item.record)
     header = read_header(path)
 
     files = item.record.get("files", {})
@@ -313,7 +302,7 @@ def find_model(home: Home, spec: str, *, variant: str | None = None,
     digest = files.get(path.relative_to(item.path).as_posix())
     return ModelFiles(item.name, item.version, item.record.get("variant"), path, "installed",
                       item.record.get("ref"), header, _extras(files, part, str(item.path)),
-                      str(digest) if digest else None)
+                      str(digest) if digest else None, from_record(item.record))
 
 
 def _store_tree(home: Home, ref: Reference) -> Any:
@@ -362,6 +351,7 @@ def _choose_variant(home: Home, index: ImageIndex | None, budget: Budget | None,
 
 def _model_from_store(home: Home, ref: Reference, variant: str | None, budget: Budget | None,
                       install: bool, **install_kw: Any) -> ModelFiles:
+    from sxpm.artifacts.describe import model_traits
     from sxpm.core import oci
     from sxpm.ops.install import install as do_install
 
@@ -378,10 +368,7 @@ def _model_from_store(home: Home, ref: Reference, variant: str | None, budget: B
     if info.kind != "model":
         raise InputError(f"{ref} is {info.kind!r}, not a model",
                          hint="run a model; pass an expert with --expert")
-    weights = [layer for layer in info.manifest.layers if layer.media_type == oci.MODEL_WEIGHT]
-    main = info.manifest.annotations.get(ANN_GGUF_MAIN)
-    layer = next((w for w in weights if _title(w) == main), None) or max(
-        weights, key=lambda w: w.size, default=None)
+    layer = info.main_weights()
     if layer is None and any(oci.model_archive(d.media_type) for d in info.manifest.layers):
         # Weights in a tar layer (modctl's default) are files only once unpacked: the
         # installed tree is what runs; the store keeps the archive as it was served.
@@ -405,7 +392,8 @@ def _model_from_store(home: Home, ref: Reference, variant: str | None, budget: B
         return home.store.blob_path(blobs[title]) if title in blobs else None
 
     return ModelFiles(info.name, info.version, info.variant, path, "store", str(ref),
-                      read_header(path), _extras(blobs, part, str(ref)), str(layer.digest))
+                      read_header(path), _extras(blobs, part, str(ref)), str(layer.digest),
+                      model_traits(home.store, info))
 
 
 # --- experts ------------------------------------------------------------------------
@@ -561,7 +549,7 @@ ANN_ADAPTER_ARCH = "org.simplex.adapter.architecture"
 
 def _installed_base(item: Installed) -> tuple[Callable[[], str], GGUFHeader]:
     """An installed model's weights digest (as recorded, else hashed) and GGUF header."""
-    path = _main_gguf_installed(item.path, item.record)
+    path = main_gguf(item.path, item.record)
     digest = item.record.get("files", {}).get(path.relative_to(item.path).as_posix())
     return (lambda: str(digest) if digest else _file_sha256(path)), read_header(path)
 

@@ -42,7 +42,7 @@ from sxpm.errors import (
     QueueFullError,
     SxpmError,
 )
-from sxpm.runner.catalog import Catalog, Target, is_embedding, model_id
+from sxpm.runner.catalog import Catalog, Target, generates, is_embedding, model_id
 from sxpm.runner.chat import text_of
 from sxpm.runner.fallback import Upstream
 from sxpm.runner.residency import ResidencyManager
@@ -291,7 +291,7 @@ class Server:
         Runs in a worker thread; every error here comes before the response starts.
         """
         target = self._target(job, body)
-        if is_embedding(target.model):
+        if not generates(target.model):
             raise InputError(f"{job.model} is an embedding model",
                              hint="POST /v1/embeddings or /api/embed")
         session = target.session

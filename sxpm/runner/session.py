@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sxpm.errors import IncompatibleExpertError, ModelFileError, RunnerError
+from sxpm.errors import IncompatibleExpertError, InputError, ModelFileError, RunnerError
 from sxpm.home import Home
 from sxpm.runner.chat import ChatPrompt, ChatRenderer, model_chat_template
 from sxpm.runner.extras import ModelExtras
@@ -338,15 +338,29 @@ def model_spec(model: ModelFiles, n_ctx: int, n_gpu_layers: int, n_threads: int 
                     n_threads, embedding, memory, loader)
 
 
-def load(name: str, expert: str | None = None, *, variant: str | None = None,
-         home: Home | None = None, install: bool | None = None, n_ctx: int | None = None,
-         n_threads: int | None = None, seed: int = DEFAULT_SEED,
+def load(name: str | None = None, expert: str | None = None, *, category: str | None = None,
+         variant: str | None = None, home: Home | None = None, install: bool | None = None,
+         n_ctx: int | None = None, n_threads: int | None = None, seed: int = DEFAULT_SEED,
          n_gpu_layers: int | None = None, **install_kw: Any) -> Session:
     """Find an installed model (and expert) and return a :class:`Session` (not loaded yet).
 
-    ``install`` None follows ``SXPM_AUTO_INSTALL``; True installs what is missing.
+    The model is ``name``, or with ``category`` (``cognitive``, ``mnemonic``,
+    ``specialist``) the installed default model of that category
+    (:func:`sxpm.runner.defaults.default_model`). ``install`` None follows
+    ``SXPM_AUTO_INSTALL``; True installs what is missing.
     """
     home = home or Home.from_env()
+    if (name is None) == (category is None):
+        raise InputError("Give a model name or a category, not both" if name else
+                         "Give a model name or a category",
+                         hint="sxpm.load('NAME') or sxpm.load(category='mnemonic')")
+    if name is None:
+        assert category is not None
+        # Here, not at the top: it reads the project (references, the lock), which
+        # `sxpm run NAME` never needs on its lean path (tests/test_runner.py).
+        from sxpm.runner.defaults import default_model
+
+        name = default_model(category, home=home)
     install = auto_install_from_env() if install is None else install
     model = find_model(home, name, variant=variant, memory_budget=memory_budget, install=install,
                        **install_kw)
