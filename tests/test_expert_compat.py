@@ -43,6 +43,18 @@ def test_expert_for_base_1_is_refused_on_base_2(cli, home: Path, sample_dir: Pat
     assert "sxpm model install tiny-llama@^1.0" in r.stderr
 
 
+def test_an_expert_installed_before_its_base_says_what_to_install(
+        cli, home: Path, sample_dir: Path, registry_dir: Path) -> None:  # noqa: ANN001
+    _pack(home, sample_dir, registry_dir)
+    ref = f"oci:{registry_dir}/sql-expert:2.1.0"
+    r = cli("expert", "install", ref)
+    assert "installed expert sql-expert 2.1.0 for tiny-llama" in r.stdout
+    assert "note: its base model tiny-llama is not installed" in r.stderr
+    assert "sxpm model install tiny-llama@^1.0" in r.stderr
+    cli("model", "install", f"oci:{registry_dir}/tiny-llama:1.0.0")
+    assert "note:" not in cli("expert", "install", ref).stderr
+
+
 def test_install_without_for_picks_the_installed_base_that_fits(
         cli, home: Path, sample_dir: Path, registry_dir: Path) -> None:  # noqa: ANN001
     _pack(home, sample_dir, registry_dir)

@@ -159,13 +159,17 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
             emit_json({"name": installed.name, "version": installed.version,
                        "path": str(installed.path), **installed.record})
             return
-        base = ""
+        base, missing = "", None
         if kind == "expert":  # which base it was installed for, chosen or given
-            from sxpm.runner.locate import expert_base
+            from sxpm.runner.locate import expert_base, missing_base_hint
 
             base = expert_base(h, installed) or ""
+            # Installing the expert first is fine; `run` checks the base when there is one.
+            missing = missing_base_hint(h, installed)
         click.echo(f"installed {kind} {installed.name} {installed.version}"
                    + (f" for {base}" if base else "") + f" at {installed.path}")
+        if missing:
+            click.echo(f"note: its base model {base} is not installed; {missing}", err=True)
 
     if kind == "expert":
         install_cmd = for_option(install_cmd)

@@ -534,6 +534,25 @@ def expert_base(home: Home, item: Installed) -> str | None:
     return base or (variant if isinstance(variant, str) else None)
 
 
+def missing_base_hint(home: Home, item: Installed) -> str | None:
+    """For an expert tree whose base model is not installed: what to install (the
+    requirement its manifest states); None when the base is there or unnamed."""
+    from sxpm.core import oci
+
+    base = expert_base(home, item)
+    if not base or find_installed(home.root, "model", base):
+        return None
+    req = "*"
+    try:
+        deps = json.loads(_manifest_by_digest(home, str(item.record.get("digest")))
+                          .annotations.get(oci.ANN_DEPENDENCIES) or "[]")
+        req = next((str(d["req"]) for d in deps if isinstance(d, dict) and d.get("req")
+                    and d.get("kind") == "model" and d.get("name") == base), "*")
+    except (SxpmError, ValueError, TypeError):
+        pass
+    return BaseRequirement(base, req).install_hint()
+
+
 def variant_for_base(index: ImageIndex, model_name: str) -> str | None:
     """The variant of a v2 expert index built for ``model_name``, if any."""
     from sxpm.core import oci
