@@ -106,10 +106,20 @@ def stamps_path(tree: Path) -> Path:
     return default_home() / "cache" / "stamps" / key[:2] / f"{key}.json"
 
 
-def save_stamps(tree: Path, titles: list[str]) -> None:
-    """Record what each installed file is now (best effort: without stamps a load
-    trusts the tree, as for trees installed before stamps existed)."""
-    stamps = {t: file_stamp(tree / t) for t in titles if t and (tree / t).is_file()}
+def take_stamps(tree: Path, titles: list[str]) -> dict[str, list[int]]:
+    """What each file of ``tree`` is now. Taken in a tree being built, before it is
+    renamed into place: renaming the directory changes none of them, and another
+    install of the same tree may replace the final one at any moment."""
+    return {t: file_stamp(tree / t) for t in titles if t and (tree / t).is_file()}
+
+
+def save_stamps(tree: Path, titles: list[str],
+                stamps: dict[str, list[int]] | None = None) -> None:
+    """Record what each installed file is (``stamps`` taken before, else now; best
+    effort: without stamps a load trusts the tree, as for trees installed before
+    stamps existed)."""
+    if stamps is None:
+        stamps = take_stamps(tree, titles)
     path = stamps_path(tree)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

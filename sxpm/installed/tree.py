@@ -30,7 +30,13 @@ from sxpm.core.oci import Descriptor
 from sxpm.core.unpack import PathSet, extract_tar, safe_relpath
 from sxpm.errors import ArtifactInputError, ModelFileError, NotFoundError
 from sxpm.home import KINDS
-from sxpm.installed.records import Installed, find_installed, install_dir, save_stamps
+from sxpm.installed.records import (
+    Installed,
+    find_installed,
+    install_dir,
+    save_stamps,
+    take_stamps,
+)
 from sxpm.store.layout import CHUNK, OCILayout
 
 MAX_PACKAGE_MEMBERS = 100_000
@@ -174,6 +180,7 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
         with open(tmp / INSTALL_RECORD, "xb") as out:  # new: never through a link
             out.write(json.dumps(record, indent=2, sort_keys=True).encode())
         os.chmod(tmp, 0o755)
+        stamps = take_stamps(tmp, list(files))
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
             os.replace(dest, old)
@@ -182,7 +189,7 @@ def materialize(store: OCILayout, info: ArtifactInfo, root: Path, ref: str,
         else:
             os.replace(tmp, dest)
         # What each file is now, so a load checks it with one stat (records.py).
-        save_stamps(dest, list(files))
+        save_stamps(dest, list(files), stamps)
     except BaseException:
         _rmtree(tmp)
         if created_parent:  # a refused first install leaves no trace
