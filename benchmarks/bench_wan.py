@@ -44,6 +44,8 @@ from wanproxy import WanProxy  # noqa: E402
 
 MiB = 1024 * 1024
 START, END = "<!-- wan:start -->", "<!-- wan:end -->"
+TOOLS = ("sxpm", "curl", "aria2c", "oras")
+CASES = ("single", "multi", "loopback")
 
 
 def main() -> None:
@@ -56,10 +58,19 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--tools", default=",".join(TOOLS),
+                    help="comma-separated subset of " + ",".join(TOOLS)
+                    + " (curl is always run on loopback, as the reference there)")
+    ap.add_argument("--cases", default=",".join(CASES),
+                    help="comma-separated subset of " + ",".join(CASES))
     args = ap.parse_args()
-    have_oras = subprocess.run([sys.executable, "-c", "import oras.client"],
-                               capture_output=True).returncode == 0
-    have_aria = shutil.which("aria2c") is not None
+    tools = set(args.tools.split(","))
+    chosen = set(args.cases.split(","))
+    if not tools <= set(TOOLS) or not chosen <= set(CASES):
+        ap.error(f"--tools takes {','.join(TOOLS)}; --cases takes {','.join(CASES)}")
+    have_oras = "oras" in tools and subprocess.run(
+        [sys.executable, "-c", "import oras.client"], capture_output=True).returncode == 0
+    have_aria = "aria2c" in tools and shutil.which("aria2c") is not None
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="sxpm-wan-", dir=args.workdir))
     reg = Registry.start(work / "registry")
@@ -102,23 +113,28 @@ def main() -> None:
         single = f"1 x {args.big_mib} MiB, {link}"
         multi = f"{args.layers} x {args.layer_mib} MiB, {link}"
         loop = f"1 x {args.big_mib} MiB, loopback"
+        plan = [(single, "big", proxy.host, "single"), (multi, "layers", proxy.host, "multi"),
+                (loop, "big", reg.host, "loopback")]
         for _ in range(args.runs):
-            for case, repo, host in ((single, "big", proxy.host), (multi, "layers", proxy.host),
-                                     (loop, "big", reg.host)):
+            for case, repo, host, key in plan:
+                if key not in chosen:
+                    continue
                 blob_urls = urls(host, repo)
                 insecure = [] if host == reg.host else ["--insecure"]  # plain HTTP
                 env = sxpm_env(fresh("sxpm"))
                 if host != reg.host:
                     env["SXPM_RANGE_PLAN"] = "measure"
-                add(case, "sxpm", run([sys.executable, "-m", "sxpm", "pull",
-                                       f"{host}/bench/{repo}:1", "-q", *insecure], env)[0])
-                d = fresh("curl")
-                cmd = ["curl", "-sf"]
-                if len(blob_urls) > 1:
-                    cmd += ["--parallel", "--parallel-max", str(len(blob_urls))]
-                for i, url in enumerate(blob_urls):
-                    cmd += ["-o", str(d / f"b{i}"), url]
-                add(case, "curl", run(cmd)[0])
+                if "sxpm" in tools:
+                    add(case, "sxpm", run([sys.executable, "-m", "sxpm", "pull",
+                                           f"{host}/bench/{repo}:1", "-q", *insecure], env)[0])
+                if "curl" in tools or case == loop:
+                    d = fresh("curl")
+                    cmd = ["curl", "-sf"]
+                    if len(blob_urls) > 1:
+                        cmd += ["--parallel", "--parallel-max", str(len(blob_urls))]
+                    for i, url in enumerate(blob_urls):
+                        cmd += ["-o", str(d / f"b{i}"), url]
+                    add(case, "curl", run(cmd)[0])
                 if case == loop:
                     continue
                 if have_aria:
@@ -140,14 +156,17 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     rows = ["| case | tool | wall (s) | MiB/s | vs aria2c (throughput) | vs curl (time) |",
             "| --- | --- | ---: | ---: | ---: | ---: |"]
-    for case, tools in cases.items():
+    for case, runs in cases.items():
         size = args.big_mib if case.startswith("1 x") else args.layers * args.layer_mib
-        walls = {t: statistics.median(w) for t, w in tools.items()}
+        walls = {t: statistics.median(w) for t, w in runs.items()}
         aria = walls.get("aria2c -x16 -s16")
         for tool, wall in walls.items():
             vs_aria = f"{aria / wall:.2f}x" if aria else "-"
+            vs_curl = f"{wall / walls['curl']:.2f}x" if "curl" in walls else "-"
             rows.append(f"| {case} | {tool} | {wall:.2f} | {size / wall:.0f} | {vs_aria} | "
-                        f"{wall / walls['curl']:.2f}x |")
+                        f"{vs_curl} |")
+        if args.runs > 1:
+            print(case, {t: [round(x, 2) for x in w] for t, w in runs.items()})
     table = "\n".join(rows)
     print(table)
     load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"

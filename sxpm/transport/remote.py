@@ -181,6 +181,7 @@ def _reader(resp: requests.Response, guard: RateGuard) -> Callable[[memoryview],
             and not getattr(raw._fp, "chunked", True):
         left = int(length)
         readinto1 = fp.readinto1
+        response: Any = raw._fp  # http.client's response, which owns ``fp``
 
         def direct(view: memoryview) -> int:
             nonlocal left
@@ -189,6 +190,14 @@ def _reader(resp: requests.Response, guard: RateGuard) -> Callable[[memoryview],
             n: int = readinto1(view[:left] if len(view) > left else view)
             left -= n
             guard.add(n)
+            if left == 0:
+                # The body is read whole around urllib3, which would otherwise close the
+                # connection as unfinished: hand it back to the pool instead (closing
+                # http.client's reader first, so that the next request may use it). A
+                # new connection per range costs a TCP (and TLS) handshake and a slow
+                # start over a real link.
+                response.close()
+                raw.release_conn()
             return n
 
         return direct
