@@ -78,6 +78,7 @@ def main() -> None:
     # (SXPM_RANGE_PLAN=measure, as for a tunnel) instead of taking it for next door.
     proxy = WanProxy(reg.host, latency_s=args.latency_ms / 1000, rate=args.rate_mib * MiB)
     cases: dict[str, dict[str, list[float]]] = {}
+    peaks: dict[str, dict[str, list[float]]] = {}  # peak RSS (MiB) per case and tool
     try:
         data = work / "data"
         data.mkdir()
@@ -106,8 +107,9 @@ def main() -> None:
             path.mkdir(parents=True)
             return path
 
-        def add(case: str, tool: str, wall: float) -> None:
-            cases.setdefault(case, {}).setdefault(tool, []).append(wall)
+        def add(case: str, tool: str, measured: tuple[float, float]) -> None:
+            cases.setdefault(case, {}).setdefault(tool, []).append(measured[0])
+            peaks.setdefault(case, {}).setdefault(tool, []).append(measured[1])
 
         link = f"{args.latency_ms:g} ms, {args.rate_mib:g} MiB/s per connection"
         single = f"1 x {args.big_mib} MiB, {link}"
@@ -126,7 +128,7 @@ def main() -> None:
                     env["SXPM_RANGE_PLAN"] = "measure"
                 if "sxpm" in tools:
                     add(case, "sxpm", run([sys.executable, "-m", "sxpm", "pull",
-                                           f"{host}/bench/{repo}:1", "-q", *insecure], env)[0])
+                                           f"{host}/bench/{repo}:1", "-q", *insecure], env))
                 if "curl" in tools or case == loop:
                     d = fresh("curl")
                     cmd = ["curl", "-sf"]
@@ -134,7 +136,7 @@ def main() -> None:
                         cmd += ["--parallel", "--parallel-max", str(len(blob_urls))]
                     for i, url in enumerate(blob_urls):
                         cmd += ["-o", str(d / f"b{i}"), url]
-                    add(case, "curl", run(cmd)[0])
+                    add(case, "curl", run(cmd))
                 if case == loop:
                     continue
                 if have_aria:
@@ -145,17 +147,17 @@ def main() -> None:
                     add(case, "aria2c -x16 -s16", run(
                         ["aria2c", "-q", "-x16", "-s16", "-k1M", "-j", str(len(blob_urls)),
                          "--file-allocation=none", "--allow-overwrite=true", "-d", str(d),
-                         "-i", str(listing)])[0])
+                         "-i", str(listing)]))
                 if have_oras:
                     add(case, "oras", run([sys.executable, "-c", ORAS_PULL, host,
                                            f"{host}/bench/{repo}:1", str(fresh("oras"))],
-                                          python_env())[0])
+                                          python_env()))
     finally:
         proxy.close()
         reg.stop()
         shutil.rmtree(work, ignore_errors=True)
-    rows = ["| case | tool | wall (s) | MiB/s | vs aria2c (throughput) | vs curl (time) |",
-            "| --- | --- | ---: | ---: | ---: | ---: |"]
+    rows = ["| case | tool | wall (s) | MiB/s | vs aria2c (throughput) | vs curl (time) "
+            "| peak RSS (MiB) |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for case, runs in cases.items():
         size = args.big_mib if case.startswith("1 x") else args.layers * args.layer_mib
         walls = {t: statistics.median(w) for t, w in runs.items()}
@@ -163,8 +165,9 @@ def main() -> None:
         for tool, wall in walls.items():
             vs_aria = f"{aria / wall:.2f}x" if aria else "-"
             vs_curl = f"{wall / walls['curl']:.2f}x" if "curl" in walls else "-"
+            rss = max(peaks[case][tool])
             rows.append(f"| {case} | {tool} | {wall:.2f} | {size / wall:.0f} | {vs_aria} | "
-                        f"{vs_curl} |")
+                        f"{vs_curl} | {rss:.0f} |")
         if args.runs > 1:
             print(case, {t: [round(x, 2) for x in w] for t, w in runs.items()})
     table = "\n".join(rows)
