@@ -138,6 +138,22 @@ def test_a_far_link_starts_every_stream_without_waiting_for_the_probe() -> None:
     assert max(b - a for a, b in link.got) <= ranges.LANE_BUFFERS * ranges.BUFFER
 
 
+def test_a_round_trip_seen_before_the_pull_starts_every_stream_at_once() -> None:
+    # The manifest's and config's answers took 50 ms: the pull does not wait for its
+    # own first answer to know the link is far (this one answers at once).
+    link = Link(20 * MiB, 1024 * MiB, 0.0)
+    progress = Count()
+    run = RangedPull([(0, 64 * MiB)], link.fetch, lambda buffers: None, progress,  # type: ignore[arg-type,return-value]
+                     fixed=None, piece=64 * MiB, round_trip_s=0.05)
+    run.run()
+    assert not run.errors and progress.n == 64 * MiB
+    assert run.far and link.peak > 1, run.plan
+    near = RangedPull([(0, 64 * MiB)], link.fetch, lambda buffers: None, Count(),  # type: ignore[arg-type,return-value]
+                      fixed=None, piece=64 * MiB, round_trip_s=0.001)
+    near.run()
+    assert not near.far
+
+
 def test_a_pull_takes_up_streams_released_by_another() -> None:
     # Another pull holds all but one of the process's streams; once it lets them go,
     # this pull's remaining pieces run on them.

@@ -8,7 +8,9 @@ constants:
 
 1. The first piece (``PROBE`` bytes) is asked for on one stream, and the time until
    its answer starts (the fetch reports it as a zero-byte update) is the round trip.
-2. A round trip of ``FAR_RTT`` or more is a far link, where one stream is held back
+2. A round trip of ``FAR_RTT`` or more (the host's answers before the pull, the
+   manifest's and the config's, already show it; else the probe's does) is a far
+   link, where one stream is held back
    (its window per round trip, a cap per connection): the other streams start at
    once, without waiting for the probe, whose 8 MiB would otherwise cost a far link
    0.4 s of one stream at 20 MiB/s. Their pieces are one lane long and taken in
@@ -247,7 +249,8 @@ class RangedPull:
 
     def __init__(self, missing: list[tuple[int, int]], fetch: Fetch,
                  new_lane: Callable[[int], Lane], progress: Progress, *,
-                 fixed: int | None, piece: int, max_streams: int = MAX_STREAMS) -> None:
+                 fixed: int | None, piece: int, max_streams: int = MAX_STREAMS,
+                 round_trip_s: float | None = None) -> None:
         self.missing = missing
         self.fetch = fetch
         self.new_lane = new_lane
@@ -267,6 +270,9 @@ class RangedPull:
         """Streams allowed to take another piece; lowered when more did not pay."""
         self.far = False
         """The first answer took ``FAR_RTT`` or more: all streams started at once."""
+        self.round_trip_s = round_trip_s
+        """The fastest answer of this host before the pull (the manifest's, the
+        config's): ``FAR_RTT`` or more and the streams start without waiting for one."""
         self.plan: list[tuple[int, float]] = []
         """(streams, aggregate bytes/s) at each ramp step, for benchmarks and tests."""
         self.started_at = time.monotonic()
@@ -388,8 +394,9 @@ class RangedPull:
         remaining = sum(y - x for x, y in rest)
         started = self.started_at = time.monotonic()
         self._start(1)
-        if remaining >= 2 * MIN_PIECE and not self.counter.answered.wait(FAR_RTT) \
-                and not self.stop.is_set():
+        known_far = self.round_trip_s is not None and self.round_trip_s >= FAR_RTT
+        if remaining >= 2 * MIN_PIECE and not self.stop.is_set() and (
+                known_far or not self.counter.answered.wait(FAR_RTT)):
             # A far link: every stream now, on pieces of one lane (8 MiB) taken in
             # offset order. The streams then stay within their lanes' reach of the hash,
             # which runs beside the transfer; an even share per stream (one request
