@@ -184,9 +184,9 @@ A shaping proxy (benchmarks/wanproxy.py, listening on {where}) in front of Debia
 docker-registry on loopback adds {args.latency_ms:g} ms to every request and caps
 every connection at {args.rate_mib:g} MiB/s, the way CDNs and object-store-backed registries cap one
 connection. Each tool pulls the same blobs through it, one after the other, in one
-run ({args.runs} run(s), median): sxpm (`sxpm pull`), curl (one stream per blob),
-`aria2c -x16 -s16` and the oras Python client; then sxpm and curl pull the large
-blob straight from the registry. Measured sizes: 1 x {args.big_mib} MiB and
+run ({args.runs} run(s), median; peak RSS the largest): sxpm (`sxpm pull`), curl
+(one stream per blob), `aria2c -x16 -s16` and the oras Python client; then sxpm and
+curl pull the large blob straight from the registry. Measured sizes: 1 x {args.big_mib} MiB and
 {args.layers} x {args.layer_mib} MiB, on {os.cpu_count()} CPUs shared with other
 work ({load}; {platform.python_implementation()} {platform.python_version()}); the
 issue's sizes (1 GiB, 8 x 128 MiB) are the defaults.
@@ -195,19 +195,22 @@ time on loopback.
 
 {table}
 
-sxpm plans its streams from what each large blob's first request shows
-(sxpm/transport/ranges.py). An answer that takes 30 ms or more to start is a far
-link: all 16 streams (the process's ceiling, as aria2c's -x16) start at once, on
-8 MiB pieces taken in offset order, so the bytes arrive close enough together to be
-hashed from memory while they come. A nearer registry first sends an 8 MiB probe on
-one stream; its first byte and rate size the pieces (about 40 round trips long,
-4-64 MiB), and then 16 streams run for one window and stay only if the aggregate
-rate grew with them, else come down to aggregate / per-stream rate. A first byte
-under 5 ms with a stream over 64 MiB/s, or a probe over 512 MiB/s (a LAN), keeps one
-stream; a loopback registry is not measured at all: one request, no probe.
+sxpm plans its streams from what the link shows (sxpm/transport/ranges.py). A host
+whose answers take 30 ms or more (the manifest's and the config's already show it,
+else the blob's first range) is a far link: all 16 streams of a pull (aria2c's -x16)
+start at once, on 8 MiB pieces taken in offset order, each stream asking for its next
+piece on the connection it has, so the bytes arrive close enough together to be
+hashed from memory while they come; what runs ahead of the hash is written, released
+and read back around the page cache, between the buffers of the other streams. Eight
+large layers at once would want 16 streams each: the process starts at 16 in all and
+adds 16 more while the aggregate rate grows by at least half of what they would bring
+(a link that caps each connection), else takes them back. A nearer registry first
+sends an 8 MiB probe on one stream; its first byte and rate size the pieces (about 40
+round trips long, 4-64 MiB), then 16 streams run for one window and stay only if the
+aggregate rate grew with them. A LAN keeps one stream; a loopback registry is not
+measured at all: one request, no probe.
 The machine is shared: the proxy, the registry and each client compete for the
-same 2 CPUs, so absolute rates are those of this box at that moment, and the table
-is one run of each tool.
+same 2 CPUs, so absolute rates are those of this box at that moment.
 {END}"""
     print(f"wrote {replace_block(START, END, block)}")
 
