@@ -173,9 +173,13 @@ def test_a_pull_takes_up_streams_released_by_another() -> None:
     assert link.peak >= 8
 
 
-def _pulls(link: Link, count: int, size: int) -> None:
+def _pulls(monkeypatch: pytest.MonkeyPatch, link: Link, count: int,
+           size: int) -> ranges._Budget:
     """``count`` pulls of ``size`` bytes at once on one link, as eight layers of one
-    artifact; each gets every byte of its blob."""
+    artifact, with the process's streams counted afresh; each gets every byte of its
+    blob. The streams' budget, once they are done."""
+    budget = ranges._Budget()
+    monkeypatch.setattr(ranges, "_budget", budget)
     progress = [Count() for _ in range(count)]
     runs = [RangedPull([(0, size)], link.fetch, lambda buffers: None, p,  # type: ignore[arg-type,return-value]
                        fixed=None, piece=64 * MiB) for p in progress]
@@ -187,29 +191,25 @@ def _pulls(link: Link, count: int, size: int) -> None:
     assert all(not run.errors for run in runs)
     assert [p.n for p in progress] == [size] * count
     assert sum(b - a for a, b in link.got) == count * size
+    assert budget.used == 0 and budget.running == 0
+    return budget
 
 
 def test_several_blobs_on_a_capped_link_take_more_streams(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # 20 MiB/s per connection and plenty in all: with four blobs waiting for streams,
     # the process goes past one blob's sixteen because the aggregate rate grows.
-    budget = ranges._Budget()
-    monkeypatch.setattr(ranges, "_budget", budget)
     link = Link(20 * MiB, 4096 * MiB, 0.08)
-    _pulls(link, 4, 256 * MiB)
+    budget = _pulls(monkeypatch, link, 4, 256 * MiB)
     assert budget.ceiling > ranges.MAX_STREAMS
     assert link.peak > ranges.MAX_STREAMS
     assert link.peak <= ranges.STREAMS_LIMIT + 4  # the budget's, and each pull's first
-    assert budget.used == 0 and budget.running == 0
 
 
 def test_several_blobs_on_a_full_link_keep_sixteen_streams(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # 320 MiB/s in all, which sixteen streams fill: the step up does not pay and is
     # taken back, and every blob still completes.
-    budget = ranges._Budget()
-    monkeypatch.setattr(ranges, "_budget", budget)
     link = Link(20 * MiB, 320 * MiB, 0.08)
-    _pulls(link, 4, 256 * MiB)
+    budget = _pulls(monkeypatch, link, 4, 256 * MiB)
     assert budget.settled and budget.ceiling == ranges.MAX_STREAMS
-    assert budget.used == 0 and budget.running == 0
