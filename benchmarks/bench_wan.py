@@ -44,6 +44,8 @@ from wanproxy import WanProxy  # noqa: E402
 
 MiB = 1024 * 1024
 START, END = "<!-- wan:start -->", "<!-- wan:end -->"
+TOOLS = ("sxpm", "curl", "aria2c", "oras")
+CASES = ("single", "multi", "loopback")
 
 
 def main() -> None:
@@ -56,10 +58,19 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--tools", default=",".join(TOOLS),
+                    help="comma-separated subset of " + ",".join(TOOLS)
+                    + " (curl is always run on loopback, as the reference there)")
+    ap.add_argument("--cases", default=",".join(CASES),
+                    help="comma-separated subset of " + ",".join(CASES))
     args = ap.parse_args()
-    have_oras = subprocess.run([sys.executable, "-c", "import oras.client"],
-                               capture_output=True).returncode == 0
-    have_aria = shutil.which("aria2c") is not None
+    tools = set(args.tools.split(","))
+    chosen = set(args.cases.split(","))
+    if not tools <= set(TOOLS) or not chosen <= set(CASES):
+        ap.error(f"--tools takes {','.join(TOOLS)}; --cases takes {','.join(CASES)}")
+    have_oras = "oras" in tools and subprocess.run(
+        [sys.executable, "-c", "import oras.client"], capture_output=True).returncode == 0
+    have_aria = "aria2c" in tools and shutil.which("aria2c") is not None
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="sxpm-wan-", dir=args.workdir))
     reg = Registry.start(work / "registry")
@@ -67,6 +78,7 @@ def main() -> None:
     # (SXPM_RANGE_PLAN=measure, as for a tunnel) instead of taking it for next door.
     proxy = WanProxy(reg.host, latency_s=args.latency_ms / 1000, rate=args.rate_mib * MiB)
     cases: dict[str, dict[str, list[float]]] = {}
+    peaks: dict[str, dict[str, list[float]]] = {}  # peak RSS (MiB) per case and tool
     try:
         data = work / "data"
         data.mkdir()
@@ -95,30 +107,36 @@ def main() -> None:
             path.mkdir(parents=True)
             return path
 
-        def add(case: str, tool: str, wall: float) -> None:
-            cases.setdefault(case, {}).setdefault(tool, []).append(wall)
+        def add(case: str, tool: str, measured: tuple[float, float]) -> None:
+            cases.setdefault(case, {}).setdefault(tool, []).append(measured[0])
+            peaks.setdefault(case, {}).setdefault(tool, []).append(measured[1])
 
         link = f"{args.latency_ms:g} ms, {args.rate_mib:g} MiB/s per connection"
         single = f"1 x {args.big_mib} MiB, {link}"
         multi = f"{args.layers} x {args.layer_mib} MiB, {link}"
         loop = f"1 x {args.big_mib} MiB, loopback"
+        plan = [(single, "big", proxy.host, "single"), (multi, "layers", proxy.host, "multi"),
+                (loop, "big", reg.host, "loopback")]
         for _ in range(args.runs):
-            for case, repo, host in ((single, "big", proxy.host), (multi, "layers", proxy.host),
-                                     (loop, "big", reg.host)):
+            for case, repo, host, key in plan:
+                if key not in chosen:
+                    continue
                 blob_urls = urls(host, repo)
                 insecure = [] if host == reg.host else ["--insecure"]  # plain HTTP
                 env = sxpm_env(fresh("sxpm"))
                 if host != reg.host:
                     env["SXPM_RANGE_PLAN"] = "measure"
-                add(case, "sxpm", run([sys.executable, "-m", "sxpm", "pull",
-                                       f"{host}/bench/{repo}:1", "-q", *insecure], env)[0])
-                d = fresh("curl")
-                cmd = ["curl", "-sf"]
-                if len(blob_urls) > 1:
-                    cmd += ["--parallel", "--parallel-max", str(len(blob_urls))]
-                for i, url in enumerate(blob_urls):
-                    cmd += ["-o", str(d / f"b{i}"), url]
-                add(case, "curl", run(cmd)[0])
+                if "sxpm" in tools:
+                    add(case, "sxpm", run([sys.executable, "-m", "sxpm", "pull",
+                                           f"{host}/bench/{repo}:1", "-q", *insecure], env))
+                if "curl" in tools or case == loop:
+                    d = fresh("curl")
+                    cmd = ["curl", "-sf"]
+                    if len(blob_urls) > 1:
+                        cmd += ["--parallel", "--parallel-max", str(len(blob_urls))]
+                    for i, url in enumerate(blob_urls):
+                        cmd += ["-o", str(d / f"b{i}"), url]
+                    add(case, "curl", run(cmd))
                 if case == loop:
                     continue
                 if have_aria:
@@ -129,25 +147,29 @@ def main() -> None:
                     add(case, "aria2c -x16 -s16", run(
                         ["aria2c", "-q", "-x16", "-s16", "-k1M", "-j", str(len(blob_urls)),
                          "--file-allocation=none", "--allow-overwrite=true", "-d", str(d),
-                         "-i", str(listing)])[0])
+                         "-i", str(listing)]))
                 if have_oras:
                     add(case, "oras", run([sys.executable, "-c", ORAS_PULL, host,
                                            f"{host}/bench/{repo}:1", str(fresh("oras"))],
-                                          python_env())[0])
+                                          python_env()))
     finally:
         proxy.close()
         reg.stop()
         shutil.rmtree(work, ignore_errors=True)
-    rows = ["| case | tool | wall (s) | MiB/s | vs aria2c (throughput) | vs curl (time) |",
-            "| --- | --- | ---: | ---: | ---: | ---: |"]
-    for case, tools in cases.items():
+    rows = ["| case | tool | wall (s) | MiB/s | vs aria2c (throughput) | vs curl (time) "
+            "| peak RSS (MiB) |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for case, runs in cases.items():
         size = args.big_mib if case.startswith("1 x") else args.layers * args.layer_mib
-        walls = {t: statistics.median(w) for t, w in tools.items()}
+        walls = {t: statistics.median(w) for t, w in runs.items()}
         aria = walls.get("aria2c -x16 -s16")
         for tool, wall in walls.items():
             vs_aria = f"{aria / wall:.2f}x" if aria else "-"
+            vs_curl = f"{wall / walls['curl']:.2f}x" if "curl" in walls else "-"
+            rss = max(peaks[case][tool])
             rows.append(f"| {case} | {tool} | {wall:.2f} | {size / wall:.0f} | {vs_aria} | "
-                        f"{wall / walls['curl']:.2f}x |")
+                        f"{vs_curl} | {rss:.0f} |")
+        if args.runs > 1:
+            print(case, {t: [round(x, 2) for x in w] for t, w in runs.items()})
     table = "\n".join(rows)
     print(table)
     load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
@@ -162,9 +184,9 @@ A shaping proxy (benchmarks/wanproxy.py, listening on {where}) in front of Debia
 docker-registry on loopback adds {args.latency_ms:g} ms to every request and caps
 every connection at {args.rate_mib:g} MiB/s, the way CDNs and object-store-backed registries cap one
 connection. Each tool pulls the same blobs through it, one after the other, in one
-run ({args.runs} run(s), median): sxpm (`sxpm pull`), curl (one stream per blob),
-`aria2c -x16 -s16` and the oras Python client; then sxpm and curl pull the large
-blob straight from the registry. Measured sizes: 1 x {args.big_mib} MiB and
+run ({args.runs} run(s), median; peak RSS the largest): sxpm (`sxpm pull`), curl
+(one stream per blob), `aria2c -x16 -s16` and the oras Python client; then sxpm and
+curl pull the large blob straight from the registry. Measured sizes: 1 x {args.big_mib} MiB and
 {args.layers} x {args.layer_mib} MiB, on {os.cpu_count()} CPUs shared with other
 work ({load}; {platform.python_implementation()} {platform.python_version()}); the
 issue's sizes (1 GiB, 8 x 128 MiB) are the defaults.
@@ -173,19 +195,22 @@ time on loopback.
 
 {table}
 
-sxpm plans its streams from what each large blob's first request shows
-(sxpm/transport/ranges.py). An answer that takes 30 ms or more to start is a far
-link: all 16 streams (the process's ceiling, as aria2c's -x16) start at once, on
-8 MiB pieces taken in offset order, so the bytes arrive close enough together to be
-hashed from memory while they come. A nearer registry first sends an 8 MiB probe on
-one stream; its first byte and rate size the pieces (about 40 round trips long,
-4-64 MiB), and then 16 streams run for one window and stay only if the aggregate
-rate grew with them, else come down to aggregate / per-stream rate. A first byte
-under 5 ms with a stream over 64 MiB/s, or a probe over 512 MiB/s (a LAN), keeps one
-stream; a loopback registry is not measured at all: one request, no probe.
+sxpm plans its streams from what the link shows (sxpm/transport/ranges.py). A host
+whose answers take 30 ms or more (the manifest's and the config's already show it,
+else the blob's first range) is a far link: all 16 streams of a pull (aria2c's -x16)
+start at once, on 8 MiB pieces taken in offset order, each stream asking for its next
+piece on the connection it has, so the bytes arrive close enough together to be
+hashed from memory while they come; what runs ahead of the hash is written, released
+and read back around the page cache, between the buffers of the other streams. Eight
+large layers at once would want 16 streams each: the process starts at 16 in all and
+adds 16 more while the aggregate rate grows by at least half of what they would bring
+(a link that caps each connection), else takes them back. A nearer registry first
+sends an 8 MiB probe on one stream; its first byte and rate size the pieces (about 40
+round trips long, 4-64 MiB), then 16 streams run for one window and stay only if the
+aggregate rate grew with them. A LAN keeps one stream; a loopback registry is not
+measured at all: one request, no probe.
 The machine is shared: the proxy, the registry and each client compete for the
-same 2 CPUs, so absolute rates are those of this box at that moment, and the table
-is one run of each tool.
+same 2 CPUs, so absolute rates are those of this box at that moment.
 {END}"""
     print(f"wrote {replace_block(START, END, block)}")
 

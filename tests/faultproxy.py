@@ -52,11 +52,18 @@ class FaultProxy:
         self.sent: dict[str, int] = {}
         self.gets: dict[str, int] = {}  # GETs forwarded with a body, per path
         self.rate: float | None = None  # bytes per second, all bodies
+        self.connections = 0
+        """Connections accepted from clients (requests on a kept connection share one)."""
         self.lock = threading.Lock()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with proxy.lock:
+                    proxy.connections += 1
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -88,6 +95,7 @@ class FaultProxy:
             self.sent.clear()
             self.gets.clear()
             self.rate = None
+            self.connections = 0
 
     def bytes_sent(self, pattern: str = "") -> int:
         with self.lock:

@@ -218,3 +218,83 @@ def test_direct_writes_refused_after_open_fall_back_to_the_page_cache(
         assert refused == [0] and w._dfd == -1  # asked once, then never again
         w.commit()
     assert layout.blob_path(desc.digest).read_bytes() == data
+
+
+def test_a_stream_ahead_gets_its_buffers_back_while_the_hash_catches_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hash reading a long range back from disk takes what the other streams wrote
+    meanwhile, between buffers: a stream ahead of it gets its buffers back to receive
+    into instead of waiting for the whole catch-up."""
+    import threading
+
+    from sxpm.store.layout import BlobWriter, OCILayout
+    from sxpm.store.sink import BUFFER
+
+    layout = OCILayout(tmp_path / "store")
+    data = os.urandom(12 * MiB)
+    desc = _desc(data)
+    with layout.writer(desc) as w:  # an earlier attempt left [2, 6 MiB) on disk
+        w.open_ranges()
+        w.write_at(2 * MiB, data[2 * MiB:6 * MiB])
+        w.complete(2 * MiB, 6 * MiB)
+        w.abort(keep_partial=True)
+    events: list[str] = []
+    reading, got_back = threading.Event(), threading.Event()
+    real = BlobWriter.hash_upto
+
+    def reading_back(self: BlobWriter, n: int) -> None:
+        if not reading.is_set():  # the catch-up's start: once the stream's two wait
+            reading.set()
+            while sink._to_hash.qsize() < 2:
+                threading.Event().wait(0.01)
+        else:  # later in the catch-up: not before the stream had a buffer back
+            got_back.wait(30)
+        real(self, n)
+        events.append(f"read to {n // MiB} MiB")
+
+    monkeypatch.setattr(BlobWriter, "hash_upto", reading_back)
+    with layout.writer(desc) as w:
+        assert w.open_ranges() == [(0, 2 * MiB), (6 * MiB, 12 * MiB)]
+        with w.sink() as sink:
+            ahead = sink.lane(2)
+
+            def stream() -> None:
+                reading.wait(30)
+                for offset in (8 * MiB, 10 * MiB):
+                    buf = ahead.buffer()
+                    buf[:BUFFER] = data[offset:offset + BUFFER]
+                    sink.submit(ahead, buf, offset, BUFFER)
+                buf = ahead.buffer()  # the third: only once the hash let one go
+                events.append("buffer back")
+                got_back.set()
+                ahead.release(buf)
+
+            thread = threading.Thread(target=stream)
+            thread.start()
+            behind = sink.lane(2)
+            _receive(sink, behind, data, 0, 2 * MiB)  # hashed, then [2, 6 MiB) read back
+            thread.join(60)
+            _receive(sink, behind, data, 6 * MiB, 8 * MiB)
+        assert events.index("buffer back") < events.index("read to 6 MiB"), events
+        w.commit()
+    assert layout.blob_path(desc.digest).read_bytes() == data
+
+
+def test_read_direct_passes_exactly_the_range(tmp_path: Path) -> None:
+    """Ranges released ahead of the hash are read back around the page cache, in whole
+    blocks: the bytes passed are those of the range, whatever its end."""
+    from sxpm.store.sink import open_direct, read_direct
+
+    path = tmp_path / "blob"
+    data = os.urandom(5 * MiB + 123)
+    path.write_bytes(data)
+    if not _direct_io_works(tmp_path / "probe"):
+        pytest.skip("no direct I/O on this file system")
+    fd = open_direct(path)
+    try:
+        for start, end in ((0, len(data)), (4096, len(data) - 7), (2 * MiB, 2 * MiB + 1)):
+            got = bytearray()
+            assert read_direct(fd, start, end, got.extend) == end
+            assert bytes(got) == data[start:end]
+    finally:
+        os.close(fd)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from sxpm.transport import ranges
 from sxpm.transport.ranges import LinkSample, RangedPull, keep_growing, piece_size
 
@@ -136,11 +138,31 @@ def test_a_far_link_starts_every_stream_without_waiting_for_the_probe() -> None:
     assert max(b - a for a, b in link.got) <= ranges.LANE_BUFFERS * ranges.BUFFER
 
 
+def test_a_round_trip_seen_before_the_pull_starts_every_stream_at_once() -> None:
+    # The manifest's and config's answers took 50 ms: the pull does not wait for its
+    # own first answer to know the link is far (this one answers at once).
+    link = Link(20 * MiB, 1024 * MiB, 0.0)
+    progress = Count()
+    run = RangedPull([(0, 64 * MiB)], link.fetch, lambda buffers: None, progress,  # type: ignore[arg-type,return-value]
+                     fixed=None, piece=64 * MiB, round_trip_s=0.05)
+    run.run()
+    assert not run.errors and progress.n == 64 * MiB
+    assert run.far and link.peak > 1, run.plan
+    near = RangedPull([(0, 64 * MiB)], link.fetch, lambda buffers: None, Count(),  # type: ignore[arg-type,return-value]
+                      fixed=None, piece=64 * MiB, round_trip_s=0.001)
+    near.run()
+    assert not near.far
+
+
 def test_a_pull_takes_up_streams_released_by_another() -> None:
     # Another pull holds all but one of the process's streams; once it lets them go,
     # this pull's remaining pieces run on them.
-    held = [ranges._budget.acquire(blocking=False) for _ in range(ranges.MAX_STREAMS - 1)]
-    assert all(held)
+    held = []
+    while ranges._budget.acquire(blocking=False):  # every stream the process has now
+        held.append(True)
+    assert len(held) >= ranges.MAX_STREAMS
+    ranges._budget.release()  # but one
+    held.pop()
     timer = threading.Timer(0.3, lambda: [ranges._budget.release() for _ in held])
     timer.start()
     try:
@@ -149,3 +171,45 @@ def test_a_pull_takes_up_streams_released_by_another() -> None:
     finally:
         timer.join()
     assert link.peak >= 8
+
+
+def _pulls(monkeypatch: pytest.MonkeyPatch, link: Link, count: int,
+           size: int) -> ranges._Budget:
+    """``count`` pulls of ``size`` bytes at once on one link, as eight layers of one
+    artifact, with the process's streams counted afresh; each gets every byte of its
+    blob. The streams' budget, once they are done."""
+    budget = ranges._Budget()
+    monkeypatch.setattr(ranges, "_budget", budget)
+    progress = [Count() for _ in range(count)]
+    runs = [RangedPull([(0, size)], link.fetch, lambda buffers: None, p,  # type: ignore[arg-type,return-value]
+                       fixed=None, piece=64 * MiB) for p in progress]
+    threads = [threading.Thread(target=run.run) for run in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(not run.errors for run in runs)
+    assert [p.n for p in progress] == [size] * count
+    assert sum(b - a for a, b in link.got) == count * size
+    assert budget.used == 0 and budget.running == 0
+    return budget
+
+
+def test_several_blobs_on_a_capped_link_take_more_streams(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 20 MiB/s per connection and plenty in all: with four blobs waiting for streams,
+    # the process goes past one blob's sixteen because the aggregate rate grows.
+    link = Link(20 * MiB, 4096 * MiB, 0.08)
+    budget = _pulls(monkeypatch, link, 4, 256 * MiB)
+    assert budget.ceiling > ranges.MAX_STREAMS
+    assert link.peak > ranges.MAX_STREAMS
+    assert link.peak <= ranges.STREAMS_LIMIT + 4  # the budget's, and each pull's first
+
+
+def test_several_blobs_on_a_full_link_keep_sixteen_streams(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 320 MiB/s in all, which sixteen streams fill: the step up does not pay and is
+    # taken back, and every blob still completes.
+    link = Link(20 * MiB, 320 * MiB, 0.08)
+    budget = _pulls(monkeypatch, link, 4, 256 * MiB)
+    assert budget.settled and budget.ceiling == ranges.MAX_STREAMS

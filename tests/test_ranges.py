@@ -202,6 +202,23 @@ def test_ranged_pull_fetches_parallel_ranges(cli, cli2, oci_registry,  # noqa: A
 
 
 @pytest.mark.registry
+def test_ranged_pull_keeps_its_connections(cli, cli2, oci_registry,  # noqa: ANN001
+                                          fault_proxy) -> None:  # noqa: ANN001
+    # Twelve ranges on two streams: each stream asks for its next range on the
+    # connection it has, as a new one costs a TCP (and TLS) handshake over a real link.
+    size = 48 * MiB
+    data, digest = _publish(cli, oci_registry, "r1/kept", size)
+    fault_proxy.clear()
+    cli2("pull", f"{fault_proxy.host}/r1/kept:1", "--json", env=RANGED_ENV)
+    assert len(_blob_gets(fault_proxy, digest)) == size // (4 * MiB)
+    # The manifest's and config's connection is reused by a stream; one more at most
+    # where a stream starts before that connection is back in the pool.
+    assert fault_proxy.connections <= 3, fault_proxy.connections
+    blob = cli2.home / "store" / "blobs" / "sha256" / digest.split(":")[1]
+    assert blob.read_bytes() == data
+
+
+@pytest.mark.registry
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_interrupted_ranged_pull_fetches_only_the_missing_ranges(  # noqa: ANN001
         sig: int, cli, cli2, oci_registry, fault_proxy) -> None:  # noqa: ANN001

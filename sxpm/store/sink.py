@@ -15,8 +15,10 @@ descriptor of the same file. ``SXPM_NO_DIRECT=1`` turns direct writes off.
 Several receivers (the streams of a ranged fetch) each take a :class:`Lane` of
 buffers. Bytes that arrive ahead of the hash wait in memory while their lane has a
 buffer left to receive with; past that they are released once written, and the
-hash reads them back from disk when it gets there. A stream therefore never waits
-for another, and memory stays bounded by the lanes' buffers.
+hash reads them back from disk when it gets there (around the page cache too, where
+they were written around it). A catch-up (many held buffers, or a range read back)
+takes in what the streams wrote meanwhile between buffers, so a stream never waits
+for another, or for the hash, and memory stays bounded by the lanes' buffers.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ _Item = tuple["Lane", mmap.mmap, int, int]  # lane, buffer, offset, length
 
 
 def open_direct(path: Path | str) -> int:
-    """A write-only descriptor of ``path`` that bypasses the page cache, or -1.
+    """A descriptor of ``path`` that bypasses the page cache, or -1.
 
     -1 where the platform or the file system has no direct I/O (tmpfs, macOS) or it
     is turned off: the caller then writes through the cache as usual.
@@ -53,7 +55,9 @@ def open_direct(path: Path | str) -> int:
     if not flag or os.environ.get("SXPM_NO_DIRECT", "") not in ("", "0"):
         return -1
     try:
-        return os.open(path, os.O_WRONLY | flag)
+        # Read too: bytes written around the cache are read back around it (the hash
+        # of a range released ahead of it), not through pages filled only to be dropped.
+        return os.open(path, os.O_RDWR | flag)
     except OSError as exc:
         if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
             return -1
@@ -69,6 +73,27 @@ def pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 
 def aligned(offset: int, n: int) -> bool:
     return offset % ALIGN == 0 and n % ALIGN == 0
+
+
+def read_direct(fd: int, start: int, end: int, update: Callable[[memoryview], None]) -> int:
+    """Pass ``[start, end)`` of the direct descriptor ``fd`` to ``update``, a buffer at
+    a time; the offset reached (short of ``end`` at an end of file). ``start`` must be
+    aligned; the reads are whole blocks, and a block past ``end`` is read but not passed.
+    Raises ``OSError`` (``EINVAL``) where the file system refuses the read."""
+    size = min(BUFFER, -(-(end - start) // ALIGN) * ALIGN)
+    with mmap.mmap(-1, max(size, ALIGN)) as buf, memoryview(buf) as view:
+        pos = start
+        while pos < end:
+            want = min(size, end - pos)
+            got = os.preadv(fd, [view[:-(-want // ALIGN) * ALIGN]], pos)
+            if got <= 0:
+                break
+            take = min(got, want)
+            update(view[:take])
+            pos += take
+            if take % ALIGN:
+                break  # an end of file: the next read would not be aligned
+        return pos
 
 
 class Lane:
@@ -122,6 +147,8 @@ class Sink:
         self._interrupted = interrupted
         self.hashed = hashed
         self._error: BaseException | None = None
+        self._broken = False  # the hashing failed: hash nothing more (hashing thread)
+        self._ended = False  # the writer is done (hashing thread)
         self._to_write: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._to_hash: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._writer, name="sxpm-write", daemon=True),
@@ -189,28 +216,45 @@ class Sink:
         # Every written byte is hashed, even after the writer failed, so the hash
         # ends where the file does; only a failure of the hashing itself stops it.
         pending: dict[int, _Item] = {}
-        broken = False
-        while (item := self._to_hash.get()) is not None:
-            lane, buf, offset, n = item
-            if not broken and offset != self.hashed and lane.held >= lane.count - 1:
-                # Ahead of the hash, and the lane's last free buffer: release this one
-                # (it is on disk) and read it back when the hash gets here.
-                self._on_disk[offset] = offset + n
-                lane.release(buf)
-                continue
-            pending[offset] = item
-            lane.held += 1
-            if not broken:
+        while not self._ended:
+            self._take(self._to_hash.get(), pending)
+            if not self._broken:
                 try:
                     self._advance(pending)
                 except BaseException as exc:
                     self._fail(exc)
-                    broken = True
-            if broken:
+                    self._broken = True
+            if self._broken:
                 self._drop(pending)
         # Left over: bytes after a gap that never filled (a failed stream). They are
         # on disk and recorded; the writer hashes them from there once the gap fills.
         self._drop(pending)
+
+    def _take(self, item: _Item | None, pending: dict[int, _Item]) -> None:
+        """Hold a written buffer for the hash, or give it back to its lane."""
+        if item is None:
+            self._ended = True
+            return
+        lane, buf, offset, n = item
+        if not self._broken and offset != self.hashed and lane.held >= lane.count - 1:
+            # Ahead of the hash, and the lane's last free buffer: release this one
+            # (it is on disk) and read it back when the hash gets here.
+            self._on_disk[offset] = offset + n
+            lane.release(buf)
+            return
+        pending[offset] = item
+        lane.held += 1
+
+    def _take_arrived(self, pending: dict[int, _Item]) -> None:
+        """Take what was written meanwhile: a long catch-up (buffers held for many
+        streams, or a range read back from disk) must not keep the other streams'
+        buffers queued here while they wait for one to receive into."""
+        while not self._ended:
+            try:
+                item = self._to_hash.get_nowait()
+            except queue.Empty:
+                return
+            self._take(item, pending)
 
     @staticmethod
     def _drop(pending: dict[int, _Item]) -> None:
@@ -229,13 +273,17 @@ class Sink:
                 self.hashed = offset + n
                 lane.held -= 1
                 lane.release(buf)
+                self._take_arrived(pending)
                 continue
             end = self._on_disk.pop(self.hashed, None)
             if end is None:
                 return
             assert self._readback is not None
-            self._readback(self.hashed, end)
-            self.hashed = end
+            while self.hashed < end:  # a buffer at a time, taking arrivals in between
+                step = min(end, self.hashed + BUFFER)
+                self._readback(self.hashed, step)
+                self.hashed = step
+                self._take_arrived(pending)
 
 
 def receive(readinto: Callable[[memoryview], int], sink: Sink, lane: Lane, pos: int,

@@ -8,7 +8,9 @@ constants:
 
 1. The first piece (``PROBE`` bytes) is asked for on one stream, and the time until
    its answer starts (the fetch reports it as a zero-byte update) is the round trip.
-2. A round trip of ``FAR_RTT`` or more is a far link, where one stream is held back
+2. A round trip of ``FAR_RTT`` or more (the host's answers before the pull, the
+   manifest's and the config's, already show it; else the probe's does) is a far
+   link, where one stream is held back
    (its window per round trip, a cap per connection): the other streams start at
    once, without waiting for the probe, whose 8 MiB would otherwise cost a far link
    0.4 s of one stream at 20 MiB/s. Their pieces are one lane long and taken in
@@ -26,11 +28,17 @@ constants:
    aggregate rate over per-stream rate (one, for a full link or busy CPUs), each
    extra stream leaving after its current piece.
 
-Streams are shared by the whole process (``MAX_STREAMS`` in all), so eight large
-layers pulled together take about as many connections as one large blob; a blob's
-pull takes up streams that others released while it still has pieces left. Each
-stream keeps at most two lanes of buffers in memory (16 MiB), one lane past the
-fourth.
+A pull runs at most ``MAX_STREAMS`` streams; the process's streams are counted
+together (:class:`_Budget`). They start at ``MAX_STREAMS`` in all, and while pulls
+have pieces waiting for a stream (eight large layers at once) the process measures
+whether more streams pay, as a pull's ramp does: a step of ``STEP`` more is kept
+when the aggregate rate of all pulls grew by ``GROWTH`` of what those streams would
+bring, else taken back, up to ``STREAMS_LIMIT``. A blob's pull takes up streams that
+others released while it still has pieces left. Each stream keeps at most two lanes
+of buffers in memory (16 MiB), one lane past a pull's fourth stream and half a lane
+(4 MiB) past the process's ``MAX_STREAMS``: at most 16 MiB for each of the first
+``MAX_STREAMS`` streams and each pull's first, 4 MiB for the others (eight layers at
+once: 24 x 16 + 16 x 4 = 448 MiB of buffers; one blob: 160 MiB).
 """
 
 from __future__ import annotations
@@ -70,7 +78,98 @@ without waiting for the probe's rate. A LAN or a nearby region answers well with
 REFILL = 0.1
 """Seconds between looks for streams that other pulls released."""
 
-_budget = threading.BoundedSemaphore(MAX_STREAMS)
+STREAMS_LIMIT = 2 * MAX_STREAMS
+"""The process's streams never go past this, however the link rewards them: several
+large blobs at once, each as aria2c's -x16 would, on a link that caps every connection."""
+STEP = MAX_STREAMS
+"""Streams added to the process's ceiling at a time, when all are busy and more pay:
+one more blob's worth (aria2c's -x16 is per download)."""
+SMALL_LANE = LANE_BUFFERS // 2
+"""Buffers of a stream past ``MAX_STREAMS`` in the process: memory stays bounded by
+``MAX_STREAMS`` streams of up to two lanes and the rest of half a lane each."""
+
+
+class _Budget:
+    """The process's streams: ``MAX_STREAMS`` at first; raised by ``STEP`` while pulls
+    have pieces waiting for a stream and each step raised the aggregate rate of all
+    pulls by at least ``GROWTH`` of what its streams would bring at the rate before,
+    up to ``STREAMS_LIMIT``. A step that did not pay is taken back (streams over the
+    ceiling leave after their piece), and the ceiling stays."""
+
+    def __init__(self, ceiling: int = MAX_STREAMS) -> None:
+        self.lock = threading.Lock()
+        self.ceiling = ceiling
+        self.used = 0
+        self.running = 0
+        """Streams running in the process: those of the budget and each pull's first."""
+        self.bytes = 0
+        """Bytes received by every ranged pull of the process."""
+        self.settled = False
+        self._window: tuple[float, int] | None = None  # (start, bytes) of a measurement
+        self._settle_until = 0.0  # a step's new streams are past their first request
+        self._before: tuple[int, float] | None = None  # (streams, rate) before the step
+
+    def acquire(self, blocking: bool = False) -> bool:
+        assert not blocking, "a stream is taken only when one is free"
+        with self.lock:
+            if self.used >= self.ceiling:
+                return False
+            self.used += 1
+            return True
+
+    def release(self) -> None:
+        with self.lock:
+            self.used -= 1
+
+    def shed(self) -> bool:
+        """Release one stream if the process holds more than its ceiling (a step back)."""
+        with self.lock:
+            if self.used <= self.ceiling:
+                return False
+            self.used -= 1
+            return True
+
+    def count(self, n: int) -> None:
+        with self.lock:
+            self.bytes += n
+
+    def run(self, n: int) -> None:
+        with self.lock:
+            self.running += n
+
+    def starved(self, window: float) -> None:
+        """A pull has pieces and no stream for them: measure what the process's streams
+        carry over ``window`` seconds, then take a step up, keep it, or take it back."""
+        now = time.monotonic()
+        with self.lock:
+            if self.settled:
+                return
+            if not self._settle_until:  # the first streams are past their first request
+                self._settle_until = now + window / 2
+            if self._window is None:
+                if now >= self._settle_until:
+                    self._window = (now, self.bytes)
+                return
+            start, mark = self._window
+            if now - start < window:
+                return
+            rate = (self.bytes - mark) / (now - start)
+            self._window = None
+            if self._before is not None:
+                streams, before = self._before
+                if not keep_growing(before, rate, streams, self.running):
+                    self.ceiling -= STEP
+                    self.settled = True
+                    return
+            if self.ceiling + STEP > STREAMS_LIMIT:
+                self.settled = True
+                return
+            self._before = (self.running, rate)
+            self.ceiling += STEP
+            self._settle_until = now + window / 2
+
+
+_budget = _Budget()
 
 Fetch = Callable[[int, int, Lane, Progress], None]
 """Fetch ``[a, b)`` into the sink through ``lane``, counting bytes on the progress,
@@ -115,6 +214,7 @@ class _Counter:
         self._lock = threading.Lock()
 
     def update(self, n: int) -> None:
+        _budget.count(n)
         if self.answered_at is None:
             self.answered_at = time.monotonic()
             self.answered.set()
@@ -149,7 +249,8 @@ class RangedPull:
 
     def __init__(self, missing: list[tuple[int, int]], fetch: Fetch,
                  new_lane: Callable[[int], Lane], progress: Progress, *,
-                 fixed: int | None, piece: int, max_streams: int = MAX_STREAMS) -> None:
+                 fixed: int | None, piece: int, max_streams: int = MAX_STREAMS,
+                 round_trip_s: float | None = None) -> None:
         self.missing = missing
         self.fetch = fetch
         self.new_lane = new_lane
@@ -169,8 +270,12 @@ class RangedPull:
         """Streams allowed to take another piece; lowered when more did not pay."""
         self.far = False
         """The first answer took ``FAR_RTT`` or more: all streams started at once."""
+        self.round_trip_s = round_trip_s
+        """The fastest answer of this host before the pull (the manifest's, the
+        config's): ``FAR_RTT`` or more and the streams start without waiting for one."""
         self.plan: list[tuple[int, float]] = []
         """(streams, aggregate bytes/s) at each ramp step, for benchmarks and tests."""
+        self.started_at = time.monotonic()
 
     # --- streams -----------------------------------------------------------------
     def _worker(self, lane_buffers: int, held: bool) -> None:
@@ -179,6 +284,13 @@ class RangedPull:
             lane = self.new_lane(lane_buffers)
             while not self.stop.is_set():
                 with self.lock:
+                    # The process took a step back: this stream leaves, unless it is
+                    # the pull's last one.
+                    if held and self.active > 1 and _budget.shed():
+                        held = False
+                        self.active -= 1
+                        counted = False
+                        return
                     if not self.pieces or self.active > self.cap:
                         self.active -= 1
                         counted = False
@@ -195,20 +307,24 @@ class RangedPull:
                     self.active -= 1
             if held:
                 _budget.release()
+            _budget.run(-1)
 
     def _start(self, count: int) -> int:
         started = 0
         for _ in range(count):
             held = _budget.acquire(blocking=False)
-            if not held and self.threads:
-                break  # the process's streams are all in use; the first always runs
+            if not held and self._alive():
+                break  # the process's streams are all in use; one always runs
             with self.lock:
                 n = self.active
                 self.active += 1
             buffers = 2 * LANE_BUFFERS if n < 4 else LANE_BUFFERS
+            if held and _budget.used > MAX_STREAMS:
+                buffers = SMALL_LANE
             thread = threading.Thread(target=self._worker, args=(buffers, held),
                                       name=f"sxpm-range-{len(self.threads)}", daemon=True)
             self.threads.append(thread)
+            _budget.run(1)
             thread.start()
             started += 1
         return started
@@ -236,12 +352,15 @@ class RangedPull:
         if self.fixed is not None or self.cap <= 1:
             self._wait(None)
             return
+        # The process measures over several round trips whether more streams pay.
+        answered = self.counter.answered_at or time.monotonic()
+        window = max(0.25, 4 * (answered - self.started_at))
         while self._alive():
             self._wait(REFILL)
             with self.lock:
                 wanted = min(self.cap, len(self.pieces)) - self.active
-            if wanted > 0 and not self.stop.is_set():
-                self._start(wanted)
+            if wanted > 0 and not self.stop.is_set() and self._start(wanted) < wanted:
+                _budget.starved(window)
 
     # --- plan ----------------------------------------------------------------------
     def run(self) -> None:
@@ -273,10 +392,11 @@ class RangedPull:
         self.pieces = collections.deque([(a, probe_end)])
         rest = [(probe_end, b), *self.missing[1:]] if probe_end < b else self.missing[1:]
         remaining = sum(y - x for x, y in rest)
-        started = time.monotonic()
+        started = self.started_at = time.monotonic()
         self._start(1)
-        if remaining >= 2 * MIN_PIECE and not self.counter.answered.wait(FAR_RTT) \
-                and not self.stop.is_set():
+        known_far = self.round_trip_s is not None and self.round_trip_s >= FAR_RTT
+        if remaining >= 2 * MIN_PIECE and not self.stop.is_set() and (
+                known_far or not self.counter.answered.wait(FAR_RTT)):
             # A far link: every stream now, on pieces of one lane (8 MiB) taken in
             # offset order. The streams then stay within their lanes' reach of the hash,
             # which runs beside the transfer; an even share per stream (one request

@@ -184,6 +184,7 @@ def _reader(resp: requests.Response, guard: RateGuard) -> Callable[[memoryview],
             and not getattr(raw._fp, "chunked", True):
         left = int(length)
         readinto1 = fp.readinto1
+        response: Any = raw._fp  # http.client's response, which owns ``fp``
 
         def direct(view: memoryview) -> int:
             nonlocal left
@@ -192,6 +193,14 @@ def _reader(resp: requests.Response, guard: RateGuard) -> Callable[[memoryview],
             n: int = readinto1(view[:left] if len(view) > left else view)
             left -= n
             guard.add(n)
+            if left == 0:
+                # The body is read whole around urllib3, which would otherwise close the
+                # connection as unfinished: hand it back to the pool instead (closing
+                # http.client's reader first, so that the next request may use it). A
+                # new connection per range costs a TCP (and TLS) handshake and a slow
+                # start over a real link.
+                response.close()
+                raw.release_conn()
             return n
 
         return direct
@@ -273,6 +282,9 @@ class RegistryClient:
         self._basic: str | None = None
         self._tokens: dict[str, str] = {}
         self._lock = threading.Lock()
+        self.fastest_answer_s: float | None = None
+        """The shortest wait yet for an answer's headers from this host: its round trip
+        (and the server's least work), which the ranged-pull planner starts from."""
 
     # --- credentials ---------------------------------------------------------------
     def credentials(self) -> Credentials | None:
@@ -445,10 +457,15 @@ class RegistryClient:
                 sent["Authorization"] = auth
             data = body() if body else None
             try:
+                sent_at = time.monotonic()
                 resp = self.session.request(method, target, headers=sent, data=data,
                                             stream=True, verify=self.verify,
                                             allow_redirects=False,
                                             timeout=(15, self.options.timeout_s))
+                if data is None and same_host(target, self.host):
+                    waited = time.monotonic() - sent_at
+                    if self.fastest_answer_s is None or waited < self.fastest_answer_s:
+                        self.fastest_answer_s = waited
                 if resp.status_code in expect and not stream:
                     try:
                         # requests reads a non-streamed body whole, with no limit; this
@@ -834,7 +851,8 @@ class RemoteRepository(Repository):
                 self._fetch_range(desc, writer, sink, lane, counted, a, b, run.stop, lock,
                                   state)
 
-            run = RangedPull(missing, fetch, sink.lane, progress, fixed=fixed, piece=piece)
+            run = RangedPull(missing, fetch, sink.lane, progress, fixed=fixed, piece=piece,
+                             round_trip_s=self.client.fastest_answer_s)
             run.run()
         if run.errors:
             first = next((e for e in run.errors if not isinstance(e, _NoRangesError)),
