@@ -213,3 +213,101 @@ def test_several_blobs_on_a_full_link_keep_sixteen_streams(
     link = Link(20 * MiB, 320 * MiB, 0.08)
     budget = _pulls(monkeypatch, link, 4, 256 * MiB)
     assert budget.settled and budget.ceiling == ranges.MAX_STREAMS
+
+
+class AheadLink(Link):
+    """A link whose fetch can take an answer requested ahead (sxpm.transport.ranges.Ahead):
+    counts what was sent ahead, read and closed unread; ``fail_at`` makes the request
+    for the piece at that offset fail."""
+
+    def __init__(self, per_stream: float, total: float, ttfb: float,
+                 fail_at: int | None = None) -> None:
+        super().__init__(per_stream, total, ttfb)
+        self.fail_at = fail_at
+        self.opened = self.read = self.closed = 0
+        self.idle: list[float] = []  # per read of a piece sent ahead: seconds waited
+
+    def open(self, a: int, b: int) -> tuple[int, int]:
+        with self.lock:
+            self.starts.append(time.monotonic())
+            self.opened += 1
+        time.sleep(self.ttfb)
+        if a == self.fail_at:
+            raise ConnectionError("the connection dropped")
+        return a, b
+
+    def close(self, answer: object) -> None:
+        with self.lock:
+            self.closed += 1
+
+    def fetch_ahead(self, a: int, b: int, lane: object, progress: ranges.Progress,
+                    opened: ranges.Opened | None, near_end: ranges.NearEnd | None) -> None:
+        if opened is None:
+            with self.lock:
+                self.starts.append(time.monotonic())
+            time.sleep(self.ttfb)
+        else:
+            waited = time.monotonic()
+            assert opened() == (a, b)
+            with self.lock:
+                self.read += 1
+                self.idle.append(time.monotonic() - waited)
+        with self.lock:
+            self.active += 1
+        progress.update(0)
+        try:
+            pos = a
+            while pos < b:
+                n = min(256 * 1024, b - pos)
+                time.sleep(n / self.per_stream)
+                progress.update(n)
+                pos += n
+                if near_end is not None:
+                    near_end(b - pos)
+        finally:
+            with self.lock:
+                self.active -= 1
+                self.got.append((a, b))
+
+    def ahead(self) -> ranges.Ahead:
+        return ranges.Ahead(open=self.open, fetch=self.fetch_ahead, close=self.close)
+
+
+def _ahead_pull(link: AheadLink, size: int, round_trip_s: float | None) -> RangedPull:
+    progress = Count()
+    run = RangedPull([(0, size)], link.fetch, lambda buffers: None, progress,  # type: ignore[arg-type,return-value]
+                     fixed=None, piece=64 * MiB, round_trip_s=round_trip_s,
+                     ahead=link.ahead())
+    run.run()
+    return run
+
+
+def test_a_far_link_asks_for_the_next_piece_before_this_one_ends() -> None:
+    # 80 ms a request, 20 MiB/s per connection: a stream sends its next request while
+    # the end of its piece arrives, so the answer is in when it gets there.
+    link = AheadLink(20 * MiB, 4096 * MiB, 0.08)
+    run = _ahead_pull(link, 256 * MiB, 0.08)
+    assert not run.errors and run.far
+    assert link.opened >= 8, (link.opened, run.plan)
+    assert link.read == link.opened and link.closed == 0
+    # Most answers were in before the stream wanted them (a round trip is 80 ms).
+    assert sorted(link.idle)[len(link.idle) // 2] < 0.04, link.idle
+    covered = sorted(link.got)
+    assert covered[0][0] == 0 and covered[-1][1] == 256 * MiB
+    assert all(x[1] == y[0] for x, y in zip(covered, covered[1:], strict=False))
+
+
+def test_a_near_link_sends_no_request_ahead() -> None:
+    link = AheadLink(100 * MiB, 100 * MiB, 0.0)
+    run = _ahead_pull(link, 64 * MiB, 0.001)
+    assert not run.errors and not run.far
+    assert link.opened == 0
+
+
+def test_a_failed_request_sent_ahead_stops_the_pull_and_closes_the_rest() -> None:
+    link = AheadLink(20 * MiB, 4096 * MiB, 0.05, fail_at=160 * MiB)
+    run = _ahead_pull(link, 256 * MiB, 0.05)
+    assert any(isinstance(e, ConnectionError) for e in run.errors), run.errors
+    time.sleep(0.2)  # answers sent ahead of stopped streams come in and are closed
+    assert link.opened >= 1
+    assert link.read + link.closed == link.opened - 1  # all but the failed one

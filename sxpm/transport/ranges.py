@@ -48,6 +48,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sxpm.core.progress import Progress
 from sxpm.store.sink import BUFFER, LANE_BUFFERS, Lane
@@ -176,6 +177,79 @@ Fetch = Callable[[int, int, Lane, Progress], None]
 and ``update(0)`` once the answer starts (its headers are in)."""
 
 
+Opened = Callable[[], Any]
+"""The answer to a piece's request sent ahead, its headers in (waits for them)."""
+NearEnd = Callable[[int], None]
+"""Told the bytes of the piece left to read after each read of the answer."""
+
+
+@dataclass(frozen=True)
+class Ahead:
+    """Requests sent ahead on a far link: ``open(a, b)`` sends the request for
+    ``[a, b)`` and returns its answer, headers in; ``fetch(a, b, lane, progress,
+    opened, near_end)`` reads ``[a, b)`` from ``opened`` (or a request of its own when
+    None), telling ``near_end`` what is left; ``close(answer)`` returns an answer
+    never read to the pool."""
+
+    open: Callable[[int, int], Any]
+    fetch: Callable[[int, int, Lane, Progress, Opened | None, NearEnd | None], None]
+    close: Callable[[Any], None]
+
+
+AHEAD_MARGIN = 1.25
+"""A stream sends its next request when what is left of its piece lasts this many of
+its requests' answer times: early enough that the answer has started when the piece
+ends (a late one leaves the stream idle; an early one only fills a kernel buffer)."""
+
+
+class _Opening:
+    """A request sent from a helper thread; its answer is closed if nobody reads it."""
+
+    def __init__(self, ahead: Ahead, a: int, b: int) -> None:
+        self.ahead = ahead
+        self.done = threading.Event()
+        self.answer: Any = None
+        self.error: BaseException | None = None
+        self.abandoned = False
+        self.elapsed = 0.0
+        self.answered_at = 0.0
+        """When the answer's headers came: its bytes have been arriving since."""
+        self._lock = threading.Lock()
+        threading.Thread(target=self._run, args=(a, b), daemon=True,
+                         name="sxpm-range-ahead").start()
+
+    def _run(self, a: int, b: int) -> None:
+        started = time.monotonic()
+        try:
+            answer = self.ahead.open(a, b)
+        except BaseException as exc:
+            self.error = exc
+            answer = None
+        self.answered_at = time.monotonic()
+        self.elapsed = self.answered_at - started
+        with self._lock:
+            self.answer = answer
+            abandoned = self.abandoned
+            self.done.set()
+        if abandoned and answer is not None:
+            self.ahead.close(answer)
+
+    def result(self) -> Any:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.answer
+
+    def abandon(self) -> None:
+        """Nobody will read the answer: close it now, or when it comes."""
+        with self._lock:
+            self.abandoned = True
+            answer = self.answer if self.done.is_set() else None
+            self.answer = None
+        if answer is not None:
+            self.ahead.close(answer)
+
+
 @dataclass(frozen=True)
 class LinkSample:
     """What one stream showed: seconds to the first byte, then bytes per second."""
@@ -250,8 +324,10 @@ class RangedPull:
     def __init__(self, missing: list[tuple[int, int]], fetch: Fetch,
                  new_lane: Callable[[int], Lane], progress: Progress, *,
                  fixed: int | None, piece: int, max_streams: int = MAX_STREAMS,
-                 round_trip_s: float | None = None) -> None:
+                 round_trip_s: float | None = None, ahead: Ahead | None = None) -> None:
         self.missing = missing
+        self.ahead = ahead
+        """Where the fetch can send a piece's request ahead (used on a far link)."""
         self.fetch = fetch
         self.new_lane = new_lane
         self.counter = _Counter(progress)
@@ -280,28 +356,70 @@ class RangedPull:
     # --- streams -----------------------------------------------------------------
     def _worker(self, lane_buffers: int, held: bool) -> None:
         counted = True  # in ``active``; leaving is counted under the same lock as the check
+        after: tuple[int, int, _Opening] | None = None  # the next piece, requested ahead
+        lead = self.round_trip_s or FAR_RTT  # seconds a request waits for its answer
         try:
             lane = self.new_lane(lane_buffers)
             while not self.stop.is_set():
-                with self.lock:
-                    # The process took a step back: this stream leaves, unless it is
-                    # the pull's last one.
-                    if held and self.active > 1 and _budget.shed():
-                        held = False
-                        self.active -= 1
-                        counted = False
+                opening: _Opening | None = None
+                if after is not None:
+                    a, b, opening = after
+                    after = None
+                    lead = (lead + opening.elapsed) / 2
+                else:
+                    with self.lock:
+                        # The process took a step back: this stream leaves, unless it
+                        # is the pull's last one.
+                        if held and self.active > 1 and _budget.shed():
+                            held = False
+                            self.active -= 1
+                            counted = False
+                            return
+                        if not self.pieces or self.active > self.cap:
+                            self.active -= 1
+                            counted = False
+                            return
+                        a, b = self.pieces.popleft()
+                if self.ahead is None:
+                    self.fetch(a, b, lane, self.counter)
+                    continue
+                # On a far link a stream would wait a round trip between its pieces
+                # (requests cannot be pipelined): the next piece's request goes out on
+                # a second connection while the end of this one arrives.
+                # The stream's rate: bytes of this piece since its answer came (for
+                # one sent ahead, some were waiting in the kernel's buffer).
+                mark = (opening.answered_at, b - a) if opening is not None else None
+
+                def near_end(left: int, lead: float = lead, held: bool = held) -> None:
+                    nonlocal after, mark
+                    if after is not None or not self.far or self.stop.is_set():
                         return
-                    if not self.pieces or self.active > self.cap:
-                        self.active -= 1
-                        counted = False
+                    now = time.monotonic()
+                    if mark is None:
+                        mark = (now, left)
                         return
-                    a, b = self.pieces.popleft()
-                self.fetch(a, b, lane, self.counter)
+                    rate = (mark[1] - left) / max(now - mark[0], 1e-6)
+                    if rate <= 0 or left > rate * lead * AHEAD_MARGIN:
+                        return
+                    with self.lock, _budget.lock:
+                        # Only a stream that would take another piece takes it early.
+                        leaving = (held and self.active > 1 and _budget.used > _budget.ceiling)
+                        if leaving or not self.pieces or self.active > self.cap:
+                            return
+                        c, d = self.pieces.popleft()
+                    assert self.ahead is not None
+                    after = (c, d, _Opening(self.ahead, c, d))
+
+                self.ahead.fetch(a, b, lane, self.counter,
+                                 opening.result if opening is not None else None,
+                                 near_end if self.fixed is None else None)
         except BaseException as exc:
             with self.lock:
                 self.errors.append(exc)
             self.stop.set()
         finally:
+            if after is not None:
+                after[2].abandon()
             if counted:
                 with self.lock:
                     self.active -= 1

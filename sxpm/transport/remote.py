@@ -29,6 +29,7 @@ a minimum rate (:class:`~sxpm.transport.base.TransportOptions`).
 from __future__ import annotations
 
 import collections
+import contextlib
 import email.utils
 import functools
 import json
@@ -85,7 +86,7 @@ from sxpm.transport.base import (
     update_referrers_fallback,
 )
 from sxpm.transport.credentials import Credentials
-from sxpm.transport.ranges import RangedPull
+from sxpm.transport.ranges import STREAMS_LIMIT, Ahead, NearEnd, Opened, RangedPull
 
 if TYPE_CHECKING:
     import requests
@@ -214,6 +215,19 @@ def _reader(resp: requests.Response, guard: RateGuard) -> Callable[[memoryview],
     return readinto
 
 
+def _telling(readinto: Callable[[memoryview], int], pos: int, end: int,
+             near_end: NearEnd) -> Callable[[memoryview], int]:
+    """``readinto`` that tells ``near_end`` the bytes of ``[pos, end)`` left after each read."""
+    def read(view: memoryview) -> int:
+        nonlocal pos
+        n = readinto(view)
+        pos += n
+        near_end(end - pos)
+        return n
+
+    return read
+
+
 class _Body:
     """A slice of a file as a request body: read in large blocks, progress counted."""
 
@@ -268,7 +282,9 @@ class RegistryClient:
         self.host = host
         self.options = options
         self.session = requests.Session()
-        pool = max(16, options.jobs * 4)
+        # A far link's ranged streams hold two connections each for a moment (the next
+        # piece's request goes out before the current piece ends, sxpm.transport.ranges).
+        pool = max(2 * STREAMS_LIMIT, options.jobs * 4)
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -847,12 +863,15 @@ class RemoteRepository(Repository):
         lock = threading.Lock()
         state = {"drops": 0}
         with writer.sink() as sink:
-            def fetch(a: int, b: int, lane: Lane, counted: Progress) -> None:
+            def fetch(a: int, b: int, lane: Lane, counted: Progress,
+                      opened: Opened | None = None, near_end: NearEnd | None = None) -> None:
                 self._fetch_range(desc, writer, sink, lane, counted, a, b, run.stop, lock,
-                                  state)
+                                  state, opened, near_end)
 
+            ahead = Ahead(open=lambda a, b: self._range_request(desc, a, b), fetch=fetch,
+                          close=lambda resp: resp.close())
             run = RangedPull(missing, fetch, sink.lane, progress, fixed=fixed, piece=piece,
-                             round_trip_s=self.client.fastest_answer_s)
+                             round_trip_s=self.client.fastest_answer_s, ahead=ahead)
             run.run()
         if run.errors:
             first = next((e for e in run.errors if not isinstance(e, _NoRangesError)),
@@ -863,15 +882,23 @@ class RemoteRepository(Repository):
 
     def _fetch_range(self, desc: Descriptor, writer: BlobWriter, sink: Sink, lane: Lane,
                      progress: Progress, a: int, b: int, stop: threading.Event,
-                     lock: threading.Lock, state: dict[str, int]) -> None:
-        """Fetch ``[a, b)`` into ``sink``; a dropped stream resumes where it stopped."""
+                     lock: threading.Lock, state: dict[str, int], opened: Opened | None = None,
+                     near_end: NearEnd | None = None) -> None:
+        """Fetch ``[a, b)`` into ``sink``; a dropped stream resumes where it stopped.
+
+        ``opened`` is the answer to this range's request, sent ahead; ``near_end`` is
+        told the bytes left after each read.
+        """
         what = self._what(desc.digest)
         pos = a
+        if stop.is_set() and opened is not None:
+            with contextlib.suppress(BaseException):
+                opened().close()  # sent ahead, never read: back to the pool
         while pos < b and not stop.is_set():
-            resp = self.client.request("GET", self._path("blobs", desc.digest),
-                                       scope=self._pull, what=f"blob {what}", stream=True,
-                                       headers={"Range": f"bytes={pos}-{b - 1}"},
-                                       expect=(200, 206, 416))
+            if opened is not None:
+                resp, opened = opened(), None
+            else:
+                resp = self._range_request(desc, pos, b)
             progress.update(0)  # the answer started: the planner's round trip
             with resp:
                 if resp.status_code == 416:  # the blob ends before the range starts
@@ -889,8 +916,11 @@ class RemoteRepository(Repository):
                     raise SizeMismatchError(str(desc.digest), desc.size, total, where=what)
                 if first != pos or last != b - 1:
                     raise _NoRangesError()
+                readinto = _reader(resp, self._guard())
+                if near_end is not None:
+                    readinto = _telling(readinto, pos, b, near_end)
                 try:
-                    pos = receive(_reader(resp, self._guard()), sink, lane, pos, b, progress, stop)
+                    pos = receive(readinto, sink, lane, pos, b, progress, stop)
                     if pos < b and not stop.is_set():
                         raise ConnectionError("the registry ended the range early")
                 except _network_errors() as exc:
@@ -898,6 +928,12 @@ class RemoteRepository(Repository):
                         state["drops"] += 1
                         drops = state["drops"]
                     self._after_drop(drops, exc, what, desc, writer)
+
+    def _range_request(self, desc: Descriptor, a: int, b: int) -> requests.Response:
+        return self.client.request("GET", self._path("blobs", desc.digest), scope=self._pull,
+                                   what=f"blob {self._what(desc.digest)}", stream=True,
+                                   headers={"Range": f"bytes={a}-{b - 1}"},
+                                   expect=(200, 206, 416))
 
     def push_blob(self, desc: Descriptor, store: OCILayout, progress: Progress,
                   mount_from: Sequence[str] = ()) -> bool:
