@@ -149,7 +149,7 @@ def kind_group(kind: str, *, example_ref: str, example_name: str) -> click.Group
             installed = install_expert(h, named.ref, for_model, **kw)
         else:
             if kind == "model" and variant is None:
-                kw["memory_budget"] = memory_budget()
+                kw["memory_budget"] = memory_budget  # measured only if it has variants
             installed = install(h, named.ref, variant=variant, **kw)
         if installed.kind != kind:
             raise InputError(f"{spec} is {installed.kind!r}, not {with_article(kind)} "

@@ -161,7 +161,7 @@ def pull(ref_text: str, variant: str | None, all_variants: bool, index: str | No
     result = do_pull(h, ref, variant=variant, all_variants=all_variants,
                      options=transport(insecure, jobs), reporter=reporter(quiet or as_json),
                      insecure_skip_verify=insecure_skip_verify, expect=named.expect,
-                     memory_budget=None if variant or all_variants else memory_budget())
+                     memory_budget=None if variant or all_variants else memory_budget)
     _report(result, "pulled", as_json, moved="fetched")
 
 

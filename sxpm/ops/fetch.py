@@ -23,7 +23,7 @@ the ``[trust]`` table of the project the command already read.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +62,8 @@ from sxpm.trust.payload import Payload
 from sxpm.trust.policy import Requirement, TrustPolicy, load_policy
 from sxpm.trust.verify import Candidate, VerifiedSigner, check_signatures, valid_signers
 
-KIND_BY_CONFIG = {oci.MODEL_CONFIG: "model", oci.EXPERT_CONFIG: "expert",
-                  oci.PACKAGE_CONFIG: "package"}
+Budget = int | Callable[[], int | None] | None
+"""Usable bytes for the variant policy, or a function measuring them when needed."""
 
 
 def policy_for(home: Home, project: Project | None = None, *,
@@ -113,13 +113,18 @@ class Tree:
     def index(self) -> ImageIndex | None:
         return self.top.obj if isinstance(self.top.obj, ImageIndex) else None
 
-    def entry(self, variant: str | None, *, budget: int | None = None,
+    def entry(self, variant: str | None, *, budget: Budget = None,
               pinned: str | None = None) -> Descriptor:
         """The index entry the variant policy picks (:mod:`sxpm.core.variants`: ``variant``,
-        else ``pinned``, else the largest that fits ``budget``); the top for a manifest."""
+        else ``pinned``, else the largest that fits ``budget``); the top for a manifest.
+        A ``budget`` given as a function is called only when there is a choice to make:
+        measuring the machine (the accelerator's library loaded, ~20 ms) is wasted on a
+        single manifest."""
         index = self.index
         if index is None:
             return self.top.descriptor
+        if callable(budget):
+            budget = budget() if variant is None and pinned is None else None
         return select_variant(index, explicit=variant, pinned=pinned, budget=budget)
 
     def entry_for(self, digest: Digest) -> Descriptor | None:
@@ -313,7 +318,7 @@ class Fetcher:
         if config is not None and manifest is not None:
             body = config.get("descriptor", {}) if manifest.config.media_type == \
                 oci.MODEL_CONFIG else config
-            claims.append(("config", {"kind": KIND_BY_CONFIG.get(manifest.config.media_type),
+            claims.append(("config", {"kind": oci.KIND_BY_CONFIG.get(manifest.config.media_type),
                                       "name": _text(body.get("name")),
                                       "version": _text(body.get("version"))}))
         if expect is not None:

@@ -11,7 +11,7 @@ from sxpm.errors import StoreError
 from sxpm.home import Home
 from sxpm.installed.records import Installed
 from sxpm.installed.tree import materialize
-from sxpm.ops.fetch import Fetcher, Identity
+from sxpm.ops.fetch import Budget, Fetcher, Identity
 from sxpm.ops.transfer import fetch_blobs
 from sxpm.store.refs import store_name
 from sxpm.transport import TransportOptions
@@ -21,7 +21,7 @@ def install(home: Home, ref: Reference, *, variant: str | None = None,
             root: Path | None = None, pull_missing: bool = True,
             insecure_skip_verify: bool = False, options: TransportOptions | None = None,
             reporter: Reporter = SILENT, fetcher: Fetcher | None = None,
-            memory_budget: int | None = None, expect: Identity | None = None,
+            memory_budget: Budget = None, expect: Identity | None = None,
             repair: bool = False) -> Installed:
     """Install ``ref`` (pulling what is missing) as a tree under ``root`` (default: home).
 

@@ -19,7 +19,7 @@ from sxpm.core.progress import SILENT, Progress, Reporter
 from sxpm.core.reference import Digest, Reference
 from sxpm.errors import CorruptBlobError, NotFoundError
 from sxpm.home import Home
-from sxpm.ops.fetch import Fetcher, Identity
+from sxpm.ops.fetch import Budget, Fetcher, Identity
 from sxpm.store.layout import OCILayout
 from sxpm.store.refs import resolve_local, store_name
 from sxpm.transport import Repository, TransportOptions, open_repository
@@ -44,7 +44,7 @@ class TransferResult:
 def pull(home: Home, ref: Reference, *, variant: str | None = None,
          all_variants: bool = False, options: TransportOptions | None = None,
          reporter: Reporter = SILENT, insecure_skip_verify: bool = False,
-         fetcher: Fetcher | None = None, memory_budget: int | None = None,
+         fetcher: Fetcher | None = None, memory_budget: Budget = None,
          expect: Identity | None = None) -> TransferResult:
     """Fetch an artifact into the store, fetching only the blobs that are missing.
 
