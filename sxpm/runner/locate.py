@@ -537,20 +537,16 @@ def expert_base(home: Home, item: Installed) -> str | None:
 def missing_base_hint(home: Home, item: Installed) -> str | None:
     """For an expert tree whose base model is not installed: what to install (the
     requirement its manifest states); None when the base is there or unnamed."""
-    from sxpm.core import oci
-
     base = expert_base(home, item)
     if not base or find_installed(home.root, "model", base):
         return None
-    req = "*"
     try:
-        deps = json.loads(_manifest_by_digest(home, str(item.record.get("digest")))
-                          .annotations.get(oci.ANN_DEPENDENCIES) or "[]")
-        req = next((str(d["req"]) for d in deps if isinstance(d, dict) and d.get("req")
-                    and d.get("kind") == "model" and d.get("name") == base), "*")
-    except (SxpmError, ValueError, TypeError):
-        pass
-    return BaseRequirement(base, req).install_hint()
+        config = _config(home, _manifest_by_digest(home, str(item.record.get("digest"))))
+    except SxpmError:
+        config = {}
+    req = next((r for r in base_requirements(config) if r.name == base),
+               BaseRequirement(base))
+    return req.install_hint()
 
 
 def variant_for_base(index: ImageIndex, model_name: str) -> str | None:
