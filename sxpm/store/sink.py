@@ -287,16 +287,22 @@ class Sink:
 
 
 def receive(readinto: Callable[[memoryview], int], sink: Sink, lane: Lane, pos: int,
-             end: int, progress: Progress, stop: threading.Event | None = None) -> int:
+            end: int, progress: Progress, stop: threading.Event | None = None,
+            claim: Callable[[int, int], int] | None = None) -> int:
     """Read ``[pos, end)`` of a blob into the sink's buffers; the offset reached.
 
     Buffers end on :data:`BUFFER` boundaries, so after a resume at an
     odd offset the writes are aligned again. Bytes received before an error are
-    handed over too (the next attempt resumes after them).
+    handed over too (the next attempt resumes after them). ``claim(pos, want)``, when
+    given, is asked before each buffer how much of it to read: less than ``want``
+    (0: stop at ``pos``) once another stream took over the end of the range.
     """
     while pos < end and not (stop is not None and stop.is_set()):
         buf = lane.buffer()
         want = min(BUFFER - pos % BUFFER, end - pos)
+        if claim is not None and (want := claim(pos, want)) <= 0:
+            lane.release(buf)
+            break
         got = 0
         try:
             with memoryview(buf) as view:
