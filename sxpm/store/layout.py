@@ -67,6 +67,20 @@ _FS_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is
               errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
 
 
+# One lock per lock file for the threads of this process, taken before the file lock.
+# The file lock alone serialises threads too (each FileLock opens its own descriptor),
+# but a waiting FileLock polls every 50 ms: two threads of one pull creating a fresh
+# store both take ``index.lock``, and the second lost 50 ms before its first request.
+# A thread lock hands over at once; the file lock still excludes other processes.
+_THREAD_LOCKS: dict[str, threading.RLock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+def _thread_lock(path: str) -> threading.RLock:
+    with _THREAD_LOCKS_GUARD:
+        return _THREAD_LOCKS.setdefault(path, threading.RLock())
+
+
 def store_write_error(root: Path, exc: OSError) -> StoreError | None:
     """A one-line :class:`StoreError` for a write that failed on the file system."""
     reason = _FS_ERRORS.get(exc.errno or 0)
@@ -575,13 +589,23 @@ class OCILayout:
         from filelock import Timeout as LockTimeout
 
         self.lock_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.lock_dir / f"{name}.lock"), timeout=LOCK_TIMEOUT_S)
+        path = str(self.lock_dir / f"{name}.lock")
+        timed_out = StoreError(f"Timed out waiting for the lock {name!r} in {self.root}",
+                               hint="another sxpm process holds it; retry when it ends")
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        local = _thread_lock(path)
+        if not local.acquire(timeout=LOCK_TIMEOUT_S):
+            raise timed_out
         try:
-            with lock:
-                yield
-        except LockTimeout:
-            raise StoreError(f"Timed out waiting for the lock {name!r} in {self.root}",
-                             hint="another sxpm process holds it; retry when it ends") from None
+            # Never negative: filelock reads a negative timeout as "wait forever".
+            lock = FileLock(path, timeout=max(0.0, deadline - time.monotonic()))
+            try:
+                with lock:
+                    yield
+            except LockTimeout:
+                raise timed_out from None
+        finally:
+            local.release()
 
     @contextlib.contextmanager
     def _use_lock(self, exclusive: bool) -> Iterator[None]:
