@@ -31,6 +31,7 @@ import stat
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,13 +73,19 @@ _FS_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is
 # but a waiting FileLock polls every 50 ms: two threads of one pull creating a fresh
 # store both take ``index.lock``, and the second lost 50 ms before its first request.
 # A thread lock hands over at once; the file lock still excludes other processes.
-_THREAD_LOCKS: dict[str, threading.RLock] = {}
+# Held weakly: a long-lived process (sxpm serve) takes a lock per blob it ever writes,
+# and a lock nobody holds or waits for is gone with its last user.
+_THREAD_LOCKS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 _THREAD_LOCKS_GUARD = threading.Lock()
 
 
-def _thread_lock(path: str) -> threading.RLock:
+def _thread_lock(path: str) -> Any:
+    """The process's ``threading.RLock`` for ``path`` (typed Any: RLock is a factory)."""
     with _THREAD_LOCKS_GUARD:
-        return _THREAD_LOCKS.setdefault(path, threading.RLock())
+        lock = _THREAD_LOCKS.get(path)
+        if lock is None:
+            lock = _THREAD_LOCKS[path] = threading.RLock()
+        return lock
 
 
 def store_write_error(root: Path, exc: OSError) -> StoreError | None:
