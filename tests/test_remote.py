@@ -275,6 +275,41 @@ def test_pull_without_a_policy_loads_no_crypto_or_schema_library(cli, cli2,  # n
     assert stored(cli2.home, sha(data))
 
 
+# --quiet, not -q: click's parser tries a short option as a long one first, and the
+# NoSuchOption it builds (and drops) imports difflib for its suggestions.
+PULL_REF_IMPORTS = """\
+import sys
+from sxpm.cli.main import main
+sys.argv = ["sxpm", "pull", sys.argv[1], "--quiet"]
+try:
+    main()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+unneeded = sorted(n for n in sys.modules if n in (
+    "sxpm.ops.names", "sxpm.index.client", "sxpm.index.location", "difflib",  # a REF: no index
+    "sxpm.installed.tree", "sxpm.installed.records", "tarfile"))  # a pull installs nothing
+assert not unneeded, unneeded
+"""
+
+
+def test_pull_of_a_registry_ref_loads_no_index_or_install_code(cli, cli2,  # noqa: ANN001
+                                                              oci_registry) -> None:  # noqa: ANN001
+    """A pull of HOST/REPO:TAG starts its first request without loading what only a
+    NAME (the index client, near-match suggestions) or an install needs: ~50 ms of
+    the time before the first byte on a loopback registry."""
+    import subprocess
+    import sys
+
+    ref = f"{oci_registry.host}/t9/lean-ref:1"
+    data = os.urandom(1024)
+    make_artifact(cli.home, ref, {"a.bin": data})
+    cli("push", ref)
+    r = subprocess.run([sys.executable, "-c", PULL_REF_IMPORTS, ref], env=cli2.env,
+                       cwd=cli2.cwd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert stored(cli2.home, sha(data))
+
+
 @pytest.mark.parametrize("case", ["size", "algorithm", "media-type", "huge"])
 def test_bad_manifests_are_refused(case: str, cli, cli2, oci_registry,  # noqa: ANN001
                                    fault_proxy) -> None:  # noqa: ANN001

@@ -112,3 +112,39 @@ def test_concurrent_writers_leave_one_valid_blob(tmp_path: Path) -> None:
     # Every process's refs survived the others' concurrent index.json updates.
     assert len(layout.refs()) == 4 * 30
     assert not any(layout.tmp_dir.iterdir())
+
+
+def test_threads_of_one_process_hand_a_store_lock_over_at_once(tmp_path: Path) -> None:
+    """Two threads of one pull (a fresh store's ``index.lock``, one blob's lock) still
+    exclude each other, and the waiter gets the lock as soon as it is released: the
+    file lock alone polls every 50 ms, which cost a fresh pull 50 ms before a blob."""
+    import threading
+    import time
+
+    layout = OCILayout(tmp_path / "s")
+    digest = Digest("sha256", "0" * 64)
+    delays = []
+    for _ in range(8):
+        held, released, acquired = threading.Event(), [0.0], [0.0]
+
+        def holder(held: threading.Event = held, released: list[float] = released) -> None:
+            with layout.blob_lock(digest):
+                held.set()
+                time.sleep(0.02)
+                released[0] = time.monotonic()
+
+        def waiter(acquired: list[float] = acquired) -> None:
+            with layout.blob_lock(digest):
+                acquired[0] = time.monotonic()
+
+        first = threading.Thread(target=holder)
+        first.start()
+        assert held.wait(10)
+        second = threading.Thread(target=waiter)
+        second.start()
+        first.join(10)
+        second.join(10)
+        assert acquired[0] >= released[0] > 0  # never both at once
+        delays.append(acquired[0] - released[0])
+    # Eight hand-overs by 50 ms polls take ~200 ms; by a thread lock, a few ms.
+    assert sum(delays) < 0.08, delays

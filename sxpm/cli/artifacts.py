@@ -25,9 +25,9 @@ from sxpm.cli._common import (
 from sxpm.cli.complete import store_refs, variant_names
 from sxpm.core.detect import memory_budget
 from sxpm.core.humanize import human_size
+from sxpm.core.names import is_name_spec
 from sxpm.errors import StoreError, SxpmError
 from sxpm.home import Home
-from sxpm.installed.tree import remove_all_stale_trees
 
 _REFERRERS_TAG = re.compile(r":sha(256|512)-[0-9a-f]{64,128}$")
 
@@ -144,7 +144,6 @@ def pull(ref_text: str, variant: str | None, all_variants: bool, index: str | No
       sxpm pull localhost:5000/simplex/tiny-llama:1.0.0 --variant Q4_K_M
       sxpm pull hf://bartowski/Llama-3.2-1B-Instruct-GGUF --variant Q4_K_M
     """
-    from sxpm.ops.names import resolve_spec
     from sxpm.ops.transfer import pull as do_pull
 
     if variant and all_variants:
@@ -154,13 +153,21 @@ def pull(ref_text: str, variant: str | None, all_variants: bool, index: str | No
     if ref_text.startswith("hf://"):
         _pull_hf(h, ref_text, variant, all_variants, as_json)
         return
-    named = resolve_spec(h, ref_text, None, index=index, variant=variant, insecure=insecure)
-    ref = named.ref
+    if is_name_spec(ref_text):
+        # Imported here: only a NAME needs the index (its client, its config, difflib);
+        # a REF is read as it is, as resolve_spec would, and the pull starts ~35 ms sooner.
+        from sxpm.ops.names import resolve_spec
+
+        named = resolve_spec(h, ref_text, None, index=index, variant=variant,
+                             insecure=insecure)
+        ref, expect = named.ref, named.expect
+    else:
+        ref, expect = h.parse_ref(ref_text), None
     if insecure_skip_verify:
         warn_skip_verify(ref)
     result = do_pull(h, ref, variant=variant, all_variants=all_variants,
                      options=transport(insecure, jobs), reporter=reporter(quiet or as_json),
-                     insecure_skip_verify=insecure_skip_verify, expect=named.expect,
+                     insecure_skip_verify=insecure_skip_verify, expect=expect,
                      memory_budget=None if variant or all_variants else memory_budget)
     _report(result, "pulled", as_json, moved="fetched")
 
@@ -330,6 +337,9 @@ def gc(dry_run: bool, as_json: bool) -> None:
     Example:
       sxpm gc --dry-run
     """
+    # Imported here, not with the module: pull and push never remove trees, and loading
+    # the install code (tarfile, records) costs them ~20 ms before their first request.
+    from sxpm.installed.tree import remove_all_stale_trees
     from sxpm.ops.lifecycle import collect
 
     h = home()

@@ -46,3 +46,10 @@ def same_name(a: str, b: str) -> bool:
 # The install record's file name, reserved in every artifact (a layer may not be
 # titled so). Here, light, because `sxpm run NAME` reads records without tarfile.
 INSTALL_RECORD = ".sxpm-install.json"
+
+
+def is_name_spec(spec: str) -> bool:
+    """``NAME`` or ``NAME@REQ`` (looked up in an index): no registry host, path, tag or
+    digest, which only a ``REF`` has."""
+    name = spec.partition("@")[0]
+    return bool(name) and "/" not in name and ":" not in spec

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from sxpm.core.names import normalize_name
+from sxpm.core.names import is_name_spec, normalize_name
 from sxpm.core.reference import Reference, is_valid_tag
 from sxpm.core.versions import VersionReq, is_prerelease, version_key
 from sxpm.errors import IndexLocationError, InputError, NotFoundError
@@ -24,12 +24,6 @@ from sxpm.index.location import find_index
 from sxpm.ops.fetch import Identity
 
 _REF_FORM = "or give a full REF (oci:PATH:TAG or HOST/REPO:TAG)"
-
-
-def is_name_spec(spec: str) -> bool:
-    """``NAME`` or ``NAME@REQ``: no registry host, path, tag or digest."""
-    name = spec.partition("@")[0]
-    return bool(name) and "/" not in name and ":" not in spec
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import stat
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,26 @@ USE_LOCK = "use.lock"
 _FS_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
               errno.EROFS: "the file system is read-only", errno.EFBIG: "file too large",
               errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+
+
+# One lock per lock file for the threads of this process, taken before the file lock.
+# The file lock alone serialises threads too (each FileLock opens its own descriptor),
+# but a waiting FileLock polls every 50 ms: two threads of one pull creating a fresh
+# store both take ``index.lock``, and the second lost 50 ms before its first request.
+# A thread lock hands over at once; the file lock still excludes other processes.
+# Held weakly: a long-lived process (sxpm serve) takes a lock per blob it ever writes,
+# and a lock nobody holds or waits for is gone with its last user.
+_THREAD_LOCKS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+def _thread_lock(path: str) -> Any:
+    """The process's ``threading.RLock`` for ``path`` (typed Any: RLock is a factory)."""
+    with _THREAD_LOCKS_GUARD:
+        lock = _THREAD_LOCKS.get(path)
+        if lock is None:
+            lock = _THREAD_LOCKS[path] = threading.RLock()
+        return lock
 
 
 def store_write_error(root: Path, exc: OSError) -> StoreError | None:
@@ -575,13 +596,23 @@ class OCILayout:
         from filelock import Timeout as LockTimeout
 
         self.lock_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.lock_dir / f"{name}.lock"), timeout=LOCK_TIMEOUT_S)
+        path = str(self.lock_dir / f"{name}.lock")
+        timed_out = StoreError(f"Timed out waiting for the lock {name!r} in {self.root}",
+                               hint="another sxpm process holds it; retry when it ends")
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        local = _thread_lock(path)
+        if not local.acquire(timeout=LOCK_TIMEOUT_S):
+            raise timed_out
         try:
-            with lock:
-                yield
-        except LockTimeout:
-            raise StoreError(f"Timed out waiting for the lock {name!r} in {self.root}",
-                             hint="another sxpm process holds it; retry when it ends") from None
+            # Never negative: filelock reads a negative timeout as "wait forever".
+            lock = FileLock(path, timeout=max(0.0, deadline - time.monotonic()))
+            try:
+                with lock:
+                    yield
+            except LockTimeout:
+                raise timed_out from None
+        finally:
+            local.release()
 
     @contextlib.contextmanager
     def _use_lock(self, exclusive: bool) -> Iterator[None]:
