@@ -557,7 +557,7 @@ class RangedPull:
                 continue
             with self.lock:
                 wanted = min(self.cap, len(self.pieces)) - self.active
-                sharing = min(self.cap, len(self.pieces) + self._splittable()) - self.active
+                sharing = min(self.cap - self.active, self._splittable())
             if wanted > 0 and self._start(wanted) < wanted:
                 _budget.starved(window)
             elif wanted <= 0 and sharing > 0:

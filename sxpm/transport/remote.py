@@ -862,7 +862,7 @@ class RemoteRepository(Repository):
             piece = desc.size
         lock = threading.Lock()
         state = {"drops": 0}
-        with writer.sink() as sink:
+        with writer.sink(receivers=fixed or STREAMS_LIMIT) as sink:
             def fetch(piece: Piece, lane: Lane, counted: Progress,
                       opened: Opened | None = None, near_end: NearEnd | None = None) -> None:
                 self._fetch_range(desc, writer, sink, lane, counted, piece, run.stop, lock,
