@@ -298,3 +298,86 @@ def test_read_direct_passes_exactly_the_range(tmp_path: Path) -> None:
             assert bytes(got) == data[start:end]
     finally:
         os.close(fd)
+
+
+def test_streams_of_a_ranged_sink_write_their_own_buffers(tmp_path: Path) -> None:
+    """Several receivers write on their own threads (no writer thread to queue on);
+    the hash still takes every byte in order."""
+    import threading
+
+    from sxpm.store.layout import OCILayout
+
+    layout = OCILayout(tmp_path / "store")
+    data = os.urandom(16 * MiB + 4097)
+    desc = _desc(data)
+    writers: set[str] = set()
+    cuts = [0, 4 * MiB, 8 * MiB, 12 * MiB, len(data)]
+    with layout.writer(desc) as w:
+        w.open_ranges()
+        real = w.complete
+
+        def complete(start: int, end: int) -> None:
+            writers.add(threading.current_thread().name)
+            real(start, end)
+
+        w.complete = complete  # type: ignore[method-assign]
+        with w.sink(receivers=4) as sink:
+            assert not any(t.name == "sxpm-write" for t in threading.enumerate())
+            streams = [threading.Thread(target=_receive, name=f"stream-{i}",
+                                        args=(sink, sink.lane(2), data, a, b))
+                       for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False))]
+            for t in reversed(streams):
+                t.start()
+            for t in streams:
+                t.join()
+        assert writers == {f"stream-{i}" for i in range(4)}
+        w.commit()
+    assert layout.blob_path(desc.digest).read_bytes() == data
+
+
+def test_a_failed_write_of_one_stream_stops_the_others(tmp_path: Path) -> None:
+    import threading
+
+    from sxpm.store.layout import OCILayout
+
+    layout = OCILayout(tmp_path / "store")
+    data = os.urandom(8 * MiB)
+    desc = _desc(data)
+    errors: list[BaseException] = []
+    with layout.writer(desc) as w:
+        w.open_ranges()
+        sink = w.sink(receivers=2)
+        real_write = sink._write
+        started = threading.Event()
+
+        def failing(offset: int, view: memoryview) -> None:
+            if offset == 6 * MiB:
+                started.wait(10)
+                raise OSError(28, "No space left on device")
+            real_write(offset, view)
+
+        sink._write = failing  # type: ignore[method-assign]
+
+        def stream(a: int, b: int) -> None:
+            try:
+                if a == 0:
+                    started.set()
+                    threading.Event().wait(0.3)  # the other's write fails meanwhile
+                _receive(sink, sink.lane(2), data, a, b)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=stream, args=r) for r in [(0, 4 * MiB),
+                                                                    (4 * MiB, 8 * MiB)]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with pytest.raises(OSError, match="No space"):
+            sink.close()
+        assert len(errors) == 2 and all("No space" in str(e) for e in errors), errors
+        assert (6 * MiB, 8 * MiB) in w.missing()  # never recorded as written
+        assert w._hashed < 6 * MiB
+        w.abort(keep_partial=True)
+    with layout.writer(desc) as w:  # the next attempt fetches what is not recorded
+        assert (6 * MiB, 8 * MiB) in w.open_ranges()

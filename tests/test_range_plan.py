@@ -9,8 +9,9 @@ import time
 
 import pytest
 
+from sxpm.store.sink import BUFFER
 from sxpm.transport import ranges
-from sxpm.transport.ranges import LinkSample, RangedPull, keep_growing, piece_size
+from sxpm.transport.ranges import LinkSample, Piece, RangedPull, keep_growing, piece_size
 
 MiB = 1024 * 1024
 
@@ -26,7 +27,7 @@ class Link:
         self.got: list[tuple[int, int]] = []
         self.starts: list[float] = []
 
-    def fetch(self, a: int, b: int, lane: object, progress: ranges.Progress) -> None:
+    def fetch(self, piece: Piece, lane: object, progress: ranges.Progress) -> None:
         with self.lock:
             self.starts.append(time.monotonic())
         time.sleep(self.ttfb)
@@ -34,10 +35,10 @@ class Link:
         with self.lock:
             self.active += 1
             self.peak = max(self.peak, self.active)
+        pos = piece.start
         try:
-            pos = a
-            while pos < b:
-                n = min(2 * MiB, b - pos)
+            # A buffer at a time, each claimed first, as sxpm.store.sink.receive does.
+            while (n := piece.claim(pos, BUFFER - pos % BUFFER)) > 0:
                 with self.lock:
                     rate = min(self.per_stream, self.total / self.active)
                 time.sleep(n / rate)
@@ -46,7 +47,7 @@ class Link:
         finally:
             with self.lock:
                 self.active -= 1
-                self.got.append((a, b))
+                self.got.append((piece.start, pos))
 
 
 class Count:
@@ -240,8 +241,9 @@ class AheadLink(Link):
         with self.lock:
             self.closed += 1
 
-    def fetch_ahead(self, a: int, b: int, lane: object, progress: ranges.Progress,
+    def fetch_ahead(self, piece: Piece, lane: object, progress: ranges.Progress,
                     opened: ranges.Opened | None, near_end: ranges.NearEnd | None) -> None:
+        a, b = piece.start, piece.asked
         if opened is None:
             with self.lock:
                 self.starts.append(time.monotonic())
@@ -255,19 +257,18 @@ class AheadLink(Link):
         with self.lock:
             self.active += 1
         progress.update(0)
+        pos = a
         try:
-            pos = a
-            while pos < b:
-                n = min(256 * 1024, b - pos)
+            while (n := piece.claim(pos, min(256 * 1024, BUFFER - pos % BUFFER))) > 0:
                 time.sleep(n / self.per_stream)
                 progress.update(n)
                 pos += n
                 if near_end is not None:
-                    near_end(b - pos)
+                    near_end(piece.end - pos)
         finally:
             with self.lock:
                 self.active -= 1
-                self.got.append((a, b))
+                self.got.append((a, pos))
 
     def ahead(self) -> ranges.Ahead:
         return ranges.Ahead(open=self.open, fetch=self.fetch_ahead, close=self.close)
@@ -311,3 +312,46 @@ def test_a_failed_request_sent_ahead_stops_the_pull_and_closes_the_rest() -> Non
     time.sleep(0.2)  # answers sent ahead of stopped streams come in and are closed
     assert link.opened >= 1
     assert link.read + link.closed == link.opened - 1  # all but the failed one
+
+
+def test_a_piece_splits_on_a_buffer_boundary_past_the_buffer_being_read() -> None:
+    lock = threading.Lock()
+    piece = Piece(0, 8 * MiB, lock)
+    assert piece.claim(0, BUFFER) == BUFFER  # reading [0, 2 MiB)
+    with lock:
+        assert piece.split() == (6 * MiB, 8 * MiB)  # half of the 6 MiB left, rounded up
+    assert piece.end == 6 * MiB and piece.asked == 8 * MiB
+    assert piece.claim(2 * MiB, BUFFER) == BUFFER
+    with lock:
+        assert piece.split() is None  # one buffer left past this one: not worth a request
+    assert piece.claim(4 * MiB, BUFFER) == BUFFER
+    assert piece.claim(6 * MiB, BUFFER) == 0  # the rest is another stream's
+    short = Piece(0, 5 * MiB, lock)
+    short.claim(0, BUFFER)
+    with lock:
+        assert short.split() is None  # 3 MiB left: under two buffers each way
+    odd = Piece(3 * MiB + 123, 16 * MiB, lock)  # a resumed range, not aligned
+    with lock:
+        cut = odd.split()
+    assert cut is not None and cut[0] % BUFFER == 0 and cut[1] == 16 * MiB
+
+
+def test_the_last_pieces_are_shared_by_streams_with_none_left() -> None:
+    # A far link, five pieces of 8 MiB and sixteen streams: the eleven streams with
+    # no piece take halves of what the five still have to read, instead of leaving
+    # five streams at one connection's rate to finish the pull alone.
+    link = Link(20 * MiB, 4096 * MiB, 0.05)
+    run = _pull(link, 40 * MiB)  # every byte once, no gap, no overlap
+    assert run.far
+    assert len(link.got) > 5, link.got
+    assert all(a % BUFFER == 0 for a, _ in link.got)
+    assert link.peak > 5
+
+
+def test_fixed_streams_read_their_pieces_whole() -> None:
+    link = Link(20 * MiB, 4096 * MiB, 0.05)
+    run = RangedPull([(0, 24 * MiB)], link.fetch, lambda buffers: None, Count(),  # type: ignore[arg-type,return-value]
+                     fixed=4, piece=8 * MiB)
+    run.run()
+    assert not run.errors
+    assert sorted(link.got) == [(0, 8 * MiB), (8 * MiB, 16 * MiB), (16 * MiB, 24 * MiB)]

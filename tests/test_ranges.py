@@ -219,6 +219,29 @@ def test_ranged_pull_keeps_its_connections(cli, cli2, oci_registry,  # noqa: ANN
 
 
 @pytest.mark.registry
+def test_streams_share_the_last_pieces_on_a_far_link(cli, cli2, oci_registry,  # noqa: ANN001
+                                                    fault_proxy) -> None:  # noqa: ANN001
+    # Every answer 40 ms late and 8 MiB/s: a far link, and a blob of three 8 MiB
+    # pieces and some. Streams with no piece take over the ends of pieces being read;
+    # those streams stop at the cut and close their answers' connections with the
+    # rest unread, and the blob is still every byte once, verified.
+    size = 26 * MiB + 5
+    data, digest = _publish(cli, oci_registry, "r1/far", size)
+    fault_proxy.clear()
+    fault_proxy.add(".", stall_s=0.04, times=10**6)
+    fault_proxy.rate = 8 * MiB
+    cli2("pull", f"{fault_proxy.host}/r1/far:1", "-q",
+         env={"SXPM_RANGE_MIN": str(8 * MiB), "SXPM_RANGE_PLAN": "measure"})
+    spans = [tuple(map(int, re.findall(r"\d+", r or ""))) for r in _blob_gets(fault_proxy, digest)]
+    assert all(len(s) == 2 for s in spans), spans
+    starts = sorted(a for a, _ in spans)
+    assert len(spans) > 4 and any(a % (8 * MiB) for a in starts), spans  # a cut taken over
+    blob = cli2.home / "store" / "blobs" / "sha256" / digest.split(":")[1]
+    assert blob.read_bytes() == data
+    assert _partials(cli2.home) == []
+
+
+@pytest.mark.registry
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_interrupted_ranged_pull_fetches_only_the_missing_ranges(  # noqa: ANN001
         sig: int, cli, cli2, oci_registry, fault_proxy) -> None:  # noqa: ANN001

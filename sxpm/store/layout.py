@@ -230,6 +230,8 @@ class BlobWriter:
         self._fd = -1
         self._pfd = -1  # positional writes of a sequential sink (``_fh`` appends)
         self._dfd = -2  # direct-I/O descriptor of a sink; -2: not tried yet, -1: none
+        self._refused: list[int] = []  # direct descriptors refused, closed with the rest
+        self._fd_lock = threading.Lock()
         self._tail = False  # bytes past ``offset`` on disk that a sequential write drops
         self._extra: list[tuple[int, int]] = []  # recorded ranges past the prefix
         layout.ensure()
@@ -323,6 +325,7 @@ class BlobWriter:
         self._done = _merge([(0, self.offset), *self._extra])
         self._hashed = self.offset
         self._cond = threading.Condition()
+        self._save_lock = threading.Lock()
         self._saved_at = 0.0
         # Record first: a file with holes is never mistaken for a sequential prefix.
         self.save_ranges()
@@ -375,13 +378,16 @@ class BlobWriter:
     def save_ranges(self) -> None:
         """Write the record of completed ranges (atomically replaced)."""
         assert self.expected is not None
-        with self._cond:
-            done = list(self._done)
-            self._saved_at = time.monotonic()
-        data = json.dumps({"size": self.expected.size, "done": done}).encode()
-        tmp = self.ranges_path.with_name(f".{self.ranges_path.name}.{threading.get_ident()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, self.ranges_path)
+        # One save at a time, so that an older record never replaces a newer one
+        # (several receiving threads complete ranges and save).
+        with self._save_lock:
+            with self._cond:
+                done = list(self._done)
+                self._saved_at = time.monotonic()
+            data = json.dumps({"size": self.expected.size, "done": done}).encode()
+            tmp = self.ranges_path.with_name(f".{self.ranges_path.name}.{threading.get_ident()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, self.ranges_path)
 
     def frontier(self) -> int:
         """End of the completed prefix: every byte before it is written and recorded."""
@@ -418,14 +424,16 @@ class BlobWriter:
             self._hashed += got
 
     # --- pipelined (sxpm.store.sink) ----------------------------------------------------
-    def sink(self) -> Sink:
+    def sink(self, *, receivers: int = 1) -> Sink:
         """The fast path for received bytes: submit buffers at their offsets to the
         returned :class:`~sxpm.store.sink.Sink` (from :meth:`Sink.lane`); they are
         written (direct I/O where the file system has it) and hashed from memory on
         their own threads. Sequentially, submit from :attr:`written` on, in order;
         after :meth:`open_ranges`, submit the missing ranges in any order (each is
         recorded once written, and the hash reads an earlier attempt's ranges back
-        from disk when it reaches them). Close the sink before :meth:`commit`.
+        from disk when it reaches them). With more than one receiving thread each
+        writes its own buffers (see :mod:`sxpm.store.sink`). Close the sink before
+        :meth:`commit`.
         """
         from sxpm.store.sink import Sink, aligned, open_direct, pwrite_all
 
@@ -462,17 +470,22 @@ class BlobWriter:
             if offset + len(view) > size:
                 raise SizeMismatchError(str(self.expected.digest) if self.expected else "",
                                         size, offset + len(view), where=self.where)
-            if self._dfd >= 0 and aligned(offset, len(view)):
+            dfd = self._dfd  # read once: another receiving thread may turn it off
+            if dfd >= 0 and aligned(offset, len(view)):
                 try:
-                    pwrite_all(self._dfd, view, offset)
+                    pwrite_all(dfd, view, offset)
                     return
                 except OSError as exc:
                     if exc.errno != errno.EINVAL:
                         raise
                     # Direct I/O accepted at open but not for these writes (a larger
-                    # block size): the page cache from here on.
-                    os.close(self._dfd)
-                    self._dfd = -1
+                    # block size): the page cache from here on. The descriptor stays
+                    # open until the writer closes: another receiving thread may be
+                    # writing with it, and a number closed now could name another file.
+                    with self._fd_lock:
+                        if self._dfd == dfd:
+                            self._refused.append(dfd)
+                            self._dfd = -1
             pwrite_all(cache_fd, view, offset)
             _start_writeback(cache_fd, offset, len(view))
 
@@ -485,9 +498,14 @@ class BlobWriter:
             self.hash_upto(end)
 
         return Sink(write=write, written=written, update=update, hashed=self._hashed,
-                    on_disk=before, readback=readback, interrupted=self.layout.interrupted)
+                    on_disk=before, readback=readback, interrupted=self.layout.interrupted,
+                    write_here=receivers > 1 and self._ranged)
 
     def _close_fds(self) -> None:
+        for fd in self._refused:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._refused.clear()
         for name in ("_fd", "_pfd", "_dfd"):
             fd = getattr(self, name)
             if fd >= 0:

@@ -13,9 +13,13 @@ to :data:`ALIGN` (the end of a blob, a resume at an odd offset) take an ordinary
 descriptor of the same file. ``SXPM_NO_DIRECT=1`` turns direct writes off.
 
 Several receivers (the streams of a ranged fetch) each take a :class:`Lane` of
-buffers. Bytes that arrive ahead of the hash wait in memory while their lane has a
-buffer left to receive with; past that they are released once written, and the
-hash reads them back from disk when it gets there (around the page cache too, where
+buffers and write their own buffers (``write_here``): one writer thread for sixteen
+streams or more was a queue they waited on for buffers to receive into (a profile of
+eight 128 MiB layers over a capped link: streams waiting for a buffer about as long as
+for the network), while a direct write of a buffer takes about a millisecond.
+Bytes that arrive ahead of the hash wait in memory while their lane has a buffer
+left to receive with; past that they are released once written, and the hash reads
+them back from disk when it gets there (around the page cache too, where
 they were written around it). A catch-up (many held buffers, or a range read back)
 takes in what the streams wrote meanwhile between buffers, so a stream never waits
 for another, or for the hash, and memory stays bounded by the lanes' buffers.
@@ -136,7 +140,7 @@ class Sink:
                  written: Callable[[int, int], None], update: Callable[[memoryview], None],
                  hashed: int, on_disk: list[tuple[int, int]] | None = None,
                  readback: Callable[[int, int], None] | None = None,
-                 interrupted: threading.Event | None = None) -> None:
+                 interrupted: threading.Event | None = None, write_here: bool = False) -> None:
         self._write, self._written, self._update = write, written, update
         self._readback = readback
         # Ranges that start where the hash will be at some point (the hashed prefix
@@ -151,8 +155,13 @@ class Sink:
         self._ended = False  # the writer is done (hashing thread)
         self._to_write: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._to_hash: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._writer, name="sxpm-write", daemon=True),
-                         threading.Thread(target=self._hasher, name="sxpm-hash", daemon=True)]
+        # One receiver keeps a writer thread: receiving and writing then overlap. Several
+        # write on their own threads (``write_here``), which overlap with each other.
+        self._write_here = write_here
+        self._threads = [threading.Thread(target=self._hasher, name="sxpm-hash", daemon=True)]
+        if not write_here:
+            self._threads.append(threading.Thread(target=self._writer, name="sxpm-write",
+                                                  daemon=True))
         for thread in self._threads:
             thread.start()
         self._closed = False
@@ -163,10 +172,20 @@ class Sink:
     def submit(self, lane: Lane, buf: mmap.mmap, offset: int, n: int) -> None:
         """Hand ``buf[:n]`` (bytes at ``offset``) over; the lane gets it back later."""
         self.check()
-        if n:
-            self._to_write.put((lane, buf, offset, n))
-        else:
+        if not n:
             lane.release(buf)
+        elif self._write_here:
+            try:
+                with memoryview(buf) as view:
+                    self._write(offset, view[:n])
+                self._written(offset, n)
+            except BaseException as exc:
+                self._fail(exc)  # the other receivers stop at their next buffer
+                lane.release(buf)
+                raise
+            self._to_hash.put((lane, buf, offset, n))
+        else:
+            self._to_write.put((lane, buf, offset, n))
 
     def check(self) -> None:
         if self._error is not None:
@@ -178,7 +197,7 @@ class Sink:
         """Wait until every submitted byte is written and hashed as far as it can be."""
         if not self._closed:
             self._closed = True
-            self._to_write.put(None)
+            (self._to_hash if self._write_here else self._to_write).put(None)
             for thread in self._threads:
                 thread.join()
         self.check()
@@ -287,16 +306,22 @@ class Sink:
 
 
 def receive(readinto: Callable[[memoryview], int], sink: Sink, lane: Lane, pos: int,
-             end: int, progress: Progress, stop: threading.Event | None = None) -> int:
+            end: int, progress: Progress, stop: threading.Event | None = None,
+            claim: Callable[[int, int], int] | None = None) -> int:
     """Read ``[pos, end)`` of a blob into the sink's buffers; the offset reached.
 
     Buffers end on :data:`BUFFER` boundaries, so after a resume at an
     odd offset the writes are aligned again. Bytes received before an error are
-    handed over too (the next attempt resumes after them).
+    handed over too (the next attempt resumes after them). ``claim(pos, want)``, when
+    given, is asked before each buffer how much of it to read: less than ``want``
+    (0: stop at ``pos``) once another stream took over the end of the range.
     """
     while pos < end and not (stop is not None and stop.is_set()):
         buf = lane.buffer()
         want = min(BUFFER - pos % BUFFER, end - pos)
+        if claim is not None and (want := claim(pos, want)) <= 0:
+            lane.release(buf)
+            break
         got = 0
         try:
             with memoryview(buf) as view:

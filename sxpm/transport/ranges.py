@@ -76,8 +76,9 @@ first-byte time comes from buffer-sized progress steps and is only an estimate."
 FAR_RTT = 0.03
 """An answer that takes this long to start (seconds) is a far link: streams start
 without waiting for the probe's rate. A LAN or a nearby region answers well within it."""
-REFILL = 0.1
-"""Seconds between looks for streams that other pulls released."""
+REFILL = 0.05
+"""Seconds between looks for streams that other pulls released (a piece at the end of
+a pull lasts a few tenths of a second)."""
 
 STREAMS_LIMIT = 2 * MAX_STREAMS
 """The process's streams never go past this, however the link rewards them: several
@@ -172,9 +173,58 @@ class _Budget:
 
 _budget = _Budget()
 
-Fetch = Callable[[int, int, Lane, Progress], None]
-"""Fetch ``[a, b)`` into the sink through ``lane``, counting bytes on the progress,
-and ``update(0)`` once the answer starts (its headers are in)."""
+MIN_SPLIT = 2 * BUFFER
+"""A stream with no piece left takes half of what another stream has still to read of
+its piece when that is at least this long: each half is a buffer or more, worth the
+round trip of the new request (at 20 MiB/s a buffer lasts 0.1 s)."""
+
+
+class Piece:
+    """``[start, end)`` of a blob, read by one stream.
+
+    At the end of a pull the last pieces would leave most streams idle while a few
+    read on, each at one connection's rate: a stream with nothing left to take
+    instead takes the second half of what another has still to read (:meth:`split`,
+    as aria2c splits its segments). The reader's ``end`` comes down; it learns so
+    before its next buffer (:meth:`claim`) and stops there, closing its answer's
+    connection (the rest of that answer is not read). Cuts fall on buffer
+    boundaries past the buffer being read, so every buffer stays whole and aligned.
+    """
+
+    def __init__(self, start: int, end: int, lock: threading.Lock) -> None:
+        self.start = start
+        self.end = end
+        self.asked = end
+        """The end when the piece was taken (what a request sent ahead asked for)."""
+        self.reading_to = start
+        """The end of the buffer being read: the earliest offset a cut may take."""
+        self._lock = lock
+
+    def claim(self, pos: int, want: int) -> int:
+        """Bytes of the next buffer (at ``pos``, ``want`` long) still this piece's."""
+        with self._lock:
+            n = max(0, min(want, self.end - pos))
+            self.reading_to = pos + n
+            return n
+
+    def split(self) -> tuple[int, int] | None:
+        """Take the second half of the rest, or None when it is too short to share.
+        The caller holds the lock given to the piece."""
+        rest = self.end - self.reading_to
+        if rest < MIN_SPLIT:
+            return None
+        cut = -(-(self.reading_to + rest // 2) // BUFFER) * BUFFER
+        if cut >= self.end:
+            return None
+        taken = (cut, self.end)
+        self.end = cut
+        return taken
+
+
+Fetch = Callable[[Piece, Lane, Progress], None]
+"""Fetch a piece into the sink through ``lane``, counting bytes on the progress, and
+``update(0)`` once the answer starts (its headers are in); the piece's end may come
+down meanwhile (:meth:`Piece.claim`)."""
 
 
 Opened = Callable[[], Any]
@@ -186,13 +236,13 @@ NearEnd = Callable[[int], None]
 @dataclass(frozen=True)
 class Ahead:
     """Requests sent ahead on a far link: ``open(a, b)`` sends the request for
-    ``[a, b)`` and returns its answer, headers in; ``fetch(a, b, lane, progress,
-    opened, near_end)`` reads ``[a, b)`` from ``opened`` (or a request of its own when
-    None), telling ``near_end`` what is left; ``close(answer)`` returns an answer
-    never read to the pool."""
+    ``[a, b)`` and returns its answer, headers in; ``fetch(piece, lane, progress,
+    opened, near_end)`` reads the piece from ``opened`` (or a request of its own when
+    None; the answer asked for the piece as it was when opened), telling ``near_end``
+    what is left; ``close(answer)`` returns an answer never read to the pool."""
 
     open: Callable[[int, int], Any]
-    fetch: Callable[[int, int, Lane, Progress, Opened | None, NearEnd | None], None]
+    fetch: Callable[[Piece, Lane, Progress, Opened | None, NearEnd | None], None]
     close: Callable[[Any], None]
 
 
@@ -335,6 +385,8 @@ class RangedPull:
         self.piece = piece
         self.max_streams = max(1, min(max_streams, MAX_STREAMS))
         self.pieces: collections.deque[tuple[int, int]] = collections.deque()
+        self.reading: set[Piece] = set()
+        """Pieces being read, which a stream with none left may split."""
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
@@ -375,44 +427,53 @@ class RangedPull:
                             self.active -= 1
                             counted = False
                             return
-                        if not self.pieces or self.active > self.cap:
+                        taken = self._take() if self.active <= self.cap else None
+                        if taken is None:
                             self.active -= 1
                             counted = False
                             return
-                        a, b = self.pieces.popleft()
-                if self.ahead is None:
-                    self.fetch(a, b, lane, self.counter)
-                    continue
-                # On a far link a stream would wait a round trip between its pieces
-                # (requests cannot be pipelined): the next piece's request goes out on
-                # a second connection while the end of this one arrives.
-                # The stream's rate: bytes of this piece since its answer came (for
-                # one sent ahead, some were waiting in the kernel's buffer).
-                mark = (opening.answered_at, b - a) if opening is not None else None
+                        a, b = taken
+                piece = Piece(a, b, self.lock)
+                with self.lock:
+                    self.reading.add(piece)
+                try:
+                    if self.ahead is None:
+                        self.fetch(piece, lane, self.counter)
+                        continue
+                    # On a far link a stream would wait a round trip between its pieces
+                    # (requests cannot be pipelined): the next piece's request goes out
+                    # on a second connection while the end of this one arrives.
+                    # The stream's rate: bytes of this piece since its answer came (for
+                    # one sent ahead, some were waiting in the kernel's buffer).
+                    mark = (opening.answered_at, b - a) if opening is not None else None
 
-                def near_end(left: int, lead: float = lead, held: bool = held) -> None:
-                    nonlocal after, mark
-                    if after is not None or not self.far or self.stop.is_set():
-                        return
-                    now = time.monotonic()
-                    if mark is None:
-                        mark = (now, left)
-                        return
-                    rate = (mark[1] - left) / max(now - mark[0], 1e-6)
-                    if rate <= 0 or left > rate * lead * AHEAD_MARGIN:
-                        return
-                    with self.lock, _budget.lock:
-                        # Only a stream that would take another piece takes it early.
-                        leaving = (held and self.active > 1 and _budget.used > _budget.ceiling)
-                        if leaving or not self.pieces or self.active > self.cap:
+                    def near_end(left: int, lead: float = lead, held: bool = held) -> None:
+                        nonlocal after, mark
+                        if after is not None or not self.far or self.stop.is_set():
                             return
-                        c, d = self.pieces.popleft()
-                    assert self.ahead is not None
-                    after = (c, d, _Opening(self.ahead, c, d))
+                        now = time.monotonic()
+                        if mark is None:
+                            mark = (now, left)
+                            return
+                        rate = (mark[1] - left) / max(now - mark[0], 1e-6)
+                        if rate <= 0 or left > rate * lead * AHEAD_MARGIN:
+                            return
+                        with self.lock, _budget.lock:
+                            # Only a stream that would take another piece takes it early.
+                            leaving = held and self.active > 1 and \
+                                _budget.used > _budget.ceiling
+                            if leaving or not self.pieces or self.active > self.cap:
+                                return
+                            c, d = self.pieces.popleft()
+                        assert self.ahead is not None
+                        after = (c, d, _Opening(self.ahead, c, d))
 
-                self.ahead.fetch(a, b, lane, self.counter,
-                                 opening.result if opening is not None else None,
-                                 near_end if self.fixed is None else None)
+                    self.ahead.fetch(piece, lane, self.counter,
+                                     opening.result if opening is not None else None,
+                                     near_end if self.fixed is None else None)
+                finally:
+                    with self.lock:
+                        self.reading.discard(piece)
         except BaseException as exc:
             with self.lock:
                 self.errors.append(exc)
@@ -426,6 +487,23 @@ class RangedPull:
             if held:
                 _budget.release()
             _budget.run(-1)
+
+    def _take(self) -> tuple[int, int] | None:
+        """The next piece, else half of the longest rest being read (``lock`` held).
+        Fixed streams (a plan given, not measured) only take the pieces cut for them."""
+        if self.pieces:
+            return self.pieces.popleft()
+        if self.fixed is not None or not self.reading:
+            return None
+        longest = max(self.reading, key=lambda p: p.end - p.reading_to)
+        return longest.split()
+
+    def _splittable(self) -> int:
+        """Streams that could share the rests being read (``lock`` held): about one
+        for each ``MIN_SPLIT`` bytes of a rest."""
+        if self.fixed is not None:
+            return 0
+        return sum((p.end - p.reading_to) // MIN_SPLIT for p in self.reading)
 
     def _start(self, count: int) -> int:
         started = 0
@@ -475,10 +553,17 @@ class RangedPull:
         window = max(0.25, 4 * (answered - self.started_at))
         while self._alive():
             self._wait(REFILL)
+            if self.stop.is_set():
+                continue
             with self.lock:
                 wanted = min(self.cap, len(self.pieces)) - self.active
-            if wanted > 0 and not self.stop.is_set() and self._start(wanted) < wanted:
+                sharing = min(self.cap - self.active, self._splittable())
+            if wanted > 0 and self._start(wanted) < wanted:
                 _budget.starved(window)
+            elif wanted <= 0 and sharing > 0:
+                # The last pieces: streams other pulls let go share their rests. Only
+                # what is free: a pull ending is no sign that more streams would pay.
+                self._start(sharing)
 
     # --- plan ----------------------------------------------------------------------
     def run(self) -> None:

@@ -86,7 +86,7 @@ from sxpm.transport.base import (
     update_referrers_fallback,
 )
 from sxpm.transport.credentials import Credentials
-from sxpm.transport.ranges import STREAMS_LIMIT, Ahead, NearEnd, Opened, RangedPull
+from sxpm.transport.ranges import STREAMS_LIMIT, Ahead, NearEnd, Opened, Piece, RangedPull
 
 if TYPE_CHECKING:
     import requests
@@ -215,14 +215,14 @@ def _reader(resp: requests.Response, guard: RateGuard) -> Callable[[memoryview],
     return readinto
 
 
-def _telling(readinto: Callable[[memoryview], int], pos: int, end: int,
+def _telling(readinto: Callable[[memoryview], int], pos: int, piece: Piece,
              near_end: NearEnd) -> Callable[[memoryview], int]:
-    """``readinto`` that tells ``near_end`` the bytes of ``[pos, end)`` left after each read."""
+    """``readinto`` that tells ``near_end`` the bytes of the piece left after each read."""
     def read(view: memoryview) -> int:
         nonlocal pos
         n = readinto(view)
         pos += n
-        near_end(end - pos)
+        near_end(piece.end - pos)
         return n
 
     return read
@@ -862,10 +862,10 @@ class RemoteRepository(Repository):
             piece = desc.size
         lock = threading.Lock()
         state = {"drops": 0}
-        with writer.sink() as sink:
-            def fetch(a: int, b: int, lane: Lane, counted: Progress,
+        with writer.sink(receivers=fixed or STREAMS_LIMIT) as sink:
+            def fetch(piece: Piece, lane: Lane, counted: Progress,
                       opened: Opened | None = None, near_end: NearEnd | None = None) -> None:
-                self._fetch_range(desc, writer, sink, lane, counted, a, b, run.stop, lock,
+                self._fetch_range(desc, writer, sink, lane, counted, piece, run.stop, lock,
                                   state, opened, near_end)
 
             ahead = Ahead(open=lambda a, b: self._range_request(desc, a, b), fetch=fetch,
@@ -881,23 +881,27 @@ class RemoteRepository(Repository):
             raise first
 
     def _fetch_range(self, desc: Descriptor, writer: BlobWriter, sink: Sink, lane: Lane,
-                     progress: Progress, a: int, b: int, stop: threading.Event,
+                     progress: Progress, piece: Piece, stop: threading.Event,
                      lock: threading.Lock, state: dict[str, int], opened: Opened | None = None,
                      near_end: NearEnd | None = None) -> None:
-        """Fetch ``[a, b)`` into ``sink``; a dropped stream resumes where it stopped.
+        """Fetch ``piece`` into ``sink``; a dropped stream resumes where it stopped.
 
-        ``opened`` is the answer to this range's request, sent ahead; ``near_end`` is
-        told the bytes left after each read.
+        ``opened`` is the answer to the piece's request, sent ahead; ``near_end`` is
+        told the bytes left after each read. Where another stream took over the end of
+        the piece, the stream stops there and its answer's connection is closed with
+        the rest unread (it cannot carry another request before that rest).
         """
         what = self._what(desc.digest)
-        pos = a
+        pos = piece.start
         if stop.is_set() and opened is not None:
             with contextlib.suppress(BaseException):
                 opened().close()  # sent ahead, never read: back to the pool
-        while pos < b and not stop.is_set():
+        while pos < piece.end and not stop.is_set():
             if opened is not None:
                 resp, opened = opened(), None
+                b = piece.asked  # the piece as it was when its request went out
             else:
+                b = piece.end
                 resp = self._range_request(desc, pos, b)
             progress.update(0)  # the answer started: the planner's round trip
             with resp:
@@ -918,10 +922,10 @@ class RemoteRepository(Repository):
                     raise _NoRangesError()
                 readinto = _reader(resp, self._guard())
                 if near_end is not None:
-                    readinto = _telling(readinto, pos, b, near_end)
+                    readinto = _telling(readinto, pos, piece, near_end)
                 try:
-                    pos = receive(readinto, sink, lane, pos, b, progress, stop)
-                    if pos < b and not stop.is_set():
+                    pos = receive(readinto, sink, lane, pos, b, progress, stop, piece.claim)
+                    if pos < piece.end and not stop.is_set():
                         raise ConnectionError("the registry ended the range early")
                 except _network_errors() as exc:
                     with lock:
