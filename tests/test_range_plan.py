@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -27,6 +28,17 @@ class Link:
         self.got: list[tuple[int, int]] = []
         self.starts: list[float] = []
 
+    def carry(self, n: int) -> None:
+        """Wait while ``n`` bytes cross: each stream gets ``per_stream``, or its share
+        of ``total`` among the streams receiving, looked at every 256 KiB so that a
+        stream joining slows the others within a few milliseconds."""
+        while n > 0:
+            step = min(n, 256 * 1024)
+            with self.lock:
+                rate = min(self.per_stream, self.total / max(1, self.active))
+            time.sleep(step / rate)
+            n -= step
+
     def fetch(self, piece: Piece, lane: object, progress: ranges.Progress) -> None:
         with self.lock:
             self.starts.append(time.monotonic())
@@ -39,9 +51,7 @@ class Link:
         try:
             # A buffer at a time, each claimed first, as sxpm.store.sink.receive does.
             while (n := piece.claim(pos, BUFFER - pos % BUFFER)) > 0:
-                with self.lock:
-                    rate = min(self.per_stream, self.total / self.active)
-                time.sleep(n / rate)
+                self.carry(n)
                 progress.update(n)
                 pos += n
         finally:
@@ -205,6 +215,40 @@ def test_several_blobs_on_a_capped_link_take_more_streams(
     assert budget.ceiling > ranges.MAX_STREAMS
     assert link.peak > ranges.MAX_STREAMS
     assert link.peak <= ranges.STREAMS_LIMIT + 4  # the budget's, and each pull's first
+
+
+def _step(monkeypatch: pytest.MonkeyPatch, before: float, after: float) -> ranges._Budget:
+    """The process's step decision, on a clock of its own: ``before`` bytes/s at the
+    first streams, ``after`` once the step's streams run."""
+    clock = [100.0]
+    monkeypatch.setattr(ranges.time, "monotonic", lambda: clock[0])
+    budget = ranges._Budget()
+
+    def run(rate: float, until: Callable[[], bool]) -> None:
+        for _ in range(100):  # 5 s at most
+            clock[0] += 0.05
+            budget.count(int(rate * 0.05))
+            budget.starved(0.25)
+            if until():
+                return
+
+    run(before, lambda: budget.ceiling != ranges.MAX_STREAMS)
+    assert budget.ceiling == ranges.MAX_STREAMS + ranges.STEP  # stepped up, measuring
+    run(after, lambda: budget.settled)
+    assert budget.settled
+    return budget
+
+
+def test_a_step_that_brings_a_third_more_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 20 MiB/s per connection on busy CPUs: twice the streams bring what the CPUs have
+    # left, a third more rather than twice as much, and that is worth their buffers.
+    budget = _step(monkeypatch, 300 * MiB, 400 * MiB)
+    assert budget.ceiling == ranges.STREAMS_LIMIT
+
+
+def test_a_step_that_brings_little_is_taken_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    budget = _step(monkeypatch, 300 * MiB, 330 * MiB)
+    assert budget.ceiling == ranges.MAX_STREAMS
 
 
 def test_several_blobs_on_a_full_link_keep_sixteen_streams(
