@@ -253,9 +253,10 @@ def test_a_step_that_brings_little_is_taken_back(monkeypatch: pytest.MonkeyPatch
 
 def test_several_blobs_on_a_full_link_keep_sixteen_streams(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # 320 MiB/s in all, which sixteen streams fill: the step up does not pay and is
-    # taken back, and every blob still completes.
-    link = Link(20 * MiB, 320 * MiB, 0.08)
+    # 240 MiB/s in all, which sixteen streams fill (each waits 80 ms for every 8 MiB
+    # piece, so sixteen bring about 265 MiB/s): the step up does not pay and is taken
+    # back, and every blob still completes.
+    link = Link(20 * MiB, 240 * MiB, 0.08)
     budget = _pulls(monkeypatch, link, 4, 256 * MiB)
     assert budget.settled and budget.ceiling == ranges.MAX_STREAMS
 
@@ -399,3 +400,42 @@ def test_fixed_streams_read_their_pieces_whole() -> None:
     run.run()
     assert not run.errors
     assert sorted(link.got) == [(0, 8 * MiB), (8 * MiB, 16 * MiB), (16 * MiB, 24 * MiB)]
+
+
+def test_a_pull_tells_when_its_last_piece_is_taken() -> None:
+    # The caller may start its next blob then, while the last pieces arrive.
+    link = Link(20 * MiB, 4096 * MiB, 0.05)
+    progress = Count()
+    seen: list[int] = []
+    run = RangedPull([(0, 40 * MiB)], link.fetch, lambda buffers: None, progress,  # type: ignore[arg-type,return-value]
+                     fixed=None, piece=64 * MiB, taken=lambda: seen.append(progress.n))
+    run.run()
+    assert not run.errors and progress.n == 40 * MiB
+    assert len(seen) == 1 and seen[0] < 40 * MiB  # once, with bytes still to come
+
+
+def test_the_next_item_starts_once_the_one_before_is_taken() -> None:
+    from sxpm.ops.transfer import _parallel
+
+    second_started = threading.Event()
+    log: list[str] = []
+
+    def fn(item: object, taken: ranges.Callable[[], None]) -> None:
+        if item == "first":
+            taken()  # every byte asked for; the rest still arriving
+            log.append(f"second ran beside the first: {second_started.wait(10)}")
+        else:
+            second_started.set()
+
+    _parallel(1, ["first", "second"], fn)  # type: ignore[list-item,arg-type]
+    assert log == ["second ran beside the first: True"]
+
+    order: list[str] = []
+
+    def untold(item: object, taken: ranges.Callable[[], None]) -> None:
+        order.append(f"start {item}")
+        time.sleep(0.2)
+        order.append(f"end {item}")
+
+    _parallel(1, ["a", "b"], untold)  # type: ignore[list-item,arg-type]
+    assert order == ["start a", "end a", "start b", "end b"]  # one job at a time

@@ -23,6 +23,7 @@ from sxpm.ops.fetch import Budget, Fetcher, Identity
 from sxpm.store.layout import OCILayout
 from sxpm.store.refs import resolve_local, store_name
 from sxpm.transport import Repository, TransportOptions, open_repository
+from sxpm.transport.base import Taken
 from sxpm.transport.referrers import fetch_referrers, push_referrers
 
 if TYPE_CHECKING:
@@ -84,7 +85,8 @@ def pull(home: Home, ref: Reference, *, variant: str | None = None,
         streams = range_streams(options, missing)
         try:
             _parallel(options.jobs, missing,
-                      lambda b: _fetch_one(repo, home.store, b, bar, ref, streams),
+                      lambda b, taken: _fetch_one(repo, home.store, b, bar, ref, streams,
+                                                  taken),
                       interrupt=home.store.interrupted)
         finally:
             bar.close()
@@ -113,14 +115,14 @@ def range_streams(options: TransportOptions, blobs: Iterable[Descriptor]) -> int
 
 
 def _fetch_one(repo: Repository, store: OCILayout, desc: Descriptor, bar: Progress,
-               ref: Reference, streams: int = 1) -> None:
+               ref: Reference, streams: int = 1, taken: Taken | None = None) -> None:
     with store.writer(desc, where=str(ref)) as w:
         if store.has_blob(desc.digest):  # another process fetched it while we waited
             w.abort(keep_partial=True)
             return
         resumed = w.offset > 0 or w.ranges_path.exists()
         try:
-            repo.fetch_blob(desc, w, bar, streams)
+            repo.fetch_blob(desc, w, bar, streams, taken)
             w.commit()
             return
         except CorruptBlobError:
@@ -139,9 +141,17 @@ def _fetch_one(repo: Repository, store: OCILayout, desc: Descriptor, bar: Progre
         w.commit()
 
 
-def _parallel(jobs: int, items: Iterable[Descriptor], fn: Callable[[Descriptor], None],
+def _parallel(jobs: int, items: Iterable[Descriptor],
+              fn: Callable[[Descriptor, Taken], None],
               interrupt: threading.Event | None = None) -> None:
-    """Run ``fn`` on every item, ``jobs`` at a time; the first error is raised.
+    """Run ``fn(item, taken)`` on every item, ``jobs`` at a time; the first error is
+    raised.
+
+    An item's slot is free once ``fn`` calls ``taken`` (every byte of its blob asked
+    for, the last ones arriving) or returns: the next blob starts while the last
+    pieces of the one before arrive and it is hashed and stored, instead of every
+    stream waiting at the boundary (eight layers with ``-j 4`` over a far link lost
+    about 0.4 s there, a tenth of the pull). At most ``2 * jobs`` run at once.
 
     On Ctrl-C, ``interrupt`` is set so running transfers stop at their next write
     (their bytes stay on disk for the next attempt) instead of running to the end.
@@ -149,8 +159,29 @@ def _parallel(jobs: int, items: Iterable[Descriptor], fn: Callable[[Descriptor],
     todo = list(items)
     if not todo:
         return
-    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
-        futures = [pool.submit(fn, item) for item in todo]
+    slots = threading.Semaphore(max(1, jobs))
+
+    def run(item: Descriptor) -> None:
+        slots.acquire()
+        once = threading.Lock()
+        freed = False
+
+        def taken() -> None:
+            nonlocal freed
+            with once:
+                if freed:
+                    return
+                freed = True
+            slots.release()
+
+        try:
+            if interrupt is None or not interrupt.is_set():  # else it is ending: skip
+                fn(item, taken)
+        finally:
+            taken()
+
+    with ThreadPoolExecutor(max_workers=max(1, min(2 * jobs, len(todo)))) as pool:
+        futures = [pool.submit(run, item) for item in todo]
         errors: list[BaseException] = []
         try:
             for future in futures:
@@ -217,7 +248,7 @@ def push(home: Home, ref: Reference, *, target: Reference | None = None,
     bar = reporter.start(f"push {dest.name}", sum(b.size for b in blobs))
     sent: list[Descriptor] = []
 
-    def one(desc: Descriptor) -> None:
+    def one(desc: Descriptor, _taken: Taken) -> None:  # done when pushed
         if repo.push_blob(desc, home.store, bar, mount_from=mounts.get(desc.digest, ())):
             sent.append(desc)
         else:
@@ -334,9 +365,9 @@ def fetch_blobs(home: Home, wanted: Iterable[tuple[Reference, Descriptor]], *,
     by_digest = {d.digest: s for s, d in unique.values()}
     streams = range_streams(options, [d for _, d in unique.values()])
 
-    def one(desc: Descriptor) -> None:
+    def one(desc: Descriptor, taken: Taken) -> None:
         source = by_digest[desc.digest]
-        _fetch_one(repos[source], home.store, desc, bar, source, streams)
+        _fetch_one(repos[source], home.store, desc, bar, source, streams, taken)
 
     try:
         _parallel(options.jobs, [d for _, d in unique.values()], one,

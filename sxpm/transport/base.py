@@ -9,7 +9,7 @@ operations above it (:mod:`sxpm.ops.transfer`) never know which.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sxpm.core.oci import Descriptor, ImageIndex, Manifest, parse_manifest_bytes
@@ -17,6 +17,9 @@ from sxpm.core.progress import Progress
 from sxpm.core.reference import Digest, Reference
 from sxpm.errors import NotFoundError
 from sxpm.store.layout import BlobWriter, OCILayout
+
+Taken = Callable[[], None]
+"""Told once every byte of a blob has been asked for (see :meth:`Repository.fetch_blob`)."""
 
 
 @dataclass(frozen=True)
@@ -80,11 +83,13 @@ class Repository(ABC):
 
     @abstractmethod
     def fetch_blob(self, desc: Descriptor, writer: BlobWriter, progress: Progress,
-                   streams: int = 1) -> None:
+                   streams: int = 1, taken: Taken | None = None) -> None:
         """Stream a blob into ``writer``, starting at ``writer.offset`` (resume).
 
         The writer hashes and checks; this only moves bytes. ``streams`` > 1 lets a
         large blob come in that many parallel ranged streams, where the source can.
+        ``taken``, where given, may be called once every byte has been asked for,
+        before the last ones arrive (the caller may start the next blob then).
         """
 
     @abstractmethod

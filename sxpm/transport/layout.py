@@ -16,7 +16,12 @@ from sxpm.core.reference import Digest, Reference
 from sxpm.errors import CorruptBlobError, NotFoundError, SizeMismatchError
 from sxpm.store.layout import BlobWriter, OCILayout
 from sxpm.store.sink import receive
-from sxpm.transport.base import Repository, read_referrers_fallback, update_referrers_fallback
+from sxpm.transport.base import (
+    Repository,
+    Taken,
+    read_referrers_fallback,
+    update_referrers_fallback,
+)
 
 
 class LayoutRepository(Repository):
@@ -57,7 +62,7 @@ class LayoutRepository(Repository):
         return self.layout.has_blob(digest)
 
     def fetch_blob(self, desc: Descriptor, writer: BlobWriter, progress: Progress,
-                   streams: int = 1) -> None:
+                   streams: int = 1, taken: Taken | None = None) -> None:
         progress.update(writer.offset)
         _copy(self.layout, desc, writer, progress)
 

@@ -34,7 +34,7 @@ from sxpm.core.reference import Digest, Reference, is_loopback
 from sxpm.errors import ManifestError, SxpmError
 from sxpm.home import Home
 from sxpm.store.layout import BlobWriter, OCILayout
-from sxpm.transport.base import Repository, TransportOptions
+from sxpm.transport.base import Repository, Taken, TransportOptions
 
 T = TypeVar("T")
 
@@ -108,14 +108,14 @@ class MirroredRepository(Repository):
         return False
 
     def fetch_blob(self, desc: Descriptor, writer: BlobWriter, progress: Progress,
-                   streams: int = 1) -> None:
+                   streams: int = 1, taken: Taken | None = None) -> None:
         # A mirror that fails mid-blob leaves verified-later bytes on disk: the next
         # host resumes after them (same digest, same bytes), and the writer's digest
         # check at commit catches any host that sent others.
         def fetch(repo: Repository) -> None:
             before = writer.written
             try:
-                repo.fetch_blob(desc, writer, progress, streams)
+                repo.fetch_blob(desc, writer, progress, streams, taken)
             except SxpmError:
                 progress.update(-(writer.written - before))
                 raise

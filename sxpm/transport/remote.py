@@ -81,6 +81,7 @@ from sxpm.store.sink import BUFFER, Lane, Sink, receive
 from sxpm.transport import credentials
 from sxpm.transport.base import (
     Repository,
+    Taken,
     TransportOptions,
     read_referrers_fallback,
     update_referrers_fallback,
@@ -765,7 +766,7 @@ class RemoteRepository(Repository):
         return resp.status_code == 200
 
     def fetch_blob(self, desc: Descriptor, writer: BlobWriter, progress: Progress,
-                   streams: int = 1) -> None:
+                   streams: int = 1, taken: Taken | None = None) -> None:
         # Parallel ranges win where one connection is held back (latency, limits per
         # connection); from a loopback registry nothing is, the registry shares our
         # CPUs, and one stream is faster (docs/benchmarks.md): one request, no probe.
@@ -784,7 +785,7 @@ class RemoteRepository(Repository):
         if desc.size >= self.options.range_min_bytes and desc.size > 0 and (
                 fixed is None or fixed > 1 or writer.ranges_path.exists()):
             try:
-                self._fetch_ranged(desc, writer, progress, fixed)
+                self._fetch_ranged(desc, writer, progress, fixed, taken)
                 return
             except _NoRangesError:
                 counted = writer.written
@@ -844,7 +845,7 @@ class RemoteRepository(Repository):
         time.sleep(self.client.backoff(drops - 1))
 
     def _fetch_ranged(self, desc: Descriptor, writer: BlobWriter, progress: Progress,
-                      fixed: int | None) -> None:
+                      fixed: int | None, taken: Taken | None = None) -> None:
         """Fetch the missing ranges of a large blob with parallel requests, ``fixed``
         streams or as many as :mod:`sxpm.transport.ranges` finds the link rewards.
 
@@ -871,7 +872,8 @@ class RemoteRepository(Repository):
             ahead = Ahead(open=lambda a, b: self._range_request(desc, a, b), fetch=fetch,
                           close=lambda resp: resp.close())
             run = RangedPull(missing, fetch, sink.lane, progress, fixed=fixed, piece=piece,
-                             round_trip_s=self.client.fastest_answer_s, ahead=ahead)
+                             round_trip_s=self.client.fastest_answer_s, ahead=ahead,
+                             taken=taken)
             run.run()
         if run.errors:
             first = next((e for e in run.errors if not isinstance(e, _NoRangesError)),
