@@ -199,12 +199,17 @@ sxpm plans its streams from what the link shows (sxpm/transport/ranges.py). A ho
 whose answers take 30 ms or more (the manifest's and the config's already show it,
 else the blob's first range) is a far link: all 16 streams of a pull (aria2c's -x16)
 start at once, on 8 MiB pieces taken in offset order, each stream asking for its next
-piece on the connection it has, so the bytes arrive close enough together to be
-hashed from memory while they come; what runs ahead of the hash is written, released
-and read back around the page cache, between the buffers of the other streams. Eight
-large layers at once would want 16 streams each: the process starts at 16 in all and
-adds 16 more while the aggregate rate grows by at least half of what they would bring
-(a link that caps each connection), else takes them back. A nearer registry first
+piece on a second connection as the end of its piece arrives, so the bytes arrive
+close enough together to be hashed from memory while they come; what runs ahead of
+the hash is written, released and read back around the page cache. Each stream
+writes its own buffers (direct I/O). At the end, a stream with no piece left takes
+over the second half of what another still has to read, so the last pieces do not
+run at one connection's rate while the other streams wait. Eight large layers at
+once would want 16 streams each: the process starts at 16 in all and adds 16 more
+when the aggregate rate grows by at least a quarter with them (a link that caps each
+connection), else takes them back; and a layer's slot among the `-j` transfers is free
+once every piece of it is asked for, so the next layer starts while the last pieces of
+the one before arrive and it is hashed and stored. A nearer registry first
 sends an 8 MiB probe on one stream; its first byte and rate size the pieces (about 40
 round trips long, 4-64 MiB), then 16 streams run for one window and stay only if the
 aggregate rate grew with them. A LAN keeps one stream; a loopback registry is not
