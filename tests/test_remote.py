@@ -243,53 +243,46 @@ def _manifest_with(home: Path, host: str, repo: str, mutate) -> tuple[bytes, str
     return json.dumps(obj).encode(), digest
 
 
+# --quiet, not -q: click's parser tries a short option as a long one first, and the
+# NoSuchOption it builds (and drops) imports difflib for its suggestions.
 PULL_IMPORTS = """\
 import sys
 from sxpm.cli.main import main
-sys.argv = ["sxpm", "pull", sys.argv[1], "-q"]
+ref, forbidden = sys.argv[1], sys.argv[2].split(",")
+sys.argv = ["sxpm", "pull", ref, "--quiet"]
 try:
     main()
 except SystemExit as exc:
     assert not exc.code, exc.code
-heavy = sorted(n for n in sys.modules if n.split(".")[0] in (
-    "cryptography", "sigstore", "jsonschema", "llama_cpp", "numpy", "oras", "tqdm",
-    "pynvml"))  # a single manifest has no variant to choose: the machine is not measured
-assert not heavy, heavy
+loaded = sorted(n for n in sys.modules if n in forbidden or n.split(".")[0] in forbidden)
+assert not loaded, loaded
 """
+
+
+def _pull_loads_none_of(cli, cli2, oci_registry, repo: str,  # noqa: ANN001
+                        forbidden: list[str]) -> None:
+    """``sxpm pull`` of a fresh artifact in a process that then has none of ``forbidden``
+    (packages, or modules by their full names) imported."""
+    import subprocess
+    import sys
+
+    ref = f"{oci_registry.host}/t9/{repo}:1"
+    data = os.urandom(1024)
+    make_artifact(cli.home, ref, {"a.bin": data})
+    cli("push", ref)
+    r = subprocess.run([sys.executable, "-c", PULL_IMPORTS, ref, ",".join(forbidden)],
+                       env=cli2.env, cwd=cli2.cwd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert stored(cli2.home, sha(data))
 
 
 def test_pull_without_a_policy_loads_no_crypto_or_schema_library(cli, cli2,  # noqa: ANN001
                                                                  oci_registry) -> None:  # noqa: ANN001
     """The pull path stays lean: keys and schemas load only where a policy or a
     check needs them."""
-    import subprocess
-    import sys
-
-    ref = f"{oci_registry.host}/t9/lean:1"
-    data = os.urandom(1024)
-    make_artifact(cli.home, ref, {"a.bin": data})
-    cli("push", ref)
-    r = subprocess.run([sys.executable, "-c", PULL_IMPORTS, ref], env=cli2.env, cwd=cli2.cwd,
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert stored(cli2.home, sha(data))
-
-
-# --quiet, not -q: click's parser tries a short option as a long one first, and the
-# NoSuchOption it builds (and drops) imports difflib for its suggestions.
-PULL_REF_IMPORTS = """\
-import sys
-from sxpm.cli.main import main
-sys.argv = ["sxpm", "pull", sys.argv[1], "--quiet"]
-try:
-    main()
-except SystemExit as exc:
-    assert not exc.code, exc.code
-unneeded = sorted(n for n in sys.modules if n in (
-    "sxpm.ops.names", "sxpm.index.client", "sxpm.index.location", "difflib",  # a REF: no index
-    "sxpm.installed.tree", "sxpm.installed.records", "tarfile"))  # a pull installs nothing
-assert not unneeded, unneeded
-"""
+    _pull_loads_none_of(cli, cli2, oci_registry, "lean", [
+        "cryptography", "sigstore", "jsonschema", "llama_cpp", "numpy", "oras", "tqdm",
+        "pynvml"])  # a single manifest has no variant to choose: the machine is not measured
 
 
 def test_pull_of_a_registry_ref_loads_no_index_or_install_code(cli, cli2,  # noqa: ANN001
@@ -297,17 +290,9 @@ def test_pull_of_a_registry_ref_loads_no_index_or_install_code(cli, cli2,  # noq
     """A pull of HOST/REPO:TAG starts its first request without loading what only a
     NAME (the index client, near-match suggestions) or an install needs: ~50 ms of
     the time before the first byte on a loopback registry."""
-    import subprocess
-    import sys
-
-    ref = f"{oci_registry.host}/t9/lean-ref:1"
-    data = os.urandom(1024)
-    make_artifact(cli.home, ref, {"a.bin": data})
-    cli("push", ref)
-    r = subprocess.run([sys.executable, "-c", PULL_REF_IMPORTS, ref], env=cli2.env,
-                       cwd=cli2.cwd, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert stored(cli2.home, sha(data))
+    _pull_loads_none_of(cli, cli2, oci_registry, "lean-ref", [
+        "sxpm.ops.names", "sxpm.index.client", "sxpm.index.location", "difflib",  # a REF
+        "sxpm.installed.tree", "sxpm.installed.records", "tarfile"])  # installs nothing
 
 
 @pytest.mark.parametrize("case", ["size", "algorithm", "media-type", "huge"])

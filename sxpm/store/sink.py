@@ -1,9 +1,10 @@
 """Received bytes to disk and hash on their own threads: the pull's data path.
 
 A thread that receives a blob hands each full buffer to a :class:`Sink`; a writer
-thread puts it on disk at its offset, then a hashing thread hashes it from memory,
-in offset order. Receiving, writing and hashing (sha256, about 0.6 s per GiB)
-overlap instead of taking turns, and nothing is read back from disk.
+thread puts it on disk at its offset (several receivers write their own, below),
+then a hashing thread hashes it from memory, in offset order. Receiving, writing and
+hashing (sha256, about 0.6 s per GiB) overlap instead of taking turns; one stream's
+bytes are never read back from disk.
 
 Writes go around the page cache (``O_DIRECT``) where the file system allows it: a
 blob is fsynced before it enters the store anyway, so the cache would only hold
